@@ -1,0 +1,33 @@
+"""PostgreSQL for Mountaineer apps: config, engines, request sessions, migrations, testing."""
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from mountaineer_db import dependencies as DatabaseDependencies
+from mountaineer_db.config import DatabaseConfig, PoolType
+from mountaineer_db.dependencies import SessionDep
+from mountaineer_db.engine import dispose_engines
+from mountaineer_db.exceptions import (
+    ConfigurationError,
+    DatabaseConfigError,
+    DatabaseUnavailableError,
+    MountaineerDBError,
+    ResourceAlreadyExistsError,
+    ResourceNotFoundError,
+)
+from mountaineer_db.session import database_session
+
+__all__ = [
+    "AsyncSession",
+    "ConfigurationError",
+    "DatabaseConfig",
+    "DatabaseConfigError",
+    "DatabaseDependencies",
+    "DatabaseUnavailableError",
+    "MountaineerDBError",
+    "PoolType",
+    "ResourceAlreadyExistsError",
+    "ResourceNotFoundError",
+    "SessionDep",
+    "database_session",
+    "dispose_engines",
+]

@@ -1,0 +1,455 @@
+"""Local PostgreSQL and PgBouncer processes: for the test kit and the embedded dev database.
+
+`PostgresCluster` initialises a data directory, starts `postgres` on a free loopback port
+and stops it again, by its own PID only. PostgreSQL refuses to run as root, so when we are
+root the server runs as an unprivileged user (`nobody` unless told otherwise) that owns the
+data directory. Binaries are found via `MOUNTAINEER_DB_PG_BINDIR`, `pg_config --bindir`,
+`PATH`, `/usr/lib/postgresql/*/bin`, then the pip-installable `pgserver` wheel.
+
+```python
+with PostgresCluster.temporary() as pg:
+    print(pg.url("postgres"))
+```
+"""
+
+import contextlib
+import glob
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from mountaineer_db.exceptions import MountaineerDBError, ResourceNotFoundError
+
+__all__ = ["PostgresCluster", "PgBouncer", "find_postgres_bindir", "find_pgbouncer", "free_port"]
+
+logger = logging.getLogger("mountaineer_db")
+
+UNPRIVILEGED_USER = os.environ.get("MOUNTAINEER_DB_SERVER_USER", "nobody")
+
+
+class ClusterError(MountaineerDBError):
+    """A local PostgreSQL or PgBouncer process could not be set up, started or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _has_server(bindir: Path) -> bool:
+    return (bindir / "initdb").exists() and (bindir / "postgres").exists()
+
+
+def find_postgres_bindir() -> Path:
+    """The directory holding `initdb` and `postgres`; raises `ResourceNotFoundError` if none."""
+    candidates: list[Path] = []
+    if os.environ.get("MOUNTAINEER_DB_PG_BINDIR"):
+        candidates.append(Path(os.environ["MOUNTAINEER_DB_PG_BINDIR"]))
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=False)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(Path(on_path).parent)
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0))
+    candidates.extend(Path(p) for p in reversed(versions))
+    with contextlib.suppress(ImportError):
+        import pgserver  # type: ignore[import-untyped]
+
+        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    for candidate in candidates:
+        if _has_server(candidate):
+            return candidate
+    raise ResourceNotFoundError(
+        "No PostgreSQL server binaries found (looked at MOUNTAINEER_DB_PG_BINDIR, pg_config --bindir, "
+        "PATH and /usr/lib/postgresql/*/bin). Install PostgreSQL (apt-get install postgresql) or "
+        "`pip install pgserver`."
+    )
+
+
+def find_pgbouncer() -> Path | None:
+    """The `pgbouncer` executable, or None when it is not installed."""
+    found = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
+    )
+    return Path(found) if found else None
+
+
+def _drop_privileges_kwargs(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that run the child as `user` (only when we are root)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+
+    def demote() -> None:  # runs in the child between fork and exec
+        os.setgid(entry.pw_gid)
+        os.setgroups([])
+        os.setuid(entry.pw_uid)
+
+    return {"preexec_fn": demote, "env": {**os.environ, "HOME": "/tmp", "USER": user, "LOGNAME": user}}
+
+
+def _run_user() -> str | None:
+    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
+
+
+def _chown_tree(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def _stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait(10)
+
+
+class PostgresCluster:
+    """One PostgreSQL server we started, on 127.0.0.1, with a superuser `postgres`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        settings: dict[str, str] | None = None,
+        bindir: Path | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.user = "postgres"
+        # Distinctive, with characters that need URL encoding, so leaks and encoding bugs show.
+        self.password = password or f"mdb-secret-{secrets.token_hex(6)}@:/%# x"
+        self.settings = {
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+            "shared_buffers": "32MB",
+            **(settings or {}),
+        }
+        self.bindir = bindir or find_postgres_bindir()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self._run_as = _run_user()
+
+    def __repr__(self) -> str:
+        return f"PostgresCluster(127.0.0.1:{self.port}, data_dir={str(self.data_dir)!r})"
+
+    @classmethod
+    @contextlib.contextmanager
+    def temporary(cls, **kwargs: Any) -> Iterator["PostgresCluster"]:
+        """A throwaway cluster in a temporary directory, removed with its data on exit."""
+        root = Path(tempfile.mkdtemp(prefix="mountaineer-db-pg-"))
+        os.chmod(root, 0o755)  # the unprivileged server user must reach its data directory
+        cluster = cls(root / "data", **kwargs)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
+    # -- lifecycle --------------------------------------------------------------------
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """Create the data directory (initdb); SCRAM passwords over TCP, trust on the socket."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
+        pwfile.write_text(self.password + "\n")
+        _chown_tree(self.data_dir, self._run_as)
+        _chown_tree(pwfile, self._run_as)
+        try:
+            self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.user,
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _run(self, *argv: str) -> None:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, check=False, **_drop_privileges_kwargs(self._run_as)
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"{Path(argv[0]).name} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server (initialising the data directory first if needed) and wait until ready."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        if not self.initialized:
+            self.init()
+        argv = [
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.data_dir}",
+        ]
+        for name, value in self.settings.items():
+            argv += ["-c", f"{name}={value}"]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **_drop_privileges_kwargs(self._run_as),
+            )
+        finally:
+            log.close()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server accepts connections (postmaster.pid says "ready")."""
+        deadline = time.monotonic() + timeout
+        pidfile = self.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ClusterError(f"PostgreSQL exited during start-up; see {self.log_path}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                lines = pidfile.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            time.sleep(0.02)
+        raise ClusterError(f"PostgreSQL did not become ready within {timeout}s; see {self.log_path}")
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop our server: mode "smart", "fast" (default) or "immediate", as in pg_ctl."""
+        if self.process is None:
+            return
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        _stop_process(self.process, sig, timeout)
+        self.process = None
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    # -- addresses --------------------------------------------------------------------
+    def url(self, database: str = "postgres", *, user: str | None = None, password: str | None = None) -> URL:
+        """A SQLAlchemy URL (asyncpg driver) for `database` on this server."""
+        return URL.create(
+            "postgresql+asyncpg",
+            username=user or self.user,
+            password=self.password if password is None else password,
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+        )
+
+    def __enter__(self) -> "PostgresCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PgBouncer:
+    """A PgBouncer we started in front of a PostgreSQL server, transaction mode by default.
+
+    The settings shipped here are the ones we recommend (see the README):
+    `server_login_retry = 1` (PgBouncer's 15 s default turns a 0.2 s PostgreSQL restart
+    into a 15 s outage) and `query_wait_timeout` bounded so overload fails fast.
+    """
+
+    def __init__(
+        self,
+        server_host: str,
+        server_port: int,
+        users: dict[str, str],
+        *,
+        work_dir: Path,
+        port: int | None = None,
+        settings: dict[str, str] | None = None,
+        binary: Path | None = None,
+    ) -> None:
+        found = binary or find_pgbouncer()
+        if found is None:
+            raise ResourceNotFoundError("PgBouncer is not installed; install it with `apt-get install -y pgbouncer`.")
+        self.binary = found
+        self.server_host = server_host
+        self.server_port = server_port
+        self.users = users
+        self.work_dir = Path(work_dir)
+        self.port = port or free_port()
+        self.settings = {
+            "pool_mode": "transaction",
+            "default_pool_size": "5",
+            "max_client_conn": "2000",
+            "server_login_retry": "1",
+            "query_wait_timeout": "30",
+            "server_reset_query": "",
+            "ignore_startup_parameters": "extra_float_digits",
+            **(settings or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self._run_as = _run_user()
+
+    def __repr__(self) -> str:
+        return f"PgBouncer(127.0.0.1:{self.port} -> {self.server_host}:{self.server_port})"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "pgbouncer.log"
+
+    def _write_files(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        userlist = self.work_dir / "userlist.txt"
+        userlist.write_text(
+            "".join(f'"{u.replace(chr(34), chr(34) * 2)}" "{p.replace(chr(34), chr(34) * 2)}"\n' for u, p in self.users.items())
+        )
+        os.chmod(userlist, 0o600)
+        admins = ",".join(self.users)
+        lines = [
+            "[databases]",
+            f"* = host={self.server_host} port={self.server_port}",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            "auth_type = scram-sha-256",
+            f"auth_file = {userlist}",
+            f"admin_users = {admins}",
+            f"logfile = {self.log_path}",
+            *(f"{k} = {v}" for k, v in self.settings.items()),
+        ]
+        ini = self.work_dir / "pgbouncer.ini"
+        ini.write_text("\n".join(lines) + "\n")
+        _chown_tree(self.work_dir, self._run_as)
+        return ini
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        ini = self._write_files()
+        self.process = subprocess.Popen(
+            [str(self.binary), str(ini)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **_drop_privileges_kwargs(self._run_as),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ClusterError(f"PgBouncer exited during start-up; see {self.log_path}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise ClusterError(f"PgBouncer did not listen on port {self.port} within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        _stop_process(self.process, signal.SIGINT, timeout)
+        self.process = None
+
+    def url(self, database: str, *, user: str, password: str) -> URL:
+        return URL.create(
+            "postgresql+asyncpg", username=user, password=password, host="127.0.0.1", port=self.port, database=database
+        )
+
+    async def admin(self, command: str, *, user: str, password: str) -> None:
+        """Run a console command (PAUSE, RESUME, RECONNECT, KILL db, ...) on the admin database."""
+        import asyncpg
+
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=self.port, user=user, password=password, database="pgbouncer", ssl=False,
+            statement_cache_size=0,
+        )
+        try:
+            await connection.execute(command)
+        finally:
+            await connection.close()
+
+    def __enter__(self) -> "PgBouncer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ExternalServer:
+    """A PostgreSQL server we did not start, given by a superuser URL (same interface as `PostgresCluster`)."""
+
+    def __init__(self, url: URL | str) -> None:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url) if isinstance(url, str) else url
+        self.host = parsed.host or "127.0.0.1"
+        self.port = parsed.port or 5432
+        self.user = parsed.username or "postgres"
+        self.password = parsed.password or ""
+        self.process = None
+
+    def __repr__(self) -> str:
+        return f"ExternalServer({self.host}:{self.port})"
+
+    def url(self, database: str = "postgres", *, user: str | None = None, password: str | None = None) -> URL:
+        return URL.create(
+            "postgresql+asyncpg",
+            username=user or self.user,
+            password=self.password if password is None else password,
+            host=self.host,
+            port=self.port,
+            database=database,
+        )

@@ -1,0 +1,1 @@
+"""pytest plugin entry point for mountaineer_db.testing."""

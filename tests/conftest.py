@@ -1,0 +1,113 @@
+"""Shared fixtures: a throwaway PostgreSQL (and PgBouncer) started by the suite itself.
+
+Set MOUNTAINEER_DB_TEST_URL to a superuser URL to use an existing server instead. Tests that
+stop or restart PostgreSQL never use the shared server: they start their own cluster.
+"""
+
+import asyncio
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from mountaineer.config import unregister_config
+
+from mountaineer_db import DatabaseConfig, dispose_engines
+from mountaineer_db.cluster import ExternalServer, PgBouncer, PostgresCluster, find_pgbouncer
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_pgbouncer() -> None:
+    """Skip loudly when PgBouncer is missing; in CI a missing PgBouncer is a failure."""
+    if find_pgbouncer() is None:
+        message = "PgBouncer is not installed (apt-get install -y pgbouncer); PgBouncer tests cannot run"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+async def admin_execute(server: Any, *statements: str, database: str = "postgres") -> None:
+    """Run statements as the superuser, outside any transaction."""
+    url = server.url(database)
+    connection = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database=database, ssl=False
+    )
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """The shared PostgreSQL server for this test session."""
+    external = os.environ.get("MOUNTAINEER_DB_TEST_URL")
+    if external:
+        yield ExternalServer(external)
+        return
+    with PostgresCluster.temporary() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def test_database(pg_server: Any) -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    name = f"mdb_test_{secrets.token_hex(4)}"
+    asyncio.run(admin_execute(pg_server, f'CREATE DATABASE "{name}"'))
+    yield name
+    asyncio.run(admin_execute(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: Any) -> Iterator[PgBouncer]:
+    """A PgBouncer in transaction mode in front of the shared server."""
+    require_pgbouncer()
+    work_dir = Path(tempfile.mkdtemp(prefix="mountaineer-db-bouncer-"))
+    os.chmod(work_dir, 0o755)
+    bouncer = PgBouncer(
+        pg_server.host if isinstance(pg_server, ExternalServer) else "127.0.0.1",
+        pg_server.port,
+        {pg_server.user: pg_server.password},
+        work_dir=work_dir,
+        settings={"default_pool_size": "4"},
+    )
+    with bouncer:
+        yield bouncer
+
+
+@pytest.fixture
+def make_config(pg_server: Any, test_database: str) -> Callable[..., DatabaseConfig]:
+    """Build a DatabaseConfig for the test database; keyword arguments override fields."""
+
+    def build(**overrides: Any) -> DatabaseConfig:
+        values: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": pg_server.url(test_database)}
+        values.update(overrides)
+        return DatabaseConfig(**values)
+
+    return build
+
+
+@pytest.fixture
+def bouncer_config(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> Callable[..., DatabaseConfig]:
+    """Like make_config, but through PgBouncer."""
+
+    def build(**overrides: Any) -> DatabaseConfig:
+        url = pgbouncer.url(test_database, user=pg_server.user, password=pg_server.password)
+        return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url, **overrides)
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+async def _isolate_globals() -> AsyncIterator[None]:
+    """Every test starts with no registered Mountaineer config and no cached engines."""
+    unregister_config()
+    yield
+    await dispose_engines()
+    unregister_config()
