@@ -191,6 +191,21 @@ class DatabaseConfig(BaseSettings):
     DATABASE_EMBEDDED: bool = False
     """Development only: start or reuse a local PostgreSQL under the project folder."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # pydantic merges model_config from the bases in order, so in
+        # `class AppConfig(DatabaseConfig, ConfigBase)` BaseSettings' defaults (no .env,
+        # extra="forbid") inherited through ConfigBase would override ours. This runs before
+        # pydantic builds the subclass's schema, on the very dict it builds from.
+        super().__init_subclass__(**kwargs)
+        merged = cls.model_config
+        if merged.get("env_file") is None:
+            merged["env_file"] = ".env"
+            merged["env_file_encoding"] = "utf-8"
+        if merged.get("extra") == "forbid":
+            merged["extra"] = "ignore"
+        merged["hide_input_in_errors"] = True
+        merged["populate_by_name"] = True
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)

@@ -1,0 +1,191 @@
+"""DatabaseConfig: merging into Mountaineer's ConfigBase, URL handling, secrets, validation."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mountaineer import ConfigBase
+from mountaineer import config as mountaineer_config
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
+from mountaineer_db import DatabaseConfig, DatabaseConfigError, MountaineerDBError, PoolType
+
+SECRET = "s3cr@t:/%# pw"
+
+
+class DbFirstConfig(DatabaseConfig, ConfigBase):
+    PACKAGE: str | None = "myapp"
+    POSTGRES_DB: str = "myapp"
+
+
+class ConfigBaseFirst(ConfigBase, DatabaseConfig):
+    PACKAGE: str | None = "otherapp"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No stray database variables from the machine, and no stray .env in the working directory."""
+    for name in (
+        "POSTGRES_HOST",
+        "POSTGRES_PORT",
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_DB",
+        "DATABASE_URL",
+        "SQLALCHEMY_DATABASE_URI",
+        "DATABASE_POOL_TYPE",
+        "DATABASE_EMBEDDED",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("config_class", [DbFirstConfig, ConfigBaseFirst])
+def test_mixes_into_config_base_in_either_order(config_class: Any) -> None:
+    config = config_class(POSTGRES_HOST="db.internal", POSTGRES_DB="app", POSTGRES_USER="app")
+    assert mountaineer_config.get_config() is config, "ConfigBase auto-registration must still happen"
+    assert config.database_url.host == "db.internal"
+    assert config.database_url.drivername == "postgresql+asyncpg"
+    with pytest.raises(ValidationError):
+        config.POSTGRES_HOST = "elsewhere"  # frozen, as ConfigBase is
+
+
+def test_reads_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_HOST=from-dotenv\nPOSTGRES_USER=dotenv_user\nPOSTGRES_PORT=6543\n")
+    monkeypatch.setenv("POSTGRES_USER", "env_user")  # the environment wins over .env
+    config = DbFirstConfig()
+    assert config.POSTGRES_HOST == "from-dotenv"
+    assert config.POSTGRES_USER == "env_user"
+    assert config.POSTGRES_PORT == 6543
+    assert config.POSTGRES_DB == "myapp"  # the app's class default
+
+
+def test_url_from_parts_round_trips_special_characters() -> None:
+    user = "we@ird:us/er%#"
+    config = DatabaseConfig(POSTGRES_HOST="h", POSTGRES_DB="d b", POSTGRES_USER=user, POSTGRES_PASSWORD=SECRET)
+    rendered = config.database_url.render_as_string(hide_password=False)
+    parsed = make_url(rendered)
+    assert (parsed.username, parsed.password, parsed.database) == (user, SECRET, "d b")
+
+
+@pytest.mark.parametrize(
+    "scheme", ["postgres://", "postgresql://", "postgresql+asyncpg://"]
+)
+def test_url_schemes_normalise_to_asyncpg(scheme: str) -> None:
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=f"{scheme}u:p%40ss@h:5433/db")
+    url = config.database_url
+    assert url.drivername == "postgresql+asyncpg"
+    assert (url.username, url.password, url.host, url.port, url.database) == ("u", "p@ss", "h", 5433, "db")
+
+
+def test_database_url_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:pw@heroku-host/herokudb")
+    config = DbFirstConfig()  # the class default POSTGRES_DB does not count as a contradiction
+    assert config.database_url.host == "heroku-host"
+    assert config.database_url.database == "herokudb"
+
+
+def test_password_is_masked_everywhere_it_is_shown() -> None:
+    config = DatabaseConfig(POSTGRES_HOST="h", POSTGRES_DB="d", POSTGRES_USER="u", POSTGRES_PASSWORD=SECRET)
+    url_config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=config.database_url.render_as_string(hide_password=False))
+    for shown in (
+        repr(config),
+        str(config),
+        repr(url_config),
+        str(url_config),
+        str(config.database_url),
+        repr(config.database_url),
+        config.model_dump_json(),
+        str(config.model_dump()),
+        str(url_config.model_dump()),
+    ):
+        assert SECRET not in shown
+        assert "s3cr%40t" not in shown
+    assert config.POSTGRES_PASSWORD is not None
+    assert config.POSTGRES_PASSWORD.get_secret_value() == SECRET
+
+
+def test_application_name_defaults_to_package() -> None:
+    config = DbFirstConfig(POSTGRES_HOST="h")
+    assert config.application_name == "myapp"
+    assert DbFirstConfig.model_construct().DATABASE_APPLICATION_NAME is None
+    mountaineer_config.unregister_config()
+    assert DbFirstConfig(POSTGRES_HOST="h", DATABASE_APPLICATION_NAME="web").application_name == "web"
+
+
+def _error_text(**values: Any) -> str:
+    with pytest.raises(DatabaseConfigError) as caught:
+        DatabaseConfig(**values)
+    error = caught.value
+    # One error that is both a pydantic ValidationError and ours.
+    assert isinstance(error, ValidationError)
+    assert isinstance(error, MountaineerDBError)
+    return str(error)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PORT": 0}, "POSTGRES_PORT is 0; use a TCP port from 1 to 65535"),
+        ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PORT": 70000}, "POSTGRES_PORT is 70000"),
+        ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_POOL_TYPE": "BOGUS"}, "DATABASE_POOL_TYPE"),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_POOL_TYPE": "FIXED_PROCESS", "DATABASE_POOL_SIZE": -1},
+            "DATABASE_POOL_SIZE is -1; use 1 or more connections",
+        ),
+        ({"SQLALCHEMY_DATABASE_URI": "not a url"}, "SQLALCHEMY_DATABASE_URI"),
+        ({"SQLALCHEMY_DATABASE_URI": "mysql://u:p@h/d"}, "needs a PostgreSQL URL"),
+        ({"SQLALCHEMY_DATABASE_URI": "postgresql://u:p@h:notaport/d"}, "is not a database URL"),
+        ({}, "POSTGRES_HOST and POSTGRES_DB not set"),
+        ({"POSTGRES_HOST": "h"}, "POSTGRES_DB not set"),
+        (
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u:p@h/d", "POSTGRES_HOST": "other"},
+            "Set either SQLALCHEMY_DATABASE_URI or POSTGRES_HOST/POSTGRES_DB, not both.",
+        ),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_POOL_SIZE": 5},
+            "DATABASE_POOL_SIZE only apply when DATABASE_POOL_TYPE=FIXED_PROCESS",
+        ),
+        ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_CONNECT_TIMEOUT": 0}, "DATABASE_CONNECT_TIMEOUT is 0"),
+        ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_STATEMENT_TIMEOUT": -1}, "DATABASE_STATEMENT_TIMEOUT"),
+    ],
+)
+def test_invalid_settings_name_the_field_and_the_fix(values: dict[str, Any], expected: str) -> None:
+    assert expected in _error_text(**values)
+
+
+def test_validation_errors_never_echo_the_password() -> None:
+    text = _error_text(SQLALCHEMY_DATABASE_URI=f"mysql://u:{SECRET.replace('@', '%40')}@h/d")
+    assert "s3cr" not in text
+    text = _error_text(POSTGRES_HOST="h", POSTGRES_DB="d", POSTGRES_PASSWORD=SECRET, POSTGRES_PORT=0)
+    assert SECRET not in text
+
+
+def test_pool_type_and_timeouts_parse_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_POOL_TYPE", "fixed_process")
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "7")
+    monkeypatch.setenv("DATABASE_STATEMENT_TIMEOUT", "1.5")
+    config = DbFirstConfig(POSTGRES_HOST="h")
+    assert config.DATABASE_POOL_TYPE is PoolType.FIXED_PROCESS
+    assert config.DATABASE_POOL_SIZE == 7
+    assert config.DATABASE_STATEMENT_TIMEOUT == 1.5
+
+
+def test_sslmode_defaults_to_disable_on_loopback_and_prefer_elsewhere() -> None:
+    local = DatabaseConfig(POSTGRES_HOST="127.0.0.1", POSTGRES_DB="d")
+    remote = DatabaseConfig(POSTGRES_HOST="db.example.com", POSTGRES_DB="d")
+    explicit = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://u@localhost/d?sslmode=require")
+    assert local.sslmode_for(local.database_url).value == "disable"
+    assert remote.sslmode_for(remote.database_url).value == "prefer"
+    assert explicit.sslmode_for(explicit.database_url).value == "require"
+
+
+def test_migrations_url_defaults_to_the_app_url() -> None:
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://u:p@bouncer:6432/d")
+    assert config.migrations_url == config.database_url
+    direct = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI="postgresql://u:p@bouncer:6432/d",
+        MIGRATIONS_DATABASE_URI="postgresql://u:p@primary:5432/d",
+    )
+    assert direct.migrations_url.host == "primary"
