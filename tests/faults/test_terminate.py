@@ -1,0 +1,102 @@
+"""Scenario 2: a backend terminated mid-transaction, and idle pooled connections terminated.
+
+The in-flight request fails cleanly (503, the real cause in the log), the next one succeeds,
+and for FIXED_PROCESS a pool full of dead connections costs no request at all.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from mountaineer_db.cluster import PgBouncer, PostgresCluster
+
+from .app import APP_NAME
+from .helpers import (
+    Ledger,
+    admin_fetch,
+    app_client,
+    assert_no_leaks,
+    assert_rows_match,
+    bouncer_url,
+    direct_url,
+    faults_config,
+    post_insert,
+    wait_for,
+)
+
+pytestmark = pytest.mark.faults
+
+
+async def _terminate_sleeping(cluster: PostgresCluster) -> int:
+    """Terminate the backend running our pg_sleep, once it is running; returns its pid."""
+    pids: list[int] = []
+
+    async def sleeping() -> bool:
+        rows = await admin_fetch(
+            cluster,
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active' "
+            "AND pid <> pg_backend_pid()",
+        )
+        pids[:] = [r["pid"] for r in rows]
+        return bool(pids)
+
+    await wait_for(sleeping, timeout=5)
+    await admin_fetch(cluster, "SELECT pg_terminate_backend($1)", pids[0])
+    return pids[0]
+
+
+@pytest.mark.parametrize("via", ["direct", "pgbouncer"])
+async def test_backend_terminated_mid_transaction(
+    cluster: PostgresCluster,
+    make_bouncer: Callable[..., PgBouncer],
+    db_logs: pytest.LogCaptureFixture,
+    via: str,
+) -> None:
+    """The in-flight request gets a 503 naming no secret, the log has the server's reason, the next succeeds."""
+    url = direct_url(cluster) if via == "direct" else bouncer_url(make_bouncer(cluster), cluster)
+    config = faults_config(url)
+    ledger = Ledger()
+    async with app_client(config) as client:
+        in_flight = asyncio.create_task(post_insert(client, ledger, sleep=30))
+        await _terminate_sleeping(cluster)
+        outcome = await asyncio.wait_for(in_flight, 5)
+        assert outcome.status == 503, outcome.body
+        assert "database is unavailable" in outcome.body
+        # The server's own words; through PgBouncer, PgBouncer's ("server conn crashed?").
+        cause = "terminating connection due to administrator command" if via == "direct" else "server conn crashed"
+        assert cause in db_logs.text
+        assert "Lost the connection to database \"faults\" on 127.0.0.1" in db_logs.text
+
+        after = await post_insert(client, ledger)
+        assert after.status == 200, after.body
+    await assert_rows_match(cluster, ledger)
+    await assert_no_leaks(cluster, allow_idle=5 if via == "pgbouncer" else 0)
+
+
+async def test_idle_pooled_connections_terminated(cluster: PostgresCluster, db_logs: pytest.LogCaptureFixture) -> None:
+    """FIXED_PROCESS: every pooled connection killed while idle; the next requests all succeed."""
+    config = faults_config(direct_url(cluster), DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=3)
+    ledger = Ledger()
+    async with app_client(config) as client:
+        first = await asyncio.gather(*(post_insert(client, ledger, sleep=0.2) for _ in range(3)))
+        assert [o.status for o in first] == [200, 200, 200]
+        killed = await admin_fetch(
+            cluster,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            APP_NAME,
+        )
+        assert len(killed) == 3
+
+        async def gone() -> bool:
+            rows = await admin_fetch(cluster, "SELECT 1 FROM pg_stat_activity WHERE application_name = $1", APP_NAME)
+            return not rows
+
+        await wait_for(gone, timeout=5)
+        await asyncio.sleep(0.1)  # let the client notice the closed sockets, as any idle moment would
+        again = await asyncio.gather(*(post_insert(client, ledger) for _ in range(3)))
+        assert [o.status for o in again] == [200, 200, 200], [o.body for o in again]
+        assert not [r for r in db_logs.records if r.levelno >= logging.ERROR]
+    await assert_rows_match(cluster, ledger)
+    await assert_no_leaks(cluster, allow_idle=3)

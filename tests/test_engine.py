@@ -1,0 +1,173 @@
+"""Engines: lazy, cached per loop and settings, the right pool, and clear connection failures."""
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, DatabaseUnavailableError, database_session
+from mountaineer_db.engine import engines_on_this_loop
+from tests.conftest import admin_execute
+
+ConfigFactory = Callable[..., DatabaseConfig]
+
+
+def test_import_does_no_io() -> None:
+    """Importing the package and building a config opens no socket and starts no loop."""
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise AssertionError('socket opened at import')\n"
+        "socket.socket.connect = refuse\n"
+        "import mountaineer_db, mountaineer_db.dependencies, mountaineer_db.session\n"
+        "from mountaineer_db import DatabaseConfig\n"
+        "DatabaseConfig(POSTGRES_HOST='unreachable.invalid', POSTGRES_DB='x')\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+async def test_engine_is_lazy_cached_and_uses_null_pool_by_default(make_config: ConfigFactory) -> None:
+    config = make_config()
+    assert engines_on_this_loop() == []
+    engine = await DatabaseDependencies.get_db(config=config)
+    assert await DatabaseDependencies.get_db(config=config) is engine
+    assert isinstance(engine.pool, NullPool)
+    # A config with different connection settings gets its own engine.
+    other = await DatabaseDependencies.get_db(config=make_config(DATABASE_STATEMENT_TIMEOUT=3))
+    assert other is not engine
+    assert len(engines_on_this_loop()) == 2
+
+
+async def test_fixed_process_pool_uses_the_pool_settings(make_config: ConfigFactory) -> None:
+    config = make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=3, DATABASE_MAX_OVERFLOW=1)
+    engine = await DatabaseDependencies.get_db(config=config)
+    assert isinstance(engine.pool, AsyncAdaptedQueuePool)
+    assert engine.pool.size() == 3
+    assert engine.pool._max_overflow == 1  # noqa: SLF001 - no public accessor
+    async with database_session(config) as session:
+        assert (await session.exec(text("SELECT 1"))).one()[0] == 1  # type: ignore[call-overload]
+    assert engine.pool.checkedin() == 1, "the connection went back to the pool"
+
+
+async def test_dispose_engines_forgets_every_engine(make_config: ConfigFactory) -> None:
+    from mountaineer_db import dispose_engines
+
+    engine = await DatabaseDependencies.get_db(config=make_config())
+    await dispose_engines()
+    assert engines_on_this_loop() == []
+    assert await DatabaseDependencies.get_db(config=make_config()) is not engine
+
+
+def _run_query_in_new_loop(config: DatabaseConfig) -> int:
+    async def query() -> int:
+        from mountaineer_db import dispose_engines
+
+        try:
+            async with database_session(config) as session:
+                return int((await session.exec(text("SELECT 41 + 1"))).one()[0])  # type: ignore[call-overload]
+        finally:
+            await dispose_engines()  # a pooled engine's connections belong to this loop
+
+    return asyncio.run(query())
+
+
+def test_each_event_loop_gets_its_own_engine(pg_server: Any, test_database: str) -> None:
+    """Separate event loops (as pytest-asyncio gives each test) never share an engine."""
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database), DATABASE_POOL_TYPE="FIXED_PROCESS")
+    assert _run_query_in_new_loop(config) == 42
+    assert _run_query_in_new_loop(config) == 42  # would be "attached to a different loop" if shared
+
+
+async def test_special_characters_in_user_and_password_connect(pg_server: Any, test_database: str) -> None:
+    user, password = "odd user@:/%#", "pa ss@:/%#word"
+    quoted = password.replace("'", "''")
+    await admin_execute(pg_server, f'DROP ROLE IF EXISTS "{user}"', f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'")
+    config = DatabaseConfig(
+        POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=pg_server.port, POSTGRES_DB=test_database,
+        POSTGRES_USER=user, POSTGRES_PASSWORD=password,
+    )
+    async with database_session(config) as session:
+        assert (await session.exec(text("SELECT current_user"))).one()[0] == user  # type: ignore[call-overload]
+    # The same, given as one percent-encoded URL.
+    url_config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=config.database_url.render_as_string(hide_password=False))
+    async with database_session(url_config) as session:
+        assert (await session.exec(text("SELECT current_user"))).one()[0] == user  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield int(listener.getsockname()[1])
+    listener.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _connect_error(config: DatabaseConfig) -> tuple[DatabaseUnavailableError, float]:
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    return caught.value, time.monotonic() - started
+
+
+async def test_wrong_password_is_one_clear_error(pg_server: Any, test_database: str) -> None:
+    wrong = "Wr0ng-pa55word-XYZ"
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database, password=wrong))
+    error, _ = await _connect_error(config)
+    message = str(error)
+    assert message.startswith(f'Could not connect to database "{test_database}" on 127.0.0.1:{pg_server.port}')
+    assert 'password authentication failed for user "postgres"' in message
+    assert "Check POSTGRES_USER and POSTGRES_PASSWORD" in message
+    assert wrong not in message and wrong not in repr(error)
+    assert error.__cause__ is None and error.__context__ is None, "the driver error (with the password in its frames) is not chained"
+    assert error.status_code == 503
+
+
+async def test_missing_database_is_one_clear_error(pg_server: Any) -> None:
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url("no_such_db"))
+    error, _ = await _connect_error(config)
+    assert 'database "no_such_db" does not exist' in str(error)
+    assert "mountaineer-db createdb" in str(error)
+
+
+async def test_refused_connection_is_one_clear_error(pg_server: Any) -> None:
+    port = _closed_port()
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url("app").set(port=port))
+    error, elapsed = await _connect_error(config)
+    assert f"127.0.0.1:{port}" in str(error)
+    assert "Check POSTGRES_HOST and POSTGRES_PORT" in str(error)
+    assert elapsed < 5
+
+
+async def test_server_that_never_answers_fails_within_connect_timeout(pg_server: Any, silent_server: int) -> None:
+    config = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=pg_server.url("app").set(port=silent_server), DATABASE_CONNECT_TIMEOUT=0.5
+    )
+    error, elapsed = await _connect_error(config)
+    assert "no answer within DATABASE_CONNECT_TIMEOUT" in str(error)
+    assert elapsed < 2.0
+
+
+async def test_server_refusing_connections_is_one_clear_error(pg_server: Any, test_database: str) -> None:
+    """A role that may not log in: PostgreSQL itself refuses the connection."""
+    await admin_execute(pg_server, "DROP ROLE IF EXISTS nologin_role", "CREATE ROLE nologin_role NOLOGIN PASSWORD 'x'")
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database, user="nologin_role", password="x"))
+    error, _ = await _connect_error(config)
+    assert 'role "nologin_role" is not permitted to log in' in str(error)

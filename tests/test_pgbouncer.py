@@ -1,0 +1,103 @@
+"""Through a real PgBouncer in transaction mode, with the default config: zero errors.
+
+The same workload with plain SQLAlchemy defaults fails, which is why the connector exists:
+asyncpg names prepared statements from a per-process counter, so several client processes
+sharing PgBouncer's server connections collide ("already exists") or miss each other's
+statements ("does not exist").
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from mountaineer_db import DatabaseConfig, database_session
+from mountaineer_db.cluster import PgBouncer
+
+pytestmark = pytest.mark.pgbouncer
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 4
+
+
+def _run_workers(mode: str, url: str, requests: int, concurrency: int) -> list[dict[str, Any]]:
+    env = {**os.environ, "WORKER_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.pgbouncer_worker", mode, str(requests), str(concurrency)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(WORKERS)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def _bouncer_url(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> str:
+    url = pgbouncer.url(test_database, user=pg_server.user, password=pg_server.password)
+    return url.render_as_string(hide_password=False)
+
+
+def test_default_config_through_pgbouncer_has_zero_errors(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> None:
+    """4 processes x 8 concurrent tasks x 550 requests through a PgBouncer pool of 4 server connections."""
+    results = _run_workers("ours", _bouncer_url(pgbouncer, pg_server, test_database), requests=550, concurrency=8)
+    assert sum(r["ok"] for r in results) == WORKERS * 550 >= 2000
+    assert [r["errors"] for r in results] == [{}] * WORKERS
+    assert max(r["max_prepared_statements_seen"] for r in results) == 0, "no named statements left on server connections"
+
+
+def test_plain_sqlalchemy_defaults_fail_through_pgbouncer(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> None:
+    """The fix is necessary: the naive setups break in exactly the way FIELD_NOTES records."""
+    url = _bouncer_url(pgbouncer, pg_server, test_database)
+    failures: Counter[str] = Counter()
+    for mode in ("naive-null", "naive-default"):
+        for result in _run_workers(mode, url, requests=150, concurrency=8):
+            failures.update(result["errors"])
+    assert failures, "plain SQLAlchemy defaults unexpectedly survived PgBouncer transaction mode"
+    assert any(
+        "prepared statement" in key and ("already exists" in key or "does not exist" in key) for key in failures
+    ), failures
+
+
+async def test_statement_timeout_holds_through_pgbouncer(bouncer_config: Callable[..., DatabaseConfig]) -> None:
+    config = bouncer_config(DATABASE_STATEMENT_TIMEOUT=0.2, DATABASE_LOCK_TIMEOUT=1.5)
+    async with database_session(config) as session:
+        settings = (await session.exec(text("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"))).one()  # type: ignore[call-overload]
+        assert tuple(settings) == ("200ms", "1500ms")
+    with pytest.raises(DBAPIError, match="canceling statement due to statement timeout"):
+        async with database_session(config) as session:
+            await session.exec(text("SELECT pg_sleep(3)"))  # type: ignore[call-overload]
+
+
+async def test_application_name_holds_through_pgbouncer(bouncer_config: Callable[..., DatabaseConfig]) -> None:
+    config = bouncer_config(DATABASE_APPLICATION_NAME="shop-web")
+    async with database_session(config) as session:
+        name = (await session.exec(text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"))).one()[0]  # type: ignore[call-overload]
+    assert name == "shop-web"
+
+
+async def test_timeouts_as_startup_parameters_break_through_pgbouncer(pgbouncer: PgBouncer, pg_server: Any) -> None:
+    """Why the timeouts ride on BEGIN: PgBouncer refuses them as startup parameters."""
+    import asyncpg
+
+    with pytest.raises(asyncpg.PostgresError, match="unsupported startup parameter"):
+        await asyncpg.connect(
+            host="127.0.0.1", port=pgbouncer.port, user=pg_server.user, password=pg_server.password,
+            database="postgres", ssl=False, server_settings={"statement_timeout": "200"},
+        )
