@@ -14,6 +14,7 @@ with PostgresCluster.temporary() as pg:
 
 import contextlib
 import glob
+import importlib.util
 import logging
 import os
 import pwd
@@ -68,10 +69,11 @@ def find_postgres_bindir() -> Path:
         candidates.append(Path(on_path).parent)
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0))
     candidates.extend(Path(p) for p in reversed(versions))
-    with contextlib.suppress(ImportError):
-        import pgserver  # type: ignore[import-untyped]
-
-        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    # The pgserver wheel ships PostgreSQL binaries; locate them without importing it
+    # (its import has side effects).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
     for candidate in candidates:
         if _has_server(candidate):
             return candidate
