@@ -15,7 +15,7 @@ config does no I/O beyond reading those; it validates every value and raises
 """
 
 import ipaddress
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -36,13 +36,13 @@ from sqlalchemy.exc import ArgumentError
 
 from mountaineer_db.exceptions import DatabaseConfigError
 
-__all__ = ["DatabaseConfig", "PoolType", "SSLMode", "DatabaseURL"]
+__all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "SSLMode"]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 _URL_QUERY_KEYS = {"sslmode", "ssl", "application_name"}
 
 
-class PoolType(str, Enum):
+class PoolType(StrEnum):
     """How engines hold connections."""
 
     NULL = "NULL"
@@ -51,7 +51,7 @@ class PoolType(str, Enum):
     """A fixed-size pool in each process, sized by the DATABASE_POOL_* settings."""
 
 
-class SSLMode(str, Enum):
+class SSLMode(StrEnum):
     """libpq's sslmode values."""
 
     DISABLE = "disable"

@@ -22,6 +22,7 @@ from collections.abc import Hashable
 from typing import Any
 
 import asyncpg
+from sqlalchemy import event, exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -31,7 +32,7 @@ from sqlalchemy.util import await_
 from mountaineer_db.config import DatabaseConfig, PoolType, SSLMode
 from mountaineer_db.exceptions import DatabaseUnavailableError
 
-__all__ = ["dispose_engines", "engine_for", "describe_target", "Connector"]
+__all__ = ["Connector", "describe_target", "dispose_engines", "engine_for"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -67,7 +68,7 @@ class _AdaptedConnection(AsyncAdapt_asyncpg_connection):
     __slots__ = ("_begin_suffix",)
 
     def __init__(self, dbapi: Any, connection: Any, *, begin_suffix: str, **kw: Any) -> None:
-        super().__init__(dbapi, connection, **kw)
+        super().__init__(dbapi, connection, **kw)  # type: ignore[no-untyped-call]
         self._begin_suffix = begin_suffix
 
     async def _start_transaction(self) -> None:
@@ -83,8 +84,9 @@ class _AdaptedConnection(AsyncAdapt_asyncpg_connection):
         try:
             # No arguments: asyncpg uses the simple query protocol, which allows several
             # statements, so BEGIN and the SET LOCALs cost a single round trip.
-            await self._connection.execute(begin + self._begin_suffix)
-        except Exception as error:
+            connection: Any = self._connection
+            await connection.execute(begin + self._begin_suffix)
+        except Exception as error:  # noqa: BLE001 - translated by SQLAlchemy's handler, as upstream does
             self._handle_exception(error)
         else:
             self._transaction = _PlainTransaction(self._connection)  # type: ignore[assignment]
@@ -234,7 +236,20 @@ def _build_engine(config: DatabaseConfig, url: URL) -> AsyncEngine:
     # The URL only names the dialect and is shown in logs and reprs: no password in it.
     engine = create_async_engine(url.set(password=None), **kwargs)
     engine_holder.append(engine)
+    if fixed:
+        event.listen(engine.sync_engine.pool, "checkout", _discard_if_closed)
     return engine
+
+
+def _discard_if_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool checkout hook: a pooled connection the server has closed is replaced, not handed out.
+
+    When a backend is terminated (pg_terminate_backend, a server restart, an idle timeout)
+    the server closes the socket and asyncpg notices at once; checking that flag costs no
+    I/O, unlike `pool_pre_ping`. SQLAlchemy retries the checkout with a fresh connection.
+    """
+    if dbapi_connection._connection.is_closed():
+        raise exc.DisconnectionError("The server closed this pooled connection while it was idle.")
 
 
 _ENGINE_FIELDS = (
@@ -300,4 +315,3 @@ async def dispose_engines() -> None:
 def engines_on_this_loop() -> list[AsyncEngine]:
     """The engines cached for the running loop (for tests and diagnostics)."""
     return list(_engines.get(asyncio.get_running_loop(), {}).values())
-

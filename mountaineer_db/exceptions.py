@@ -6,8 +6,11 @@ it. They never contain a password.
 
 from typing import Any
 
+import asyncpg
 from fastapi import HTTPException
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
 
 __all__ = [
     "ConfigurationError",
@@ -16,6 +19,7 @@ __all__ = [
     "MountaineerDBError",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
+    "unavailable_error_for",
 ]
 
 
@@ -78,6 +82,55 @@ def _rebuild_unavailable(
     message: str, host: str | None, port: int | None, database: str | None
 ) -> DatabaseUnavailableError:
     return DatabaseUnavailableError(message, host=host, port=port, database=database)
+
+
+# Server errors after which the connection is gone (or never became usable), whatever SQLAlchemy
+# made of them. Deliberately not QueryCanceledError (57014: statement timeout, cancel requests),
+# which shares their SQLSTATE class 57 but leaves the connection usable and is the caller's doing.
+_CONNECTION_LOST = (
+    asyncpg.ConnectionDoesNotExistError,  # the socket closed mid-operation
+    asyncpg.PostgresConnectionError,  # class 08, incl. PgBouncer's "query_wait_timeout" and login failures
+    asyncpg.AdminShutdownError,  # pg_terminate_backend, fast/immediate shutdown
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,  # the server is starting up or shutting down
+    asyncpg.IdleInTransactionSessionTimeoutError,
+    ConnectionError,
+)
+
+
+def unavailable_error_for(error: BaseException, *, url: URL) -> "DatabaseUnavailableError | None":
+    """The `DatabaseUnavailableError` that `error` amounts to, or None if it is something else.
+
+    Connection losses mid-request (a terminated backend, a restarting server, PgBouncer
+    dropping us), an exhausted client pool and a client-side command timeout all mean "the
+    database is unavailable right now": callers get one 503 error naming the target and the
+    server's reason. Anything else (constraint violations, statement timeouts, bugs) is None
+    and propagates unchanged. `url` names the target; its password is never used.
+    """
+    where = f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}'
+    if isinstance(error, sa_exc.TimeoutError):  # the client pool had no free connection in time
+        reason = (
+            f"{error.args[0] if error.args else error} All connections of the pool were busy for "
+            "DATABASE_POOL_TIMEOUT; raise DATABASE_POOL_SIZE/DATABASE_MAX_OVERFLOW or lower the load."
+        )
+        return DatabaseUnavailableError(f"No connection to {where} available: {reason}", **_parts(url))
+    if isinstance(error, sa_exc.DBAPIError):
+        cause = error.orig.__cause__ if error.orig is not None and error.orig.__cause__ else error.orig
+        if error.connection_invalidated or isinstance(cause, _CONNECTION_LOST):
+            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+            return DatabaseUnavailableError(f"Lost the connection to {where} mid-request: {detail}", **_parts(url))
+        return None
+    if isinstance(error, TimeoutError):  # asyncpg's command_timeout (DATABASE_COMMAND_TIMEOUT)
+        return DatabaseUnavailableError(
+            f"No answer from {where} within DATABASE_COMMAND_TIMEOUT; the connection was discarded. "
+            "Check the network path to the server and the server's load.",
+            **_parts(url),
+        )
+    return None
+
+
+def _parts(url: URL) -> dict[str, Any]:
+    return {"host": url.host, "port": url.port or 5432, "database": url.database}
 
 
 class ResourceNotFoundError(MountaineerDBError, LookupError):

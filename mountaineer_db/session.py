@@ -7,7 +7,9 @@
    connection is taken until the first statement;
 2. the caller commits; whatever it did not commit is rolled back at the end;
 3. an exception rolls back, is logged once (no SQL parameters, no secrets) and propagates
-   unchanged;
+   unchanged, except that a lost connection (terminated backend, restarting server, PgBouncer
+   dropping us), an exhausted pool or a client-side command timeout becomes a
+   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`;
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -24,6 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import AsyncEngine, engine_for
+from mountaineer_db.exceptions import unavailable_error_for
 
 __all__ = ["AsyncSession", "database_session", "session_scope", "registered_config"]
 
@@ -102,9 +105,16 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     try:
         yield session
     except Exception as error:
-        _log_failure(error)
-        await _shielded(_release(session, invalidate=False))
-        raise
+        unavailable = unavailable_error_for(error, url=engine.url)
+        if unavailable is None:
+            _log_failure(error)
+            await _shielded(_release(session, invalidate=False))
+            raise
+        # The connection is gone or unusable: discard it and answer "database unavailable"
+        # (503) rather than a generic 500. The original error stays chained as the cause.
+        logger.error("Rolled back the request's transaction: %s", unavailable.message)
+        await _shielded(_release(session, invalidate=True))
+        raise unavailable from error
     except BaseException:
         await _shielded(_release(session, invalidate=True))
         raise

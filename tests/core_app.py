@@ -76,7 +76,9 @@ class ProbeController(ControllerBase):
 
     async def render(self, session: SessionDep) -> ProbeRender:
         OBSERVED.append({"in_transaction": session.in_transaction(), "session_type": type(session)})
-        return ProbeRender(metadata=Metadata(explicit_response=JSONResponse({"in_transaction": session.in_transaction()})))
+        return ProbeRender(
+            metadata=Metadata(explicit_response=JSONResponse({"in_transaction": session.in_transaction()}))
+        )
 
 
 class CountRender(RenderBase):

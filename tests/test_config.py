@@ -69,9 +69,7 @@ def test_url_from_parts_round_trips_special_characters() -> None:
     assert (parsed.username, parsed.password, parsed.database) == (user, SECRET, "d b")
 
 
-@pytest.mark.parametrize(
-    "scheme", ["postgres://", "postgresql://", "postgresql+asyncpg://"]
-)
+@pytest.mark.parametrize("scheme", ["postgres://", "postgresql://", "postgresql+asyncpg://"])
 def test_url_schemes_normalise_to_asyncpg(scheme: str) -> None:
     config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=f"{scheme}u:p%40ss@h:5433/db")
     url = config.database_url
@@ -127,7 +125,10 @@ def _error_text(**values: Any) -> str:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PORT": 0}, "POSTGRES_PORT is 0; use a TCP port from 1 to 65535"),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PORT": 0},
+            "POSTGRES_PORT is 0; use a TCP port from 1 to 65535",
+        ),
         ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PORT": 70000}, "POSTGRES_PORT is 70000"),
         ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_POOL_TYPE": "BOGUS"}, "DATABASE_POOL_TYPE"),
         (

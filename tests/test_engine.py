@@ -52,7 +52,7 @@ async def test_fixed_process_pool_uses_the_pool_settings(make_config: ConfigFact
     engine = await DatabaseDependencies.get_db(config=config)
     assert isinstance(engine.pool, AsyncAdaptedQueuePool)
     assert engine.pool.size() == 3
-    assert engine.pool._max_overflow == 1  # noqa: SLF001 - no public accessor
+    assert engine.pool._max_overflow == 1
     async with database_session(config) as session:
         assert (await session.exec(text("SELECT 1"))).one()[0] == 1  # type: ignore[call-overload]
     assert engine.pool.checkedin() == 1, "the connection went back to the pool"
@@ -92,8 +92,11 @@ async def test_special_characters_in_user_and_password_connect(pg_server: Any, t
     quoted = password.replace("'", "''")
     await admin_execute(pg_server, f'DROP ROLE IF EXISTS "{user}"', f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'")
     config = DatabaseConfig(
-        POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=pg_server.port, POSTGRES_DB=test_database,
-        POSTGRES_USER=user, POSTGRES_PASSWORD=password,
+        POSTGRES_HOST="127.0.0.1",
+        POSTGRES_PORT=pg_server.port,
+        POSTGRES_DB=test_database,
+        POSTGRES_USER=user,
+        POSTGRES_PASSWORD=password,
     )
     async with database_session(config) as session:
         assert (await session.exec(text("SELECT current_user"))).one()[0] == user  # type: ignore[call-overload]
@@ -136,7 +139,9 @@ async def test_wrong_password_is_one_clear_error(pg_server: Any, test_database: 
     assert 'password authentication failed for user "postgres"' in message
     assert "Check POSTGRES_USER and POSTGRES_PASSWORD" in message
     assert wrong not in message and wrong not in repr(error)
-    assert error.__cause__ is None and error.__context__ is None, "the driver error (with the password in its frames) is not chained"
+    assert error.__cause__ is None and error.__context__ is None, (
+        "the driver error (with the password in its frames) is not chained"
+    )
     assert error.status_code == 503
 
 

@@ -54,15 +54,21 @@ def _bouncer_url(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> st
     return url.render_as_string(hide_password=False)
 
 
-def test_default_config_through_pgbouncer_has_zero_errors(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> None:
+def test_default_config_through_pgbouncer_has_zero_errors(
+    pgbouncer: PgBouncer, pg_server: Any, test_database: str
+) -> None:
     """4 processes x 8 concurrent tasks x 550 requests through a PgBouncer pool of 4 server connections."""
     results = _run_workers("ours", _bouncer_url(pgbouncer, pg_server, test_database), requests=550, concurrency=8)
     assert sum(r["ok"] for r in results) == WORKERS * 550 >= 2000
     assert [r["errors"] for r in results] == [{}] * WORKERS
-    assert max(r["max_prepared_statements_seen"] for r in results) == 0, "no named statements left on server connections"
+    assert max(r["max_prepared_statements_seen"] for r in results) == 0, (
+        "no named statements left on server connections"
+    )
 
 
-def test_plain_sqlalchemy_defaults_fail_through_pgbouncer(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> None:
+def test_plain_sqlalchemy_defaults_fail_through_pgbouncer(
+    pgbouncer: PgBouncer, pg_server: Any, test_database: str
+) -> None:
     """The fix is necessary: the naive setups break in exactly the way FIELD_NOTES records."""
     url = _bouncer_url(pgbouncer, pg_server, test_database)
     failures: Counter[str] = Counter()
@@ -78,7 +84,9 @@ def test_plain_sqlalchemy_defaults_fail_through_pgbouncer(pgbouncer: PgBouncer, 
 async def test_statement_timeout_holds_through_pgbouncer(bouncer_config: Callable[..., DatabaseConfig]) -> None:
     config = bouncer_config(DATABASE_STATEMENT_TIMEOUT=0.2, DATABASE_LOCK_TIMEOUT=1.5)
     async with database_session(config) as session:
-        settings = (await session.exec(text("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"))).one()  # type: ignore[call-overload]
+        settings = (
+            await session.exec(text("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"))
+        ).one()  # type: ignore[call-overload]
         assert tuple(settings) == ("200ms", "1500ms")
     with pytest.raises(DBAPIError, match="canceling statement due to statement timeout"):
         async with database_session(config) as session:
@@ -88,7 +96,9 @@ async def test_statement_timeout_holds_through_pgbouncer(bouncer_config: Callabl
 async def test_application_name_holds_through_pgbouncer(bouncer_config: Callable[..., DatabaseConfig]) -> None:
     config = bouncer_config(DATABASE_APPLICATION_NAME="shop-web")
     async with database_session(config) as session:
-        name = (await session.exec(text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"))).one()[0]  # type: ignore[call-overload]
+        name = (
+            await session.exec(text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"))
+        ).one()[0]  # type: ignore[call-overload]
     assert name == "shop-web"
 
 
@@ -98,6 +108,11 @@ async def test_timeouts_as_startup_parameters_break_through_pgbouncer(pgbouncer:
 
     with pytest.raises(asyncpg.PostgresError, match="unsupported startup parameter"):
         await asyncpg.connect(
-            host="127.0.0.1", port=pgbouncer.port, user=pg_server.user, password=pg_server.password,
-            database="postgres", ssl=False, server_settings={"statement_timeout": "200"},
+            host="127.0.0.1",
+            port=pgbouncer.port,
+            user=pg_server.user,
+            password=pg_server.password,
+            database="postgres",
+            ssl=False,
+            server_settings={"statement_timeout": "200"},
         )

@@ -62,7 +62,9 @@ async def test_render_starts_in_a_transaction_without_taking_a_connection(
     assert connects == [], "a handler that never queries costs no connection"
 
 
-async def test_committed_action_persists_and_rerender_sees_it(client: httpx.AsyncClient, app_config: CoreAppConfig) -> None:
+async def test_committed_action_persists_and_rerender_sees_it(
+    client: httpx.AsyncClient, app_config: CoreAppConfig
+) -> None:
     response = await client.post("/internal/api/todo_controller/add_todo", json={"description": "buy milk"})
     assert response.status_code == 200, response.text
     assert response.json()["sideeffect"] == {"count": 1, "descriptions": ["buy milk"]}
@@ -83,7 +85,7 @@ async def test_handler_exception_rolls_back_is_logged_once_and_propagates(
     client: httpx.AsyncClient, app_config: CoreAppConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mountaineer_db")
-    with pytest.raises(ValueError, match="^handler failed on purpose$"):
+    with pytest.raises(ValueError, match=r"^handler failed on purpose$"):
         await client.post(
             "/internal/api/todo_controller/add_todo",
             json={"description": "secret-param-value", "fail_after_add": True},
@@ -96,7 +98,9 @@ async def test_handler_exception_rolls_back_is_logged_once_and_propagates(
     assert await _server_connections(app_config) == []
 
 
-async def test_objects_stay_readable_after_commit_without_io(client: httpx.AsyncClient, app_config: CoreAppConfig) -> None:
+async def test_objects_stay_readable_after_commit_without_io(
+    client: httpx.AsyncClient, app_config: CoreAppConfig
+) -> None:
     statements: list[str] = []
     event.listen(engine_for(app_config).sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     await client.post("/internal/api/todo_controller/add_todo", json={"description": "kept"})
@@ -105,8 +109,10 @@ async def test_objects_stay_readable_after_commit_without_io(client: httpx.Async
     assert isinstance(observed["id_after_commit"], int)
     insert_index = next(i for i, s in enumerate(statements) if s.startswith("INSERT"))
     # After the INSERT and COMMIT, the next statement is the re-render's SELECT, not a refresh.
-    assert all(not s.startswith("SELECT core_todo.id, core_todo.description FROM core_todo WHERE core_todo.id")
-               for s in statements[insert_index + 1:])
+    assert all(
+        not s.startswith("SELECT core_todo.id, core_todo.description FROM core_todo WHERE core_todo.id")
+        for s in statements[insert_index + 1 :]
+    )
 
 
 async def test_database_session_outside_requests_has_the_same_guarantees(app_config: CoreAppConfig) -> None:
