@@ -67,7 +67,7 @@ async def test_backend_terminated_mid_transaction(
         # The server's own words; through PgBouncer, PgBouncer's ("server conn crashed?").
         cause = "terminating connection due to administrator command" if via == "direct" else "server conn crashed"
         assert cause in db_logs.text
-        assert "Lost the connection to database \"faults\" on 127.0.0.1" in db_logs.text
+        assert 'Lost the connection to database "faults" on 127.0.0.1' in db_logs.text
 
         after = await post_insert(client, ledger)
         assert after.status == 200, after.body
