@@ -1,0 +1,61 @@
+"""The harness that starts throwaway servers: binary discovery, the pip fallback, clean stops."""
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from mountaineer_db.cluster import PostgresCluster, find_postgres_bindir
+
+
+async def _server_version(cluster: PostgresCluster) -> str:
+    url = cluster.url()
+    connection = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres", ssl=False
+    )
+    try:
+        return str(await connection.fetchval("SHOW server_version"))
+    finally:
+        await connection.close()
+
+
+def test_bindir_override_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = find_postgres_bindir()
+    monkeypatch.setenv("MOUNTAINEER_DB_PG_BINDIR", str(default))
+    assert find_postgres_bindir() == default
+    assert (default / "initdb").exists()
+
+
+def test_pip_installed_postgres_runs_when_no_system_binaries() -> None:
+    """The pgserver wheel's PostgreSQL starts, answers and stops like the system one."""
+    spec = importlib.util.find_spec("pgserver")
+    assert spec is not None and spec.origin, "pgserver is part of the dev extra"
+    bindir = Path(spec.origin).parent / "pginstall" / "bin"
+    with PostgresCluster.temporary(bindir=bindir) as cluster:
+        version = asyncio.run(_server_version(cluster))
+        assert version.split(".")[0].isdigit()
+        process = cluster.process
+        assert process is not None and process.poll() is None
+        if os.geteuid() == 0:
+            assert (cluster.data_dir / "PG_VERSION").stat().st_uid != 0, "the server runs unprivileged"
+    assert process.poll() is not None, "stopping killed exactly the process we started"
+    assert not cluster.data_dir.exists(), "the throwaway data directory is removed"
+
+
+def test_restart_keeps_data() -> None:
+    # Not pytest's tmp_path: its root is private to root, and the server runs unprivileged.
+    tmp_path = Path(tempfile.mkdtemp(prefix="mdb-restart-"))
+    os.chmod(tmp_path, 0o755)
+    cluster = PostgresCluster(tmp_path / "data")
+    with cluster:
+        first_pid = cluster.process.pid if cluster.process else None
+        cluster.restart("fast")
+        assert cluster.process is not None and cluster.process.pid != first_pid
+        assert asyncio.run(_server_version(cluster))
+    assert (tmp_path / "data" / "PG_VERSION").exists()
+    shutil.rmtree(tmp_path)
