@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 
 from mountaineer_db.exceptions import MountaineerDBError, ResourceNotFoundError
 
-__all__ = ["PostgresCluster", "PgBouncer", "find_postgres_bindir", "find_pgbouncer", "free_port"]
+__all__ = ["PgBouncer", "PostgresCluster", "find_pgbouncer", "find_postgres_bindir", "free_port"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -189,6 +189,14 @@ class PostgresCluster:
         """Create the data directory (initdb); SCRAM passwords over TCP, trust on the socket."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
+        if self._run_as is not None:
+            for ancestor in self.data_dir.resolve().parents:
+                if not os.stat(ancestor).st_mode & 0o001:
+                    raise ClusterError(
+                        f"The server runs as {self._run_as!r}, which cannot enter {ancestor} (mode "
+                        f"{oct(os.stat(ancestor).st_mode & 0o777)}). Keep the data directory under a "
+                        "world-searchable folder, or `chmod o+x` that folder."
+                    )
         pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
         pwfile.write_text(self.password + "\n")
         _chown_tree(self.data_dir, self._run_as)
@@ -303,6 +311,11 @@ class PostgresCluster:
         self.stop()
 
 
+def _quoted(value: str) -> str:
+    """A value in PgBouncer's auth_file syntax: double quotes, inner quotes doubled."""
+    return '"' + value.replace('"', '""') + '"'
+
+
 class PgBouncer:
     """A PgBouncer we started in front of a PostgreSQL server, transaction mode by default.
 
@@ -354,9 +367,7 @@ class PgBouncer:
     def _write_files(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         userlist = self.work_dir / "userlist.txt"
-        userlist.write_text(
-            "".join(f'"{u.replace(chr(34), chr(34) * 2)}" "{p.replace(chr(34), chr(34) * 2)}"\n' for u, p in self.users.items())
-        )
+        userlist.write_text("".join(f"{_quoted(user)} {_quoted(pw)}\n" for user, pw in self.users.items()))
         os.chmod(userlist, 0o600)
         admins = ",".join(self.users)
         lines = [
