@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import HTTPException
+from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.config import DatabaseConfig
@@ -98,9 +99,15 @@ def _log_failure(error: Exception) -> None:
 
 
 @asynccontextmanager
-async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """A session on `engine` with a transaction open; see the module docstring for the rules."""
-    session = AsyncSession(engine, expire_on_commit=False)
+async def session_scope(
+    engine: AsyncEngine, *, sync_session_class: type[Session] | None = None
+) -> AsyncIterator[AsyncSession]:
+    """A session on `engine` with a transaction open; see the module docstring for the rules.
+
+    `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
+    dependency passes one that keeps its connection across commits).
+    """
+    session = AsyncSession(engine, expire_on_commit=False, sync_session_class=sync_session_class)
     await session.begin()  # no I/O: the connection is taken by the first statement
     try:
         yield session
