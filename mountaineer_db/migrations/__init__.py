@@ -1,0 +1,65 @@
+"""Alembic migrations for Mountaineer apps, as plain async functions.
+
+```python
+from mountaineer_db import migrations
+
+await migrations.init()                          # <PACKAGE>/migrations/ with an async env.py
+await migrations.generate("add todo priority")   # autogenerate from the models
+await migrations.apply()                         # upgrade to head, safe with N processes at once
+await migrations.check()                         # MigrationCheckError when models and database differ
+```
+
+The `mountaineer-db migrate ...` commands are a thin shell over these; an app's own click
+CLI can call them too. `naming_convention` is the constraint naming applied to the target
+metadata (unless it has its own) so later migrations can drop constraints by name.
+"""
+
+from mountaineer_db.migrations.commands import (
+    MIGRATION_LOCK_KEY,
+    MigrationCheckError,
+    MigrationError,
+    Revision,
+    apply,
+    check,
+    current,
+    generate,
+    history,
+    init,
+    migration_engine,
+    migration_lock,
+    render_item,
+    rollback,
+)
+from mountaineer_db.migrations.differences import describe_difference
+from mountaineer_db.migrations.project import (
+    CONFIG_ENV_VAR,
+    apply_naming_convention,
+    load_config,
+    load_metadata,
+    migrations_directory,
+    naming_convention,
+)
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "MIGRATION_LOCK_KEY",
+    "MigrationCheckError",
+    "MigrationError",
+    "Revision",
+    "apply",
+    "apply_naming_convention",
+    "check",
+    "current",
+    "describe_difference",
+    "generate",
+    "history",
+    "init",
+    "load_config",
+    "load_metadata",
+    "migration_engine",
+    "migration_lock",
+    "migrations_directory",
+    "naming_convention",
+    "render_item",
+    "rollback",
+]
