@@ -119,9 +119,16 @@ async def post_insert(client: httpx.AsyncClient, ledger: Ledger, *, sleep: float
 
 @contextlib.asynccontextmanager
 async def steady_load(
-    client: httpx.AsyncClient, ledger: Ledger, *, concurrency: int = 4, sleep: float = 0.0, pause: float = 0.01
+    client: httpx.AsyncClient,
+    ledger: Ledger,
+    *,
+    concurrency: int = 4,
+    sleep: float = 0.0,
+    pause: float = 0.01,
+    cancel_on_exit: bool = False,
 ) -> AsyncIterator[None]:
-    """Keep `concurrency` insert requests going until the block exits (then let them finish)."""
+    """Keep `concurrency` insert requests going until the block exits (then let them finish,
+    or cancel them with `cancel_on_exit`)."""
     stop = asyncio.Event()
 
     async def worker() -> None:
@@ -134,7 +141,10 @@ async def steady_load(
         yield
     finally:
         stop.set()
-        await asyncio.gather(*tasks)
+        if cancel_on_exit:
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=cancel_on_exit)
 
 
 async def table_ids(cluster: PostgresCluster) -> set[int]:

@@ -1,0 +1,99 @@
+"""Scenario 1: PostgreSQL restarted (fast mode) under load, direct and through PgBouncer.
+
+Requests succeed again within 2 s of PostgreSQL accepting connections; a request that fails
+in the window gets a 503 "database unavailable", never a generic 500.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mountaineer_db.cluster import PgBouncer, PostgresCluster
+
+from .helpers import (
+    Ledger,
+    app_client,
+    assert_no_leaks,
+    assert_rows_match,
+    bouncer_url,
+    direct_url,
+    faults_config,
+    post_insert,
+    steady_load,
+)
+
+pytestmark = pytest.mark.faults
+
+RECOVERY_BOUND = 2.0
+
+
+async def _restart_under_load(cluster: PostgresCluster, url: object, **config: object) -> tuple[Ledger, float]:
+    """Drive inserts, restart PostgreSQL (fast), keep going; returns the ledger and the ready time."""
+    ledger = Ledger()
+    async with app_client(faults_config(url, **config)) as client:
+        async with steady_load(client, ledger, concurrency=4):
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(cluster.stop, "fast")
+            await asyncio.sleep(0.3)  # a real outage window: connections are refused meanwhile
+            await asyncio.to_thread(cluster.start)
+            ready = time.monotonic()
+            await asyncio.sleep(RECOVERY_BOUND + 0.5)
+        final = await post_insert(client, ledger)
+        assert final.status == 200, f"no recovery without a restart of the app: {final.body}"
+    return ledger, ready
+
+
+def _check_window(ledger: Ledger, ready: float) -> float:
+    """Failures are 503s only; everything finishing 2 s after ready succeeded. Returns recovery time."""
+    statuses = ledger.statuses()
+    assert set(statuses) <= {200, 503}, f"failures other than 503: {statuses} {ledger.bodies(500)}"
+    assert statuses.get(503, 0) > 0, "the restart caused no failure at all: the fault was not injected"
+    late = [o for o in ledger.outcomes if o.finished > ready + RECOVERY_BOUND]
+    assert late, "no request finished after the recovery bound"
+    assert all(o.status == 200 for o in late), f"still failing {RECOVERY_BOUND}s after PostgreSQL was ready"
+    assert all("database is unavailable" in body for body in ledger.bodies(503))
+    first_ok = min(o.finished for o in ledger.outcomes if o.status == 200 and o.finished > ready)
+    return first_ok - ready
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_restart_direct(cluster: PostgresCluster, pool: str) -> None:
+    """Direct connections: refused connects and dropped sessions are 503s; back as soon as PostgreSQL is."""
+    ledger, ready = await _restart_under_load(cluster, direct_url(cluster), DATABASE_POOL_TYPE=pool)
+    _check_window(ledger, ready)
+    await assert_rows_match(cluster, ledger, unknown_ok=True)
+    await assert_no_leaks(cluster, allow_idle=5 if pool == "FIXED_PROCESS" else 0)
+
+
+async def test_restart_through_pgbouncer(cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer]) -> None:
+    """Through our PgBouncer (server_login_retry = 1): back within 2 s of PostgreSQL being ready."""
+    bouncer = make_bouncer(cluster)
+    ledger, ready = await _restart_under_load(cluster, bouncer_url(bouncer, cluster))
+    _check_window(ledger, ready)
+    await assert_rows_match(cluster, ledger, unknown_ok=True)
+    await assert_no_leaks(cluster, allow_idle=5)
+
+
+async def test_naive_pgbouncer_login_retry_prolongs_the_outage(
+    cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer]
+) -> None:
+    """The naive setup: PgBouncer's default server_login_retry (15 s) keeps failing well after PostgreSQL is back.
+
+    This is why our PgBouncer fixture and README set `server_login_retry = 1`.
+    """
+    bouncer = make_bouncer(cluster, server_login_retry="15")
+    ledger = Ledger()
+    async with app_client(faults_config(bouncer_url(bouncer, cluster))) as client:
+        async with steady_load(client, ledger, concurrency=2, cancel_on_exit=True):
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cluster.stop, "fast")
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cluster.start)
+            ready = time.monotonic()
+            await asyncio.sleep(RECOVERY_BOUND + 0.3)
+    after = sorted((o.finished - ready, o.status) for o in ledger.outcomes if o.finished > ready)
+    assert after, "no request finished after PostgreSQL was back"
+    recovered = [t for t, status in after if status == 200 and t <= RECOVERY_BOUND]
+    assert not recovered, "PgBouncer's default login retry no longer prolongs outages"
