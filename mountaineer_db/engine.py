@@ -273,6 +273,16 @@ _engines: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, A
     weakref.WeakKeyDictionary()
 )
 
+# Per-request fast path: the same config object (and url object) as last time gives the same
+# engine without rebuilding the settings key (hashing a URL renders it as a string, ~40 µs a
+# request). The entry holds the config and url themselves, so their ids cannot be reused, and
+# the config's URL object, so a config whose URL was filled in later is looked up afresh.
+_IdentityEntry = tuple[DatabaseConfig, URL | None, URL | None, AsyncEngine]
+_recent: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, int], _IdentityEntry]]" = (
+    weakref.WeakKeyDictionary()
+)
+_RECENT_LIMIT = 16
+
 
 def engine_for(config: DatabaseConfig, *, url: URL | None = None) -> AsyncEngine:
     """The engine for `config` on the running event loop, created on first use.
@@ -282,6 +292,12 @@ def engine_for(config: DatabaseConfig, *, url: URL | None = None) -> AsyncEngine
     runs each test in its own loop never sees "attached to a different loop".
     """
     loop = asyncio.get_running_loop()
+    recent = _recent.get(loop)
+    identity = (id(config), id(url))
+    if recent is not None:
+        entry = recent.get(identity)
+        if entry is not None and entry[0] is config and entry[1] is url and entry[2] is config.SQLALCHEMY_DATABASE_URI:
+            return entry[3]
     target = url or config.database_url
     key = (target, config.application_name, *(getattr(config, name) for name in _ENGINE_FIELDS))
     per_loop = _engines.get(loop)
@@ -291,6 +307,9 @@ def engine_for(config: DatabaseConfig, *, url: URL | None = None) -> AsyncEngine
     if engine is None:
         engine = per_loop[key] = _build_engine(config, target)
         logger.debug("Created engine for %s (%s pool)", describe_target(target), config.DATABASE_POOL_TYPE.value)
+    if recent is None or len(recent) >= _RECENT_LIMIT:
+        recent = _recent[loop] = {}
+    recent[identity] = (config, url, config.SQLALCHEMY_DATABASE_URI, engine)
     return engine
 
 
@@ -306,6 +325,7 @@ async def dispose_engines() -> None:
         current = None
     entries = list(_engines.items())
     _engines.clear()
+    _recent.clear()
     for loop, engines in entries:
         if loop is current:
             for engine in engines.values():

@@ -1,0 +1,277 @@
+"""Shared pieces of the benchmark scripts: servers, side-by-side rounds, medians, output.
+
+Every comparison runs its two sides in the same process and event loop, in alternating
+rounds (A B, then B A, ...), and reports the median time per request of each side and the
+median of the per-round ratios (ours ÷ raw). Pairing adjacent rounds is what keeps the
+ratios meaningful on a shared, noisy machine: a burst of load from elsewhere hits both sides
+of a round, and the median discards the rounds it hit unevenly.
+"""
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from mountaineer_db.cluster import PgBouncer, PostgresCluster
+
+BENCH_DATABASE = "bench"
+
+
+@dataclass
+class Stack:
+    """A throwaway PostgreSQL, a PgBouncer in transaction mode in front of it, and a database."""
+
+    cluster: PostgresCluster
+    bouncer: PgBouncer
+
+    def direct_url(self, database: str = BENCH_DATABASE) -> URL:
+        return self.cluster.url(database)
+
+    def bouncer_url(self, database: str = BENCH_DATABASE) -> URL:
+        return self.bouncer.url(database, user=self.cluster.user, password=self.cluster.password)
+
+
+@contextlib.contextmanager
+def servers(
+    *,
+    pg_settings: dict[str, str] | None = None,
+    bouncer_settings: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """Start PostgreSQL and PgBouncer (pool of 20 by default), create the bench database."""
+    settings = {"max_connections": "100", **(pg_settings or {})}
+    with PostgresCluster.temporary(settings=settings) as cluster:
+        work_dir = Path(tempfile.mkdtemp(prefix="mountaineer-db-bench-bouncer-"))
+        os.chmod(work_dir, 0o755)
+        bouncer = PgBouncer(
+            "127.0.0.1",
+            cluster.port,
+            {cluster.user: cluster.password},
+            work_dir=work_dir,
+            settings={"default_pool_size": "20", "max_client_conn": "5000", **(bouncer_settings or {})},
+        )
+        try:
+            bouncer.start()
+            asyncio.run(_create_database(cluster))
+            yield Stack(cluster, bouncer)
+        finally:
+            bouncer.stop()
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+async def _create_database(cluster: PostgresCluster) -> None:
+    connection = await raw_connect(cluster.url("postgres"))
+    try:
+        await connection.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    finally:
+        await connection.close()
+
+
+async def raw_connect(url: URL, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg with the best settings for a pooler: no SSL attempt, unnamed statements."""
+    return await asyncpg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        ssl=False,
+        statement_cache_size=0,
+        **kwargs,
+    )
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+class Timing(float):
+    """Wall-clock µs per request (the float value), with the client's CPU µs per request in `.cpu`.
+
+    The CPU figure is this process's own time (all threads): it is what the client library
+    spends per request, and it is far less disturbed by other load on the machine than wall time.
+    """
+
+    cpu: float
+
+    def __new__(cls, wall: float, cpu: float) -> "Timing":
+        timing = super().__new__(cls, wall)
+        timing.cpu = cpu
+        return timing
+
+
+async def run_concurrent(request: Callable[[], Awaitable[Any]], total: int, concurrency: int) -> Timing:
+    """Run `total` requests with `concurrency` in flight; return µs per request (wall, and CPU)."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await request()
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return Timing(wall * 1e6 / total, cpu * 1e6 / total)
+
+
+@dataclass
+class Comparison:
+    """The result of one side-by-side comparison."""
+
+    label: str
+    ours_label: str
+    raw_label: str
+    ours: list[float]
+    raw: list[float]
+    unit: str = "µs/req"
+    target: float | None = None
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.ours, self.raw, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        if not all(isinstance(v, Timing) for v in (*self.ours, *self.raw)):
+            return None
+        return statistics.median([a.cpu / b.cpu for a, b in zip(self.ours, self.raw, strict=True)])  # type: ignore[attr-defined]
+
+    def lines(self) -> list[str]:
+        ours, raw = statistics.median(self.ours), statistics.median(self.raw)
+        cpu = ["", ""]
+        if self.cpu_ratio is not None:
+            cpu = [
+                f"   (client CPU {statistics.median(v.cpu for v in self.ours):>5.0f} µs)",  # type: ignore[attr-defined]
+                f"   (client CPU {statistics.median(v.cpu for v in self.raw):>5.0f} µs)",  # type: ignore[attr-defined]
+            ]
+        verdict = ""
+        if self.target is not None:
+            verdict = f"  target ≤ {self.target:.2f}× {'MET' if self.ratio <= self.target else 'MISSED'}"
+        spread = f"rounds {min(self.ratios):.2f}–{max(self.ratios):.2f}"
+        return [
+            f"{self.label}",
+            f"    ours  {self.ours_label:<48} {ours:>8.0f} {self.unit}{cpu[0]}",
+            f"    raw   {self.raw_label:<48} {raw:>8.0f} {self.unit}{cpu[1]}",
+            f"    ratio ours/raw = {self.ratio:.2f}× ({spread}, {len(self.ours)} rounds){verdict}"
+            + ("" if self.cpu_ratio is None else f"; client CPU ratio {self.cpu_ratio:.2f}×"),
+        ]
+
+
+async def compare(
+    label: str,
+    ours: tuple[str, Callable[[], Awaitable[float]]],
+    raw: tuple[str, Callable[[], Awaitable[float]]],
+    *,
+    rounds: int,
+    target: float | None = None,
+) -> Comparison:
+    """Alternate the two measurements for `rounds` rounds (after one warm-up each); print the result."""
+    (ours_label, measure_ours), (raw_label, measure_raw) = ours, raw
+    await measure_ours()
+    await measure_raw()
+    ours_values: list[float] = []
+    raw_values: list[float] = []
+    for index in range(rounds):
+        if index % 2 == 0:
+            ours_values.append(await measure_ours())
+            raw_values.append(await measure_raw())
+        else:
+            raw_values.append(await measure_raw())
+            ours_values.append(await measure_ours())
+    result = Comparison(label, ours_label, raw_label, ours_values, raw_values, target=target)
+    print("\n".join(result.lines()), flush=True)
+    return result
+
+
+def machine() -> str:
+    """One line naming the machine and the versions the figures were measured with."""
+    import sqlalchemy
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    pg_version = "?"
+    with contextlib.suppress(Exception):
+        from mountaineer_db.cluster import find_postgres_bindir
+
+        out = subprocess.run([str(find_postgres_bindir() / "postgres"), "--version"], capture_output=True, text=True)
+        pg_version = out.stdout.split()[2]
+    bouncer_version = "?"
+    with contextlib.suppress(Exception):
+        from mountaineer_db.cluster import find_pgbouncer
+
+        out = subprocess.run([str(find_pgbouncer()), "--version"], capture_output=True, text=True)
+        bouncer_version = out.stdout.splitlines()[0].split()[-1]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores, load {load}; Python {platform.python_version()}, "
+        f"PostgreSQL {pg_version}, PgBouncer {bouncer_version}, asyncpg {asyncpg.__version__}, "
+        f"SQLAlchemy {sqlalchemy.__version__}; loop {loop_name()}"
+    )
+
+
+def loop_name() -> str:
+    policy = asyncio.get_event_loop_policy()
+    return "uvloop" if "uvloop" in type(policy).__module__ else "asyncio"
+
+
+def install_loop(choice: str) -> None:
+    """Use uvloop (what uvicorn picks when it is installed) unless asked for plain asyncio."""
+    if choice == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def header(title: str, argv: list[str] | None = None) -> None:
+    print(f"== {title}", flush=True)
+    print(f"   command: {' '.join(['python', *(argv or sys.argv)])}", flush=True)
+    print(f"   machine: {machine()}", flush=True)
+
+
+async def measure_many(
+    title: str, variants: list[tuple[str, Callable[[], Awaitable[float]]]], *, rounds: int
+) -> dict[str, float]:
+    """Rotate through several variants for `rounds` rounds; print each median and its ratio to the first."""
+    for _, measure in variants:
+        await measure()
+    values: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for index in range(rounds):
+        shift = index % len(variants)
+        for label, measure in variants[shift:] + variants[:shift]:
+            values[label].append(await measure())
+    medians = {label: statistics.median(v) for label, v in values.items()}
+    cpus = {label: statistics.median(getattr(x, "cpu", float("nan")) for x in v) for label, v in values.items()}
+    base_label = variants[0][0]
+    base_values = values[base_label]
+    print(title, flush=True)
+    previous: float | None = None
+    for label, _ in variants:
+        ratio = statistics.median([a / b for a, b in zip(values[label], base_values, strict=True)])
+        step = "" if previous is None else f" ({cpus[label] - previous:+.0f} CPU µs vs the line above)"
+        print(
+            f"    {label:<58} {medians[label]:>7.0f} µs/req {ratio:.2f}×  client CPU {cpus[label]:>5.0f} µs{step}",
+            flush=True,
+        )
+        previous = cpus[label]
+    return medians

@@ -1,0 +1,127 @@
+"""Layer-by-layer cost of one request: where the gap to raw asyncpg comes from.
+
+Each line adds one layer to the one above, all measured in rotating rounds in one process
+(`SELECT 1` in a transaction, committed, concurrency 1 unless --concurrency):
+
+- raw asyncpg (pool, or connect-per-request via PgBouncer);
+- SQLAlchemy Core on our engine: `async with engine.begin() as c: await c.execute(...)`;
+- a plain SQLModel `AsyncSession` (`async with AsyncSession(engine) as s`, execute, commit);
+- our `session_scope(engine)` (transaction opened up front, shielded cleanup, rollback);
+- our `session_scope(engine_for(config))`, i.e. exactly what `get_db_session` runs.
+
+The difference between the last line and the plain AsyncSession line is what mountaineer_db
+itself costs; the lines above it are the floor set by SQLAlchemy and SQLModel.
+
+Run:  .venv/bin/python bench/bench_breakdown.py [--setup fixed-direct|default|fixed-bouncer] [--rounds 9]
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from _harness import Stack, header, install_loop, measure_many, run_concurrent, servers
+from bench_sessions import POOL_SIZE, SELECT_1, ours_request, raw_connect_request, raw_pool, raw_pool_request
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+from mountaineer_db.engine import engine_for
+from mountaineer_db.session import session_scope
+
+Request = Callable[[], Awaitable[None]]
+
+
+def core_request(engine: AsyncEngine) -> Request:
+    async def request() -> None:
+        async with engine.begin() as connection:
+            await connection.execute(SELECT_1)
+
+    return request
+
+
+def plain_session_request(engine: AsyncEngine) -> Request:
+    async def request() -> None:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            await session.exec(SELECT_1)
+            await session.commit()
+
+    return request
+
+
+def scope_request(engine: AsyncEngine) -> Request:
+    async def request() -> None:
+        async with session_scope(engine) as session:
+            await session.exec(SELECT_1)
+            await session.commit()
+
+    return request
+
+
+def terminate_request(stack: Stack) -> Request:
+    from _harness import raw_connect
+
+    url = stack.bouncer_url()
+
+    async def request() -> None:
+        connection = await raw_connect(url)
+        try:
+            async with connection.transaction():
+                await connection.fetchval("SELECT 1")
+        finally:
+            connection.terminate()
+
+    return request
+
+
+async def main(args: argparse.Namespace, stack: Stack) -> None:
+    pool: asyncpg.Pool | None = None
+    if args.setup == "default":
+        config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url())
+        raw: list[tuple[str, Request]] = [
+            ("raw asyncpg connect-per-request via PgBouncer (close)", raw_connect_request(stack)),
+            ("raw asyncpg connect-per-request via PgBouncer (terminate)", terminate_request(stack)),
+        ]
+    else:
+        via_bouncer = args.setup == "fixed-bouncer"
+        config = DatabaseConfig(
+            SQLALCHEMY_DATABASE_URI=stack.bouncer_url() if via_bouncer else stack.direct_url(),
+            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
+            DATABASE_POOL_SIZE=POOL_SIZE,
+            DATABASE_MAX_OVERFLOW=0,
+            DATABASE_STATEMENT_CACHE_SIZE=0 if via_bouncer else None,
+        )
+        pool = await raw_pool(stack, via_bouncer=via_bouncer)
+        raw = [(f"raw asyncpg pool ({POOL_SIZE})", raw_pool_request(pool))]
+    engine = engine_for(config)
+    layers: list[tuple[str, Request]] = [
+        *raw,
+        ("+ SQLAlchemy Core (engine.begin, execute)", core_request(engine)),
+        ("+ ORM: plain SQLModel AsyncSession (execute, commit)", plain_session_request(engine)),
+        ("+ ours: session_scope(engine)", scope_request(engine)),
+        ("+ ours: session_scope(engine_for(config)) = get_db_session", ours_request(config)),
+    ]
+    total = args.requests * (1 if args.concurrency == 1 else 2)
+    await measure_many(
+        f"[breakdown] {args.setup}, concurrency {args.concurrency}",
+        [(label, lambda r=request: run_concurrent(r, total, args.concurrency)) for label, request in layers],
+        rounds=args.rounds,
+    )
+    if pool is not None:
+        await pool.close()
+    await dispose_engines()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", choices=("default", "fixed-direct", "fixed-bouncer"), default="fixed-direct")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    arguments = parser.parse_args(sys.argv[1:])
+    install_loop(arguments.loop)
+    header("Layer-by-layer breakdown (SELECT 1 in a transaction, committed)")
+    with servers() as bench_stack:
+        asyncio.run(main(arguments, bench_stack))

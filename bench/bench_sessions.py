@@ -1,0 +1,172 @@
+"""Request sessions side by side with raw asyncpg, in one process (no HTTP).
+
+Each request is `SELECT 1` in a transaction, committed:
+
+- ours: `session_scope(engine_for(config))` (what `DatabaseDependencies.get_db_session`
+  runs per request, engine lookup included), `await session.exec(text("SELECT 1"))`,
+  `await session.commit()`;
+- raw: asyncpg, `async with connection.transaction(): await connection.fetchval("SELECT 1")`.
+
+Comparisons, each at concurrency 1 and 16:
+
+1. default config (NULL pool) via PgBouncer  vs  raw connect-per-request via PgBouncer
+   (ssl=False, statement_cache_size=0: the best raw settings for a pooler);
+2. FIXED_PROCESS direct (pool 10, no overflow)  vs  raw `asyncpg.create_pool` of 10, direct;
+3. FIXED_PROCESS via PgBouncer (DATABASE_STATEMENT_CACHE_SIZE=0)  vs  raw pool of 10 via
+   PgBouncer (statement_cache_size=0).
+
+Run:  .venv/bin/python bench/bench_sessions.py [--rounds 9] [--requests 400] [--loop asyncio]
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from _harness import Comparison, Stack, compare, header, install_loop, raw_connect, run_concurrent, servers
+from sqlalchemy import text
+
+from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+from mountaineer_db.engine import engine_for
+from mountaineer_db.session import session_scope
+
+SELECT_1 = text("SELECT 1")
+POOL_SIZE = 10
+
+
+def ours_request(config: DatabaseConfig) -> Callable[[], Awaitable[None]]:
+    async def request() -> None:
+        async with session_scope(engine_for(config)) as session:
+            await session.exec(SELECT_1)
+            await session.commit()
+
+    return request
+
+
+def raw_connect_request(stack: Stack) -> Callable[[], Awaitable[None]]:
+    url = stack.bouncer_url()
+
+    async def request() -> None:
+        connection = await raw_connect(url)
+        try:
+            async with connection.transaction():
+                await connection.fetchval("SELECT 1")
+        finally:
+            await connection.close()
+
+    return request
+
+
+def raw_pool_request(pool: "asyncpg.Pool[Any]") -> Callable[[], Awaitable[None]]:
+    async def request() -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.fetchval("SELECT 1")
+
+    return request
+
+
+async def raw_pool(stack: Stack, *, via_bouncer: bool) -> "asyncpg.Pool[Any]":
+    url = stack.bouncer_url() if via_bouncer else stack.direct_url()
+    return await asyncpg.create_pool(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        ssl=False,
+        # Direct: asyncpg's default named-statement cache; via PgBouncer it must be off.
+        statement_cache_size=0 if via_bouncer else 100,
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+    )
+
+
+async def main(args: argparse.Namespace) -> list[Comparison]:
+    stack: Stack = args.stack
+    results: list[Comparison] = []
+
+    def measure(request: Callable[[], Awaitable[None]], concurrency: int) -> Callable[[], Awaitable[float]]:
+        requests = args.requests if concurrency == 1 else args.requests * 2
+        return lambda: run_concurrent(request, requests, concurrency)
+
+    default = DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url())
+    fixed_direct = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=stack.direct_url(),
+        DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
+        DATABASE_POOL_SIZE=POOL_SIZE,
+        DATABASE_MAX_OVERFLOW=0,
+    )
+    fixed_bouncer = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=stack.bouncer_url(),
+        DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
+        DATABASE_POOL_SIZE=POOL_SIZE,
+        DATABASE_MAX_OVERFLOW=0,
+        DATABASE_STATEMENT_CACHE_SIZE=0,
+    )
+    selected = set(args.only.split(",")) if args.only else {"default", "fixed-direct", "fixed-bouncer"}
+    for concurrency in (1, 16):
+        if "default" in selected:
+            results.append(
+                await compare(
+                    f"[1] default config (NULL pool) via PgBouncer, concurrency {concurrency}",
+                    ("session_scope, NULL pool, via PgBouncer", measure(ours_request(default), concurrency)),
+                    ("asyncpg connect-per-request, via PgBouncer", measure(raw_connect_request(stack), concurrency)),
+                    rounds=args.rounds,
+                    target=1.25,
+                )
+            )
+        if "fixed-direct" in selected:
+            pool = await raw_pool(stack, via_bouncer=False)
+            try:
+                results.append(
+                    await compare(
+                        f"[2] FIXED_PROCESS direct, pool {POOL_SIZE}, concurrency {concurrency}",
+                        ("session_scope, FIXED_PROCESS, direct", measure(ours_request(fixed_direct), concurrency)),
+                        (f"asyncpg.create_pool({POOL_SIZE}), direct", measure(raw_pool_request(pool), concurrency)),
+                        rounds=args.rounds,
+                        target=1.3,
+                    )
+                )
+            finally:
+                await pool.close()
+        if "fixed-bouncer" in selected:
+            pool = await raw_pool(stack, via_bouncer=True)
+            try:
+                results.append(
+                    await compare(
+                        f"[3] FIXED_PROCESS via PgBouncer, pool {POOL_SIZE}, concurrency {concurrency}",
+                        (
+                            "session_scope, FIXED_PROCESS, cache 0, PgBouncer",
+                            measure(ours_request(fixed_bouncer), concurrency),
+                        ),
+                        (
+                            f"asyncpg.create_pool({POOL_SIZE}), via PgBouncer",
+                            measure(raw_pool_request(pool), concurrency),
+                        ),
+                        rounds=args.rounds,
+                        target=1.3,
+                    )
+                )
+            finally:
+                await pool.close()
+        await dispose_engines()
+    return results
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison (default 9)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per round at concurrency 1 (x2 at 16)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--only", default="", help="comma list of: default, fixed-direct, fixed-bouncer")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse(sys.argv[1:])
+    install_loop(arguments.loop)
+    header("Request sessions vs raw asyncpg (SELECT 1 in a transaction, committed)")
+    with servers() as arguments.stack:
+        asyncio.run(main(arguments))

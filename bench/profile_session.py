@@ -1,0 +1,82 @@
+"""Where a request's client-side time goes: cProfile of our session path, one setup at a time.
+
+Run:  .venv/bin/python bench/profile_session.py --setup default [--requests 2000] [--sort tottime]
+
+Setups: `default` (NULL pool via PgBouncer), `fixed-direct`, `fixed-bouncer`, and the raw
+asyncpg equivalents `raw-connect` (connect-per-request via PgBouncer) and `raw-pool`
+(asyncpg pool, direct), so the two profiles can be read side by side.
+"""
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+
+import asyncpg
+from _harness import Stack, install_loop, servers
+from bench_sessions import POOL_SIZE, ours_request, raw_connect_request, raw_pool_request
+
+from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+
+
+async def main(args: argparse.Namespace, stack: Stack) -> None:
+    pool = None
+    if args.setup == "default":
+        request = ours_request(DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url()))
+    elif args.setup in ("fixed-direct", "fixed-bouncer"):
+        via_bouncer = args.setup == "fixed-bouncer"
+        config = DatabaseConfig(
+            SQLALCHEMY_DATABASE_URI=stack.bouncer_url() if via_bouncer else stack.direct_url(),
+            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
+            DATABASE_POOL_SIZE=POOL_SIZE,
+            DATABASE_MAX_OVERFLOW=0,
+            DATABASE_STATEMENT_CACHE_SIZE=0 if via_bouncer else None,
+        )
+        request = ours_request(config)
+    elif args.setup == "raw-connect":
+        request = raw_connect_request(stack)
+    else:
+        url = stack.direct_url()
+        pool = await asyncpg.create_pool(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            database=url.database,
+            ssl=False,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+        )
+        request = raw_pool_request(pool)
+    for _ in range(50):
+        await request()
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for _ in range(args.requests):
+        await request()
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    print(f"{args.setup}: {elapsed * 1e6 / args.requests:.0f} µs/request under the profiler (concurrency 1)")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats(args.sort).print_stats(args.limit)
+    if pool is not None:
+        await pool.close()
+    await dispose_engines()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--setup", choices=("default", "fixed-direct", "fixed-bouncer", "raw-connect", "raw-pool"), default="default"
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    arguments = parser.parse_args(sys.argv[1:])
+    install_loop(arguments.loop)
+    with servers() as bench_stack:
+        asyncio.run(main(arguments, bench_stack))
