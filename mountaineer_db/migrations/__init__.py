@@ -27,6 +27,7 @@ from mountaineer_db.migrations.commands import (
     init,
     migration_engine,
     migration_lock,
+    migration_settings,
     render_item,
     rollback,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "load_metadata",
     "migration_engine",
     "migration_lock",
+    "migration_settings",
     "migrations_directory",
     "naming_convention",
     "render_item",

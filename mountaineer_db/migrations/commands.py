@@ -58,6 +58,7 @@ __all__ = [
     "init",
     "migration_engine",
     "migration_lock",
+    "migration_settings",
     "render_item",
     "rollback",
 ]
@@ -119,13 +120,13 @@ def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
 # -- pieces env.py uses -----------------------------------------------------------------
 
 
-def migration_engine(config: DatabaseConfig) -> AsyncEngine:
-    """An engine on `config.migrations_url` for migrations and admin work.
+def migration_settings(config: DatabaseConfig) -> DatabaseConfig:
+    """`config` as migrations and admin commands use it: no client pool, no app timeouts.
 
-    No client pool, and none of the app's statement/lock/idle/command timeouts: a migration
-    (or a process waiting for the migration lock) may legitimately take longer than a request.
+    A migration (or a process waiting for the migration lock) may legitimately take longer
+    than any request; DATABASE_CONNECT_TIMEOUT still bounds connecting.
     """
-    settings = config.model_copy(
+    return config.model_copy(
         update={
             "DATABASE_POOL_TYPE": PoolType.NULL,
             "DATABASE_COMMAND_TIMEOUT": None,
@@ -134,7 +135,11 @@ def migration_engine(config: DatabaseConfig) -> AsyncEngine:
             "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": None,
         }
     )
-    return engine_for(settings, url=config.migrations_url)
+
+
+def migration_engine(config: DatabaseConfig) -> AsyncEngine:
+    """An engine on `config.migrations_url` with `migration_settings`; dispose it after use."""
+    return engine_for(migration_settings(config), url=config.migrations_url)
 
 
 @asynccontextmanager

@@ -1,0 +1,222 @@
+"""The `mountaineer-db` command: a thin click shell over `mountaineer_db.migrations` and `admin`.
+
+```
+mountaineer-db [--config module:ClassName] [--debug] migrate init|generate -m MSG|apply [REV]
+               |rollback [REV | -n N]|current|history|check
+mountaineer-db createdb [--create-tables] [--wait SECONDS]
+mountaineer-db dropdb [--yes] [--force]
+```
+
+The app config comes from `--config`, else `MOUNTAINEER_DB_CONFIG`, else the config the app
+registered (when these commands are mounted in the app's own click CLI:
+`cli.add_command(migrate)`). Expected failures print one line to stderr and exit 1; `--debug`
+shows the traceback instead. Nothing connects to a database before a command runs, so
+`--help` works anywhere.
+"""
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from mountaineer_db import admin, migrations
+from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.engine import describe_target, dispose_engines
+from mountaineer_db.exceptions import DatabaseConfigError, MountaineerDBError
+
+__all__ = ["cli", "createdb", "dropdb", "main", "migrate"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Options:
+    config: str | None = None
+    debug: bool = False
+
+
+def _options() -> _Options:
+    context = click.get_current_context()
+    return context.find_object(_Options) or _Options()
+
+
+def _config_error_line(error: DatabaseConfigError) -> str:
+    problems = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        message = " ".join(line.strip() for line in message.splitlines())
+        location = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{location}: {message}" if location else message)
+    return f"Invalid {error.title} settings: " + "; ".join(problems)
+
+
+def _fail(error: MountaineerDBError) -> NoReturn:
+    if isinstance(error, DatabaseConfigError):
+        message = _config_error_line(error)
+    elif isinstance(error, migrations.MigrationCheckError):
+        message = str(error)  # the differences, one per line, are the point of `check`
+    else:
+        message = " ".join(str(error).split())
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+async def _then_dispose(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    finally:
+        await dispose_engines()
+
+
+def _load_config() -> DatabaseConfig:
+    options = _options()
+    try:
+        return migrations.load_config(options.config)
+    except MountaineerDBError as error:
+        if options.debug:
+            raise
+        _fail(error)
+
+
+def _run(operation: Callable[[DatabaseConfig], Coroutine[Any, Any, T]], config: DatabaseConfig | None = None) -> T:
+    """Run `operation(config)` in a fresh event loop; report expected failures in one line."""
+    config = config if config is not None else _load_config()
+    try:
+        return asyncio.run(_then_dispose(operation(config)))
+    except MountaineerDBError as error:
+        if _options().debug:
+            raise
+        _fail(error)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_spec",
+    metavar="MODULE:CLASS",
+    help=f"The app config class, e.g. myapp.config:AppConfig (default: ${migrations.CONFIG_ENV_VAR}, "
+    "else the registered Mountaineer config).",
+)
+@click.option("--debug", is_flag=True, help="Show the full traceback of a failure.")
+@click.pass_context
+def cli(context: click.Context, config_spec: str | None, debug: bool) -> None:
+    """PostgreSQL migrations and database admin for Mountaineer apps."""
+    context.obj = _Options(config=config_spec, debug=debug)
+
+
+@cli.group()
+def migrate() -> None:
+    """Alembic migrations in <PACKAGE>/migrations/."""
+
+
+@migrate.command("init")
+def migrate_init() -> None:
+    """Create <PACKAGE>/migrations/ with an async env.py and a script template."""
+    directory = _run(lambda config: migrations.init(config=config))
+    click.echo(f"Created {directory}")
+
+
+@migrate.command("generate")
+@click.option("-m", "--message", required=True, help="What the migration does, e.g. 'add todo priority'.")
+@click.option("--empty", is_flag=True, help="Write an empty revision for a hand-written migration.")
+def migrate_generate(message: str, empty: bool) -> None:
+    """Autogenerate a revision from the differences between the models and the database."""
+    revision = _run(lambda config: migrations.generate(message, config=config, empty=empty))
+    if revision is None:
+        click.echo("No changes between the models and the database; no revision written.")
+    else:
+        click.echo(f"Wrote {revision.path} ({revision.id}). Review it, then run: mountaineer-db migrate apply")
+
+
+@migrate.command("apply")
+@click.argument("revision", default="head")
+def migrate_apply(revision: str) -> None:
+    """Upgrade the database to REVISION (default: head)."""
+    applied = _run(lambda config: migrations.apply(revision, config=config))
+    for item in applied:
+        click.echo(f"Applied {item}")
+    if not applied:
+        click.echo("Nothing to apply; the database is up to date.")
+
+
+@migrate.command("rollback")
+@click.argument("revision", required=False)
+@click.option("-n", "--steps", type=click.IntRange(min=1), help="Roll back this many revisions.")
+def migrate_rollback(revision: str | None, steps: int | None) -> None:
+    """Downgrade to REVISION (it stays applied; 'base' removes all), or by -n N (default 1)."""
+    rolled_back = _run(lambda config: migrations.rollback(revision, steps=steps, config=config))
+    for item in rolled_back:
+        click.echo(f"Rolled back {item}")
+
+
+@migrate.command("current")
+def migrate_current() -> None:
+    """Show the revision the database is at."""
+    heads = _run(lambda config: migrations.current(config=config))
+    for item in heads:
+        click.echo(str(item))
+    if not heads:
+        click.echo("No migration applied.")
+
+
+@migrate.command("history")
+def migrate_history() -> None:
+    """List the revisions, newest first (reads no database)."""
+    for item in _run(lambda config: migrations.history(config=config)):
+        down = ", ".join(item.down_revisions) or "<base>"
+        click.echo(f"{down} -> {item}")
+
+
+@migrate.command("check")
+def migrate_check() -> None:
+    """Exit 1, listing the differences, unless the database matches the models."""
+    _run(lambda config: migrations.check(config=config))
+    click.echo("The database is at the latest revision and matches the models.")
+
+
+@cli.command("createdb")
+@click.option("--create-tables", is_flag=True, help="Also create the models' tables (development, no migrations).")
+@click.option("--wait", "wait_seconds", type=float, default=0.0, help="Wait up to this long for the server first.")
+def createdb(create_tables: bool, wait_seconds: float) -> None:
+    """Create the configured database if it does not exist."""
+
+    async def operation(config: DatabaseConfig) -> bool:
+        if wait_seconds > 0:
+            await admin.wait_for_database(config, timeout=wait_seconds, database=admin.MAINTENANCE_DATABASE)
+        return await admin.createdb(config, create_tables=create_tables)
+
+    config = _load_config()
+    created = _run(operation, config)
+    target = describe_target(config.migrations_url)
+    click.echo(f"{'Created' if created else 'Already exists:'} {target}")
+    if create_tables:
+        click.echo("Created the tables of the models.")
+
+
+@cli.command("dropdb")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="End other sessions using the database (PostgreSQL 13+).")
+def dropdb(yes: bool, force: bool) -> None:
+    """Drop the configured database, after asking (all its data is lost)."""
+    config = _load_config()
+    target = describe_target(config.migrations_url)
+    if not yes:
+        click.confirm(f"Drop {target}? All its data will be lost", abort=True)
+    _run(lambda config: admin.dropdb(config, force=force), config)
+    click.echo(f"Dropped {target}")
+
+
+def main() -> None:
+    """Entry point of the `mountaineer-db` console script."""
+    # Like `python -m`, let `--config myapp.config:AppConfig` find a package in the current directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    cli(prog_name="mountaineer-db")
+
+
+if __name__ == "__main__":
+    main()
