@@ -39,9 +39,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -170,9 +171,38 @@ async def offer_to_rerender(
             _shared.reset(token)
 
 
+_WROTE = "mountaineer_db.wrote_since_commit"
+
+
+def track_writes(session: AsyncSession) -> None:
+    """Note ORM flushes and INSERT/UPDATE/DELETE statements in `session.info` until commit.
+
+    For sessions without a kept connection of their own (the test kit's, which runs inside
+    savepoints), where the server cannot tell what the current savepoint wrote.
+    """
+    sync_session = session.sync_session
+
+    def wrote(*_: Any) -> None:
+        sync_session.info[_WROTE] = True
+
+    def executed(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            wrote()
+
+    def cleared(*_: Any) -> None:
+        sync_session.info.pop(_WROTE, None)
+
+    event.listen(sync_session, "after_flush", wrote)
+    event.listen(sync_session, "do_orm_execute", executed)
+    event.listen(sync_session, "after_commit", cleared)
+    event.listen(sync_session, "after_soft_rollback", cleared)
+
+
 async def _has_uncommitted_changes(session: AsyncSession) -> bool:
     """Pending ORM changes, or writes the server has seen in the open transaction."""
     if session.new or session.deleted or any(session.is_modified(item) for item in session.dirty):
+        return True
+    if session.info.get(_WROTE):
         return True
     transaction = session.get_transaction()
     if transaction is None or not transaction.is_active:

@@ -1,1 +1,55 @@
-"""Test kit for apps built on mountaineer_db (filled in by the testing-kit work)."""
+"""Test kit for apps built on mountaineer_db: context managers first, pytest fixtures over them.
+
+```python
+from mountaineer_db.testing import (
+    create_schema, override_app_session, postgres_server, rollback_session, throwaway_database,
+)
+
+with postgres_server() as server, throwaway_database(server) as database:
+    config = database.config()
+    create_schema(config, SQLModel.metadata)      # or a hook that runs your migrations
+
+    async def test_it() -> None:
+        async with rollback_session(config) as session:
+            with override_app_session(app, session):
+                ...  # requests against app.app; everything rolls back at the end
+```
+
+With pytest, the same as fixtures (this module's plugin is registered automatically):
+`mdb_server`, `mdb_database`, `mdb_schema`, `mdb_config`, `mdb_session`, `mdb_app`,
+`mdb_app_session`, `mdb_client`, `mdb_pgbouncer`. See the README's "Testing your app".
+"""
+
+from mountaineer_db.testing.databases import (
+    KIT_COMMENT,
+    TEST_URL_ENV,
+    Schema,
+    Server,
+    ThrowawayDatabase,
+    create_schema,
+    pgbouncer_for,
+    postgres_server,
+    throwaway_database,
+)
+from mountaineer_db.testing.sessions import (
+    override_app_session,
+    render_controller,
+    rollback_session,
+    session_provider,
+)
+
+__all__ = [
+    "KIT_COMMENT",
+    "TEST_URL_ENV",
+    "Schema",
+    "Server",
+    "ThrowawayDatabase",
+    "create_schema",
+    "override_app_session",
+    "pgbouncer_for",
+    "postgres_server",
+    "render_controller",
+    "rollback_session",
+    "session_provider",
+    "throwaway_database",
+]

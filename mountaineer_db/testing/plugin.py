@@ -1,1 +1,130 @@
-"""pytest plugin entry point for mountaineer_db.testing."""
+"""pytest plugin of `mountaineer_db.testing`: thin fixtures over its context managers.
+
+Registered through the `pytest11` entry point, so it is active wherever mountaineer_db is
+installed. Nothing starts unless a test asks for one of these fixtures:
+
+| fixture | scope | what |
+|---|---|---|
+| `mdb_server` | session | `$MOUNTAINEER_DB_TEST_URL`'s server, else a throwaway PostgreSQL |
+| `mdb_schema` | session | override it: a `MetaData` (default `SQLModel.metadata`) or a migrations hook |
+| `mdb_database` | session | a fresh database with the tables of `mdb_schema`, dropped at the end |
+| `mdb_config` | session | a `DatabaseConfig` for `mdb_database` |
+| `mdb_session` | test | a session whose changes are rolled back after the test, commits included |
+| `mdb_app` | test | override it: your `AppController` |
+| `mdb_app_session` | test | `mdb_session`, handed to `mdb_app` for the test |
+| `mdb_client` | test | an `httpx.AsyncClient` on `mdb_app`, with `mdb_app_session` in place |
+| `mdb_pgbouncer` | session | a PgBouncer (transaction mode) in front of `mdb_server` |
+"""
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import pytest
+
+if TYPE_CHECKING:
+    from mountaineer_db.cluster import PgBouncer
+    from mountaineer_db.config import DatabaseConfig
+    from mountaineer_db.testing.databases import Schema, Server, ThrowawayDatabase
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _async_fixture(function: _F) -> _F:
+    """A function-scoped async fixture: pytest-asyncio's, so it works in its strict mode too."""
+    try:
+        import pytest_asyncio
+    except ImportError:  # the kit's async fixtures need pytest-asyncio (pip install pytest-asyncio)
+        return cast(_F, pytest.fixture(function))
+    return cast(_F, pytest_asyncio.fixture(function))
+
+
+@pytest.fixture(scope="session")
+def mdb_server() -> "Iterator[Server]":
+    """The PostgreSQL server for this test session (see `postgres_server`)."""
+    from mountaineer_db.testing.databases import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mdb_schema() -> "Schema":
+    """How `mdb_database` makes its tables. Override in your conftest, e.g.:
+
+    ```python
+    @pytest.fixture(scope="session")
+    def mdb_schema():
+        return myapp.models.SQLModel.metadata     # or: lambda config: run_my_migrations(config)
+    ```
+    """
+    from sqlmodel import SQLModel
+
+    return SQLModel.metadata
+
+
+@pytest.fixture(scope="session")
+def mdb_database(mdb_server: "Server", mdb_schema: "Schema") -> "Iterator[ThrowawayDatabase]":
+    """A fresh database for this test session, with its tables made, dropped at the end."""
+    from mountaineer_db.testing.databases import create_schema, throwaway_database
+
+    with throwaway_database(mdb_server) as database:
+        create_schema(database.config(), mdb_schema)
+        yield database
+
+
+@pytest.fixture(scope="session")
+def mdb_config(mdb_database: "ThrowawayDatabase") -> "DatabaseConfig":
+    """A plain `DatabaseConfig` pointing at `mdb_database`."""
+    return mdb_database.config()
+
+
+@_async_fixture
+async def mdb_session(mdb_config: "DatabaseConfig") -> AsyncIterator[Any]:
+    """A session whose changes, committed or not, are rolled back after the test."""
+    from mountaineer_db.testing.sessions import rollback_session
+
+    async with rollback_session(mdb_config) as session:
+        yield session
+
+
+@pytest.fixture
+def mdb_app() -> Any:
+    """Override in your conftest to return your `AppController` (used by `mdb_app_session`)."""
+    raise pytest.UsageError(
+        "mdb_app_session and mdb_client need your app: define a fixture named `mdb_app` that "
+        "returns your mountaineer AppController."
+    )
+
+
+@_async_fixture
+async def mdb_app_session(mdb_app: Any, mdb_session: Any) -> AsyncIterator[Any]:
+    """`mdb_session`, used by every `get_db_session` of `mdb_app` during the test."""
+    from mountaineer_db.testing.sessions import override_app_session
+
+    with override_app_session(mdb_app, mdb_session):
+        yield mdb_session
+
+
+@_async_fixture
+async def mdb_client(mdb_app: Any, mdb_app_session: Any) -> AsyncIterator[Any]:
+    """An `httpx.AsyncClient` calling `mdb_app` in-process, with `mdb_app_session` in place."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=mdb_app.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def mdb_pgbouncer(mdb_server: "Server") -> "Iterator[PgBouncer]":
+    """A PgBouncer in transaction mode in front of `mdb_server`; skipped when not installed.
+
+    `mdb_database.url_via(mdb_pgbouncer)` is the test database's URL through it.
+    """
+    from mountaineer_db.cluster import find_pgbouncer
+    from mountaineer_db.testing.databases import pgbouncer_for
+
+    if find_pgbouncer() is None:
+        pytest.skip("PgBouncer is not installed (apt-get install pgbouncer); the mdb_pgbouncer tests cannot run")
+    with pgbouncer_for(mdb_server) as bouncer:
+        yield bouncer

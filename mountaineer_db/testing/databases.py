@@ -1,0 +1,249 @@
+"""Servers, throwaway databases and their tables, for an app's test session.
+
+Synchronous context managers, so that session-scoped pytest fixtures can use them without an
+event loop of their own:
+
+```python
+with postgres_server() as server, throwaway_database(server) as database:
+    create_schema(database.config(), SQLModel.metadata)
+    ...
+```
+"""
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+from sqlalchemy import MetaData
+from sqlalchemy.engine import URL, make_url
+
+from mountaineer_db.cluster import ExternalServer, PgBouncer, PostgresCluster
+from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.engine import describe_target, engine_for
+from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
+
+__all__ = [
+    "KIT_COMMENT",
+    "TEST_URL_ENV",
+    "Schema",
+    "Server",
+    "ThrowawayDatabase",
+    "create_schema",
+    "pgbouncer_for",
+    "postgres_server",
+    "throwaway_database",
+]
+
+logger = logging.getLogger("mountaineer_db")
+
+TEST_URL_ENV = "MOUNTAINEER_DB_TEST_URL"
+"""Environment variable naming an existing server (a superuser URL) to test against."""
+
+KIT_COMMENT = "made by mountaineer_db.testing"
+"""The comment the kit puts on the databases it creates; it drops no other database."""
+
+_T = TypeVar("_T")
+
+Schema = MetaData | Callable[[DatabaseConfig], Awaitable[None] | None]
+"""How the tables are made: a `MetaData` (create_all), or a hook `hook(config)`, sync or
+async, that runs the app's migrations against the database `config` points at."""
+
+
+class Server(Protocol):
+    """What the kit needs of a server: `PostgresCluster` and `ExternalServer` both fit."""
+
+    user: str
+    password: str
+    port: int
+
+    def url(self, database: str = "postgres", *, user: str | None = None, password: str | None = None) -> URL:
+        """A SQLAlchemy URL for `database` on this server."""
+        ...
+
+
+def _run(work: Callable[[], _T]) -> _T:
+    """Run blocking `work` here, or in a helper thread when this thread runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return work()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name="mountaineer-db-testing")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _run_async(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    return _run(lambda: asyncio.run(make()))
+
+
+@contextlib.contextmanager
+def postgres_server(url: str | URL | None = None) -> Iterator[Server]:
+    """The server to test against: `url`, else `$MOUNTAINEER_DB_TEST_URL`, else a throwaway one.
+
+    The URL must name a role allowed to create databases. A throwaway server is a fresh
+    PostgreSQL cluster in a temporary directory (found as `PostgresCluster` finds one),
+    stopped and deleted on exit.
+    """
+    target = url or os.environ.get(TEST_URL_ENV)
+    if target:
+        yield ExternalServer(make_url(target) if isinstance(target, str) else target)
+        return
+    with PostgresCluster.temporary() as cluster:
+        yield cluster
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class ThrowawayDatabase:
+    """A database the kit created on `server` for this test session."""
+
+    def __init__(self, server: Server, name: str) -> None:
+        self.server = server
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ThrowawayDatabase({self.name!r} on {self.server!r})"
+
+    @property
+    def url(self) -> URL:
+        """Its URL (asyncpg driver, password included; `str()` masks it)."""
+        return self.server.url(self.name)
+
+    def url_via(self, bouncer: PgBouncer) -> URL:
+        """Its URL through `bouncer` (see `pgbouncer_for`)."""
+        return bouncer.url(self.name, user=self.server.user, password=self.server.password)
+
+    def config(self, config_class: type[DatabaseConfig] = DatabaseConfig, **overrides: Any) -> DatabaseConfig:
+        """A config pointing at this database; `config_class` may be the app's own config class."""
+        values: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": self.url, **overrides}
+        return config_class(**values)
+
+
+async def _connect(server: Server) -> Any:
+    url = server.url("postgres")
+    return await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database="postgres"
+    )
+
+
+async def _create(server: Server, name: str) -> None:
+    connection = await _connect(server)
+    try:
+        existing = await connection.fetch(
+            "SELECT shobj_description(oid, 'pg_database') AS comment FROM pg_database WHERE datname = $1", name
+        )
+        if existing and existing[0]["comment"] == KIT_COMMENT:
+            # Left behind by an interrupted run of the kit: ours to wipe.
+            logger.info("Dropping database %s, left behind by an earlier test run.", _quote(name))
+            await connection.execute(f"DROP DATABASE {_quote(name)} WITH (FORCE)")
+        elif existing:
+            raise ResourceAlreadyExistsError(
+                f"The {describe_target(server.url(name))} already exists and was not made by the test kit; "
+                "the kit never reuses or wipes a database it did not create. Pick another name, or drop "
+                "that database yourself if it is disposable."
+            )
+        await connection.execute(f"CREATE DATABASE {_quote(name)}")
+        await connection.execute(f"COMMENT ON DATABASE {_quote(name)} IS '{KIT_COMMENT}'")
+    finally:
+        await connection.close()
+
+
+async def _drop(server: Server, name: str) -> None:
+    connection = await _connect(server)
+    try:
+        await connection.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def throwaway_database(server: Server, *, name: str | None = None) -> Iterator[ThrowawayDatabase]:
+    """A fresh, empty database on `server`, dropped on exit.
+
+    The default name is random (`mdb_test_<hex>`). An existing database of that name is
+    refused (`ResourceAlreadyExistsError`) unless the kit made it in an earlier run.
+    """
+    name = name or f"mdb_test_{secrets.token_hex(4)}"
+    _run_async(lambda: _create(server, name))
+    try:
+        yield ThrowawayDatabase(server, name)
+    finally:
+        _run_async(lambda: _drop(server, name))
+
+
+async def _create_all(config: DatabaseConfig, metadata: MetaData) -> None:
+    engine = engine_for(config)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+    finally:
+        await engine.dispose()
+
+
+def create_schema(config: DatabaseConfig, schema: Schema) -> None:
+    """Make the tables in the database `config` points at: `create_all` or a migrations hook.
+
+    A hook is called as `hook(config)`, outside any event loop, so a synchronous hook may run
+    `asyncio.run` itself (Alembic's async `env.py` does); an async hook is awaited.
+    """
+    if isinstance(schema, MetaData):
+        metadata = schema
+        _run_async(lambda: _create_all(config, metadata))
+        return
+    if not callable(schema):
+        raise ConfigurationError(
+            f"The schema must be a sqlalchemy MetaData or a callable hook(config), not {type(schema).__name__}."
+        )
+
+    def call() -> None:
+        result = schema(config)
+        if inspect.isawaitable(result):
+            awaitable = result
+
+            async def wait() -> None:
+                await awaitable
+
+            asyncio.run(wait())
+
+    _run(call)
+
+
+@contextlib.contextmanager
+def pgbouncer_for(server: Server, *, settings: dict[str, str] | None = None) -> Iterator[PgBouncer]:
+    """A PgBouncer in transaction mode in front of `server`, stopped on exit.
+
+    Needs the `pgbouncer` executable (Debian/Ubuntu: `apt-get install pgbouncer`).
+    """
+    work_dir = Path(tempfile.mkdtemp(prefix="mountaineer-db-kit-bouncer-"))
+    os.chmod(work_dir, 0o755)  # the unprivileged user PgBouncer runs as must reach its files
+    host = server.url().host or "127.0.0.1"
+    bouncer = PgBouncer(host, server.port, {server.user: server.password}, work_dir=work_dir, settings=settings)
+    try:
+        with bouncer:
+            yield bouncer
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)

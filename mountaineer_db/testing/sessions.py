@@ -1,0 +1,170 @@
+"""Per-test sessions that roll back, and handing one to a Mountaineer app.
+
+```python
+async with rollback_session(config) as session:
+    with override_app_session(app, session):
+        ...  # GET renders, actions and the re-render after a @sideeffect all use `session`
+```
+"""
+
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.dependencies import (
+    _borrowed,
+    _end_transaction,
+    _shared,
+    get_db_session,
+    offer_to_rerender,
+    track_writes,
+)
+from mountaineer_db.engine import engine_for
+from mountaineer_db.session import _shielded
+
+__all__ = ["override_app_session", "render_controller", "rollback_session", "session_provider"]
+
+logger = logging.getLogger("mountaineer_db")
+
+_OVERRIDES_ATTR = "__mountaineer_dependency_overrides__"  # what mountaineer_di reads (its overrides.py)
+
+
+@contextlib.asynccontextmanager
+async def rollback_session(config_or_engine: DatabaseConfig | AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session whose every change is rolled back on exit, even what the code under test commits.
+
+    It runs inside a transaction on one connection that is rolled back at the end; the
+    session works in savepoints (`join_transaction_mode="create_savepoint"`), so `commit()`
+    and `rollback()` in the code under test behave as usual in between.
+    """
+    engine = engine_for(config_or_engine) if isinstance(config_or_engine, DatabaseConfig) else config_or_engine
+    async with engine.connect() as connection:
+        outer = await connection.begin()
+        session = AsyncSession(bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
+        track_writes(session)
+        await session.begin()
+        try:
+            yield session
+        finally:
+            await _shielded(session.close())
+            if outer.is_active:
+                await _shielded(outer.rollback())
+
+
+def session_provider(session: AsyncSession) -> Callable[[Request], AsyncIterator[AsyncSession]]:
+    """A replacement for `get_db_session` that hands out `session` with the request semantics.
+
+    Like the real dependency: the session is in a transaction when the handler starts, what
+    the handler did not commit is rolled back when it ends (here: to the last commit, inside
+    the test's transaction), and a `@sideeffect`'s re-render gets the same session after the
+    action's uncommitted changes are rolled back.
+    """
+
+    async def provide_test_session(request: Request) -> AsyncIterator[AsyncSession]:
+        state = _shared.get()
+        if state is not None and state.session is session and state.serves(request, None):
+            async with _borrowed(state) as borrowed:
+                yield borrowed
+            return
+        if not session.in_transaction():
+            await session.begin()
+        async with offer_to_rerender(session, request):
+            try:
+                yield session
+            finally:
+                await _shielded(_end_transaction(session))
+
+    return provide_test_session
+
+
+def _controllers(target: Any) -> list[Any]:
+    graph = getattr(target, "graph", None)
+    if graph is not None:  # an AppController
+        return [definition.controller for definition in graph.controllers]
+    return [target]
+
+
+@contextlib.contextmanager
+def override_app_session(target: Any, session: AsyncSession) -> Iterator[AsyncSession]:
+    """Hand `session` to every `get_db_session` of a Mountaineer app (or one controller).
+
+    - FastAPI-resolved dependencies (GET renders, actions): through the app's
+      `dependency_overrides` (only when `target` is an `AppController`);
+    - `render()` re-run by Mountaineer after a `@sideeffect`, which `mountaineer_di` resolves
+      outside FastAPI: through the callable-level override `mountaineer_di` reads on each
+      controller's `render`, and the request session sharing of `get_db_session` itself.
+
+    Requests are expected one at a time (an `AsyncSession` is not safe for concurrent use).
+    Everything is restored on exit.
+    """
+    provider = session_provider(session)
+    fastapi_app = getattr(target, "app", None)
+    overrides: dict[Any, Any] | None = getattr(fastapi_app, "dependency_overrides", None)
+    previous_fastapi = overrides.get(get_db_session) if overrides is not None else None
+    if overrides is not None:
+        overrides[get_db_session] = provider
+    patched: list[tuple[Any, dict[Any, Any] | None]] = []
+    for controller in _controllers(target):
+        # The outermost function: mountaineer_di merges overrides along `__wrapped__`, outermost last.
+        render = getattr(type(controller), "render", None)
+        if render is None:
+            continue
+        existing = getattr(render, _OVERRIDES_ATTR, None)
+        patched.append((render, existing))
+        setattr(render, _OVERRIDES_ATTR, {**(existing or {}), get_db_session: provider})
+    try:
+        yield session
+    finally:
+        for render, existing in reversed(patched):
+            if existing is None:
+                with contextlib.suppress(AttributeError):
+                    delattr(render, _OVERRIDES_ATTR)
+            else:
+                setattr(render, _OVERRIDES_ATTR, existing)
+        if overrides is not None:
+            if previous_fastapi is None:
+                overrides.pop(get_db_session, None)
+            else:
+                overrides[get_db_session] = previous_fastapi
+
+
+async def render_controller(controller: Any, session: AsyncSession, *, path: str | None = None) -> Any:
+    """Run `controller.render()` with its dependencies resolved as Mountaineer does, using `session`.
+
+    For render tests without a frontend build: returns what `render()` returns (its
+    `RenderBase` model). `path` is the page URL, for controllers with path parameters.
+    """
+    from mountaineer_di import get_function_dependencies
+
+    url = getattr(controller, "url", None)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": path or url or "/",
+        "query_string": b"",
+        "headers": [],
+        "http_version": "1.1",
+        "scheme": "http",
+        "client": ("127.0.0.1", 0),
+        "server": ("testserver", 80),
+        "path_params": {},
+    }
+    request = Request(scope)
+    provider = session_provider(session)
+    async with get_function_dependencies(
+        callable=controller.render,
+        url=url,
+        request=request,
+        dependency_overrides={get_db_session: provider},
+    ) as values:
+        result = controller.render(**values)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
