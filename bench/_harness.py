@@ -200,7 +200,7 @@ async def compare(
     return result
 
 
-def machine() -> str:
+def machine(loop: str | None = None) -> str:
     """One line naming the machine and the versions the figures were measured with."""
     import sqlalchemy
 
@@ -226,7 +226,7 @@ def machine() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, load {load}; Python {platform.python_version()}, "
         f"PostgreSQL {pg_version}, PgBouncer {bouncer_version}, asyncpg {asyncpg.__version__}, "
-        f"SQLAlchemy {sqlalchemy.__version__}; loop {loop_name()}"
+        f"SQLAlchemy {sqlalchemy.__version__}; loop {loop or loop_name()}"
     )
 
 
@@ -243,10 +243,10 @@ def install_loop(choice: str) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def header(title: str, argv: list[str] | None = None) -> None:
+def header(title: str, *, loop: str | None = None) -> None:
     print(f"== {title}", flush=True)
-    print(f"   command: {' '.join(['python', *(argv or sys.argv)])}", flush=True)
-    print(f"   machine: {machine()}", flush=True)
+    print(f"   command: {' '.join(['python', *sys.argv])}", flush=True)
+    print(f"   machine: {machine(loop)}", flush=True)
 
 
 async def measure_many(

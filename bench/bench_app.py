@@ -1,0 +1,100 @@
+"""The two HTTP apps the HTTP benchmark serves with uvicorn (imported by its workers).
+
+- `bench_app:ours`: a Mountaineer app using mountaineer_db as an app author would, configured
+  from the environment (SQLALCHEMY_DATABASE_URI, DATABASE_POOL_TYPE, ...):
+  `GET /` is a render that reads (`SELECT 1`) and does not commit; it answers with an explicit
+  JSON response (a Mountaineer feature), so no frontend build is needed and no SSR time is
+  mixed into the database figures. `POST /internal/api/bench_controller/ping` is a
+  `@passthrough` action that runs the same query and commits.
+- `bench_app:raw`: a bare FastAPI app with one endpoint per route above doing the same query
+  in a transaction on an `asyncpg.create_pool` (RAW_POOL_SIZE, default 10) opened at startup,
+  with `ssl=False, statement_cache_size=0` (it sits behind PgBouncer in transaction mode).
+
+Both answer `{"value": 1}`.
+"""
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+
+SELECT_1 = text("SELECT 1")
+
+
+def _build_ours() -> Any:
+    from mountaineer import AppController, ConfigBase, ControllerBase, Depends, Metadata, RenderBase, passthrough
+
+    from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies
+
+    class BenchConfig(DatabaseConfig, ConfigBase):
+        """Settings come from the environment the benchmark starts uvicorn with."""
+
+    class HomeRender(RenderBase):
+        pass
+
+    class PingResponse(BaseModel):
+        value: int
+
+    class BenchController(ControllerBase):
+        url = "/"
+        view_path = "/app/home/page.tsx"
+
+        async def render(self, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)) -> HomeRender:
+            value = (await session.exec(SELECT_1)).scalar_one()
+            return HomeRender(metadata=Metadata(explicit_response=JSONResponse({"value": value})))
+
+        @passthrough
+        async def ping(self, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)) -> PingResponse:
+            value = (await session.exec(SELECT_1)).scalar_one()
+            await session.commit()
+            return PingResponse(value=value)
+
+    view_root = Path(tempfile.gettempdir()) / "mountaineer-db-bench-views"
+    (view_root / "app" / "home").mkdir(parents=True, exist_ok=True)
+    (view_root / "app" / "home" / "page.tsx").write_text("export default function Page() { return null; }\n")
+    (view_root / "package.json").write_text('{"name": "bench-views", "private": true}\n')
+    controller = AppController(view_root=view_root, config=BenchConfig())
+    controller.register(BenchController())
+    return controller.app
+
+
+def _build_raw() -> FastAPI:
+    pool: asyncpg.Pool | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal pool
+        size = int(os.environ.get("RAW_POOL_SIZE", "10"))
+        pool = await asyncpg.create_pool(
+            os.environ["RAW_DSN"], ssl=False, statement_cache_size=0, min_size=size, max_size=size
+        )
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def query() -> JSONResponse:
+        assert pool is not None
+        async with pool.acquire() as connection, connection.transaction():
+            value = await connection.fetchval("SELECT 1")
+        return JSONResponse({"value": value})
+
+    app.get("/")(query)
+    app.post("/internal/api/bench_controller/ping")(query)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ours":
+        return _build_ours()
+    if name == "raw":
+        return _build_raw()
+    raise AttributeError(name)

@@ -1,0 +1,249 @@
+"""HTTP side by side: a Mountaineer app on mountaineer_db vs bare FastAPI on a raw asyncpg pool.
+
+Both apps (see bench_app.py) are served by uvicorn (2 workers each, uvloop, httptools)
+behind the same PgBouncer (transaction mode, pool 20); the load comes from loadgen.py in a
+separate process (keep-alive connections). Rounds alternate between the two servers;
+figures are medians over rounds:
+
+- render: `GET /` (a Mountaineer render reading `SELECT 1` through `get_db_session`, no commit)
+  vs the raw endpoint running the same query in a transaction;
+- action: a `@passthrough` action running the same query and committing vs the same raw endpoint.
+
+Ours runs twice: with the default config (NULL pool via PgBouncer) and with FIXED_PROCESS
+via PgBouncer (pool 10 per worker, DATABASE_STATEMENT_CACHE_SIZE=0); raw uses an asyncpg
+pool of 10 per worker (ssl=False, statement_cache_size=0).
+
+`--scale` runs the load test instead: PostgreSQL max_connections 50, PgBouncer pool 20,
+4 uvicorn workers, 500 concurrent clients on the render, for the default config, for
+FIXED_PROCESS via PgBouncer (pool 5 per worker) and for the raw app (pool 5 per worker).
+
+Run:  .venv/bin/python bench/bench_http.py [--rounds 5] [--duration 3] [--concurrency 16]
+      .venv/bin/python bench/bench_http.py --scale [--duration 15]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from _harness import Stack, header, servers
+
+from mountaineer_db.cluster import free_port
+
+HERE = Path(__file__).resolve().parent
+ACTION_PATH = "/internal/api/bench_controller/ping"
+
+
+@contextlib.contextmanager
+def uvicorn(target: str, env: dict[str, str], *, workers: int, log_dir: Path) -> Iterator[str]:
+    """Serve `bench_app:<target>` with uvicorn; yield its base URL; stop it by its PID."""
+    port = free_port()
+    log = open(log_dir / f"uvicorn-{target}-{port}.log", "wb")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"bench_app:{target}",
+            "--app-dir",
+            str(HERE),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, port, log_dir / f"uvicorn-{target}-{port}.log")
+        yield base
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def _wait_ready(process: "subprocess.Popen[bytes]", port: int, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited during start-up:\n{log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"uvicorn did not answer within {timeout}s; see {log}")
+
+
+def load(url: str, *, concurrency: int, duration: float, post: bool = False, warmup: float = 0.5) -> dict[str, Any]:
+    """Run loadgen.py in its own process; return its JSON summary."""
+    argv = [sys.executable, str(HERE / "loadgen.py"), url, "--concurrency", str(concurrency)]
+    argv += ["--duration", str(duration), "--warmup", str(warmup)]
+    if post:
+        argv.append("--post")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + 180, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def ours_env(stack: Stack, **settings: str) -> dict[str, str]:
+    url = stack.bouncer_url().render_as_string(hide_password=False)
+    return {"SQLALCHEMY_DATABASE_URI": url, **settings}
+
+
+def raw_env(stack: Stack, pool_size: int) -> dict[str, str]:
+    dsn = stack.bouncer_url().set(drivername="postgresql").render_as_string(hide_password=False)
+    return {"RAW_DSN": dsn, "RAW_POOL_SIZE": str(pool_size)}
+
+
+def compare_http(label: str, ours_url: str, raw_url: str, args: argparse.Namespace, *, post: bool) -> dict[str, Any]:
+    ours: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    load(ours_url, concurrency=args.concurrency, duration=1, post=post)
+    load(raw_url, concurrency=args.concurrency, duration=1, post=post)
+    for index in range(args.rounds):
+        pair = [(ours, ours_url), (raw, raw_url)]
+        for bucket, url in pair if index % 2 == 0 else reversed(pair):
+            bucket.append(load(url, concurrency=args.concurrency, duration=args.duration, post=post))
+
+    def med(rows: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    rps_ratio = statistics.median(o["rps"] / r["rps"] for o, r in zip(ours, raw, strict=True))
+    p99_ratio = statistics.median(o["p99_ms"] / r["p99_ms"] for o, r in zip(ours, raw, strict=True))
+    errors = (sum(r["errors"] for r in ours), sum(r["errors"] for r in raw))
+    print(label, flush=True)
+    print(f"    ours  {med(ours, 'rps'):>7.0f} req/s   p99 {med(ours, 'p99_ms'):>6.1f} ms   errors {errors[0]}")
+    print(f"    raw   {med(raw, 'rps'):>7.0f} req/s   p99 {med(raw, 'p99_ms'):>6.1f} ms   errors {errors[1]}")
+    print(
+        f"    ratio ours/raw: throughput {rps_ratio:.2f}×, time per request {1 / rps_ratio:.2f}×, "
+        f"p99 {p99_ratio:.2f}× ({args.rounds} rounds of {args.duration:g} s, {args.concurrency} clients)",
+        flush=True,
+    )
+    for rows in (ours, raw):
+        for row in rows:
+            for sample in row.get("error_samples", []):
+                print(f"    error sample: {sample}")
+    return {"ours": ours, "raw": raw}
+
+
+def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
+    with servers() as stack:
+        fixed = {
+            "DATABASE_POOL_TYPE": "FIXED_PROCESS",
+            "DATABASE_POOL_SIZE": "10",
+            "DATABASE_MAX_OVERFLOW": "0",
+            "DATABASE_STATEMENT_CACHE_SIZE": "0",
+        }
+        with (
+            uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
+            uvicorn("ours", ours_env(stack), workers=2, log_dir=log_dir) as default_url,
+        ):
+            compare_http(
+                "[4a] render GET /, default config via PgBouncer", default_url + "/", raw_url + "/", args, post=False
+            )
+            compare_http(
+                "[4b] action (@passthrough, commits), default config via PgBouncer",
+                default_url + ACTION_PATH,
+                raw_url + ACTION_PATH,
+                args,
+                post=True,
+            )
+        with (
+            uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
+            uvicorn("ours", ours_env(stack, **fixed), workers=2, log_dir=log_dir) as fixed_url,
+        ):
+            compare_http(
+                "[4c] render GET /, FIXED_PROCESS via PgBouncer", fixed_url + "/", raw_url + "/", args, post=False
+            )
+            compare_http(
+                "[4d] action (@passthrough, commits), FIXED_PROCESS via PgBouncer",
+                fixed_url + ACTION_PATH,
+                raw_url + ACTION_PATH,
+                args,
+                post=True,
+            )
+
+
+def scale(args: argparse.Namespace, log_dir: Path) -> None:
+    clients, workers = args.clients, 4
+    print(
+        f"[6] scale: {workers} uvicorn workers, {clients} concurrent clients, GET / (render), "
+        f"PgBouncer pool 20, PostgreSQL max_connections 50, {args.duration:g} s per run",
+        flush=True,
+    )
+    per_worker = "5"
+    runs = [
+        ("ours, default config (NULL pool) via PgBouncer", "ours", {}),
+        (
+            f"ours, FIXED_PROCESS via PgBouncer (pool {per_worker}/worker)",
+            "ours",
+            {
+                "DATABASE_POOL_TYPE": "FIXED_PROCESS",
+                "DATABASE_POOL_SIZE": per_worker,
+                "DATABASE_MAX_OVERFLOW": "0",
+                "DATABASE_STATEMENT_CACHE_SIZE": "0",
+            },
+        ),
+        (f"raw FastAPI + asyncpg pool ({per_worker}/worker) via PgBouncer", "raw", None),
+    ]
+    with servers(pg_settings={"max_connections": "50"}, bouncer_settings={"default_pool_size": "20"}) as stack:
+        for label, target, settings in runs:
+            env = raw_env(stack, int(per_worker)) if settings is None else ours_env(stack, **settings)
+            with uvicorn(target, env, workers=workers, log_dir=log_dir) as base:
+                result = load(base + "/", concurrency=clients, duration=args.duration, warmup=2.0)
+            print(
+                f"    {label:<58} {result['rps']:>6.0f} req/s  p50 {result['p50_ms']:>6.1f} ms  "
+                f"p99 {result['p99_ms']:>7.1f} ms  max {result['max_ms']:>7.1f} ms  "
+                f"requests {result['requests']}  errors {result['errors']}",
+                flush=True,
+            )
+            for sample in result.get("error_samples", []):
+                print(f"        error sample: {sample}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load run (3; 15 with --scale)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--scale", action="store_true", help="run the 4-worker, 500-client load test instead")
+    parser.add_argument("--clients", type=int, default=500, help="concurrent clients for --scale")
+    arguments = parser.parse_args()
+    if arguments.duration is None:
+        arguments.duration = 15.0 if arguments.scale else 3.0
+    header(
+        "HTTP: Mountaineer + mountaineer_db vs FastAPI + raw asyncpg pool" + (" (scale)" if arguments.scale else ""),
+        loop="uvloop",
+    )
+    with tempfile.TemporaryDirectory(prefix="mountaineer-db-bench-http-") as logs:
+        (scale if arguments.scale else side_by_side)(arguments, Path(logs))
