@@ -1,0 +1,1 @@
+"""A small Mountaineer app whose tests use only `mountaineer_db.testing`."""
