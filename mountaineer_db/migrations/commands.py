@@ -356,6 +356,8 @@ async def rollback(
 
     def work(connection: Connection) -> list[Revision]:
         with _alembic_errors():
+            if revision is not None and revision != "base":
+                script.get_revisions(revision)  # an unknown revision: ResourceNotFoundError, even with none applied
             before = _applied(connection, script)
             if not before:
                 raise MigrationError("Nothing to roll back: no migration has been applied to this database.")

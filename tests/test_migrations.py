@@ -1,0 +1,326 @@
+"""Migrations against a real PostgreSQL: the full CLI cycle on a sample app, concurrent
+`apply` from 4 processes, and the async functions (errors, naming convention, passwords
+with `%`, the host app's logging left alone)."""
+
+import asyncio
+import logging
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
+
+from mountaineer_db import ResourceAlreadyExistsError, ResourceNotFoundError, migrations
+from mountaineer_db.config import DatabaseConfig
+from tests.sample_apps import (
+    PYTHON,
+    cli_env,
+    copy_sample_app,
+    fresh_database,
+    run_cli,
+    sample_app_on_path,
+    server_execute,
+    server_fetch,
+)
+
+
+@pytest.fixture
+def database(pg_server: Any) -> Iterator[str]:
+    with fresh_database(pg_server) as name:
+        yield name
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Iterator[Path]:
+    """The sample package, importable in this process (the config used is TablesConfig)."""
+    with sample_app_on_path(tmp_path) as package:
+        yield package
+
+
+def tables_config(pg_server: Any, database: str, **overrides: Any) -> DatabaseConfig:
+    from migrapp.config import TablesConfig  # type: ignore[import-not-found]
+
+    values: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": pg_server.url(database), **overrides}
+    config: DatabaseConfig = TablesConfig(**values)
+    return config
+
+
+async def constraint_names(server: Any, database: str) -> set[str]:
+    rows = await server_fetch(
+        server,
+        "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+        "WHERE n.nspname = 'public' UNION SELECT indexname FROM pg_indexes WHERE schemaname = 'public'",
+        database=database,
+    )
+    return {row[0] for row in rows}
+
+
+async def columns(server: Any, database: str, table: str) -> set[str]:
+    rows = await server_fetch(
+        server, "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table, database=database
+    )
+    return {row[0] for row in rows}
+
+
+@pytest.mark.slow
+def test_full_cycle_through_the_cli(pg_server: Any, database: str, tmp_path: Path) -> None:
+    """init → generate → apply → change a model → generate → apply → rollback → apply → check
+    clean; then an unapplied model change makes `check` fail with a readable diff."""
+    package = copy_sample_app(tmp_path)
+    env = cli_env(pg_server.url(database))
+    config = ("--config", "migrapp.config:AppConfig")
+
+    def cli(*args: str, version: int = 1) -> "subprocess.CompletedProcess[str]":
+        return run_cli(*config, *args, cwd=tmp_path, env={**env, "MIGRAPP_MODEL_VERSION": str(version)})
+
+    result = cli("migrate", "init")
+    assert result.returncode == 0, result.stderr
+    assert (package / "migrations" / "env.py").is_file()
+
+    result = cli("migrate", "generate", "-m", "create todo")
+    assert result.returncode == 0, result.stderr
+    first = (package / "migrations" / "versions").glob("*_create_todo.py").__next__().read_text()
+    assert "import sqlmodel" in first and "sqlmodel.sql.sqltypes.AutoString()" in first
+    assert "op.f('pk_todo')" in first and "op.f('fk_todo_owner_id_owner')" in first
+
+    result = cli("migrate", "apply")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"Applied \w+ \(head\)\s+create todo", result.stdout)
+    names = asyncio.run(constraint_names(pg_server, database))
+    assert {"pk_todo", "pk_owner", "fk_todo_owner_id_owner", "uq_owner_email", "ix_todo_title"} <= names
+
+    result = cli("migrate", "generate", "-m", "add priority", version=2)
+    assert result.returncode == 0, result.stderr
+    second_id = re.search(r"\((\w+)\)", result.stdout).group(1)  # type: ignore[union-attr]
+    assert cli("migrate", "apply", version=2).returncode == 0
+    assert "priority" in asyncio.run(columns(pg_server, database, "todo"))
+
+    result = cli("migrate", "rollback", version=2)
+    assert result.returncode == 0, result.stderr
+    assert f"Rolled back {second_id}" in result.stdout
+    assert "priority" not in asyncio.run(columns(pg_server, database, "todo"))
+
+    result = cli("migrate", "apply", version=2)
+    assert result.returncode == 0, result.stderr
+    assert f"Applied {second_id}" in result.stdout
+    result = cli("migrate", "current", version=2)
+    assert result.stdout.startswith(f"{second_id} (head)  add priority")
+
+    result = cli("migrate", "check", version=2)
+    assert result.returncode == 0, result.stderr
+    assert "matches the models" in result.stdout
+
+    result = cli("migrate", "check", version=3)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: The database does not match the models (2 difference(s))")
+    assert "  add table label\n" in result.stderr
+    assert "  add column todo.done (BOOLEAN)\n" in result.stderr
+
+
+LOGGED_MIGRATIONS = {
+    "0001_first.py": '''
+        """first"""
+        from alembic import op
+
+        revision = "aaaa00000001"
+        down_revision = None
+
+
+        def upgrade():
+            op.execute("CREATE TABLE apply_log (revision text NOT NULL, pid int NOT NULL DEFAULT pg_backend_pid())")
+            op.execute("SELECT pg_sleep(0.3)")  # widen the window in which a second process could slip in
+            op.execute("INSERT INTO apply_log (revision) VALUES ('aaaa00000001')")
+
+
+        def downgrade():
+            op.execute("DROP TABLE apply_log")
+    ''',
+    "0002_second.py": '''
+        """second"""
+        from alembic import op
+
+        revision = "aaaa00000002"
+        down_revision = "aaaa00000001"
+
+
+        def upgrade():
+            op.execute("INSERT INTO apply_log (revision) VALUES ('aaaa00000002')")
+            op.execute("CREATE TABLE second_table (id int)")
+
+
+        def downgrade():
+            op.execute("DROP TABLE second_table")
+    ''',
+}
+
+
+@pytest.mark.slow
+def test_four_processes_applying_at_once_apply_each_revision_exactly_once(
+    pg_server: Any, database: str, tmp_path: Path
+) -> None:
+    package = copy_sample_app(tmp_path)
+    (package / "migrations").mkdir()
+    for name in ("env.py", "script.py.mako"):
+        (package / "migrations" / name).write_text((migrations.commands.TEMPLATES / name).read_text())
+    (package / "migrations" / "versions").mkdir()
+    for name, source in LOGGED_MIGRATIONS.items():
+        (package / "migrations" / "versions" / name).write_text(textwrap.dedent(source))
+    env = cli_env(pg_server.url(database))
+    argv = [PYTHON, "-m", "mountaineer_db.cli", "--config", "migrapp.config:AppConfig", "migrate", "apply"]
+    processes = [
+        subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0, 0], [err for _, err in outputs]
+    rows = asyncio.run(
+        server_fetch(pg_server, "SELECT revision, count(*) FROM apply_log GROUP BY revision", database=database)
+    )
+    assert {row[0]: row[1] for row in rows} == {"aaaa00000001": 1, "aaaa00000002": 1}
+    appliers = [out for out, _ in outputs if "Applied aaaa00000001" in out]
+    assert len(appliers) == 1 and "Applied aaaa00000002" in appliers[0]
+    assert sum("Nothing to apply" in out for out, _ in outputs) == 3
+    version = asyncio.run(server_fetch(pg_server, "SELECT version_num FROM alembic_version", database=database))
+    assert [row[0] for row in version] == ["aaaa00000002"]
+
+
+async def test_functions_generate_apply_current_history_rollback(
+    pg_server: Any, database: str, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tables_config(pg_server, database)
+    assert await migrations.init(config=config) == app_dir / "migrations"
+    with pytest.raises(ResourceAlreadyExistsError, match=r"migrations already exists"):
+        await migrations.init(config=config)
+
+    first = await migrations.generate("create notes", config=config)
+    assert first is not None and first.path.parent == app_dir / "migrations" / "versions"
+    with pytest.raises(
+        migrations.MigrationError, match=r"not at the latest revision; run `mountaineer-db migrate apply"
+    ):
+        await migrations.generate("too early", config=config)
+    assert [r.id for r in await migrations.apply(config=config)] == [first.id]
+    assert await migrations.apply(config=config) == []
+    assert await migrations.generate("nothing changed", config=config) is None
+    names = await constraint_names(pg_server, database)
+    # The tables were defined before the convention was applied: names are still deterministic.
+    assert {
+        "pk_author",
+        "pk_note",
+        "uq_author_name",
+        "uq_note_slug_author_id",
+        "fk_note_author_id_author",
+        "ix_note_author_id",
+        "ck_note_stars_positive",
+    } <= names
+
+    monkeypatch.setenv("MIGRAPP_TABLES_VERSION", "2")
+    del sys.modules["migrapp.tables"]
+    second = await migrations.generate("add body", config=config)
+    assert second is not None and second.down_revisions == (first.id,)
+    assert [r.id for r in await migrations.history(config=config)] == [second.id, first.id]
+    assert [r.id for r in await migrations.apply(config=config)] == [second.id]
+    assert [r.id for r in await migrations.current(config=config)] == [second.id]
+    await migrations.check(config=config)
+
+    assert [r.id for r in await migrations.rollback(steps=2, config=config)] == [second.id, first.id]
+    assert await migrations.current(config=config) == []
+    with pytest.raises(migrations.MigrationError, match="Nothing to roll back"):
+        await migrations.rollback(config=config)
+    with pytest.raises(migrations.MigrationCheckError) as behind:
+        await migrations.check(config=config)
+    assert [r.id for r in behind.value.pending] == [first.id, second.id]
+    assert [r.id for r in await migrations.apply(first.id, config=config)] == [first.id]
+
+
+async def test_unknown_revision_is_resource_not_found(pg_server: Any, database: str, app_dir: Path) -> None:
+    config = tables_config(pg_server, database)
+    await migrations.init(config=config)
+    with pytest.raises(ResourceNotFoundError, match=r"^Can't locate revision identified by 'nosuch'\. Run "):
+        await migrations.apply("nosuch", config=config)
+    with pytest.raises(ResourceNotFoundError, match="nosuch"):
+        await migrations.rollback("nosuch", config=config)
+
+
+async def test_missing_migrations_folder_says_to_run_init(pg_server: Any, database: str, app_dir: Path) -> None:
+    config = tables_config(pg_server, database)
+    with pytest.raises(ResourceNotFoundError) as error:
+        await migrations.apply(config=config)
+    assert str(error.value) == (
+        f"No migrations folder at {app_dir / 'migrations'}; create it with `mountaineer-db migrate init`."
+    )
+
+
+async def test_password_with_percent_signs_reaches_alembic_intact(pg_server: Any, database: str, app_dir: Path) -> None:
+    password = "p%(here)s%%40 x@:/#"
+    await server_execute(
+        pg_server,
+        "DROP ROLE IF EXISTS mdb_percent_user",
+        f"CREATE ROLE mdb_percent_user LOGIN PASSWORD '{password}'",
+        f'ALTER DATABASE "{database}" OWNER TO mdb_percent_user',
+    )
+    await server_execute(pg_server, "ALTER SCHEMA public OWNER TO mdb_percent_user", database=database)
+    try:
+        url = pg_server.url(database, user="mdb_percent_user", password=password)
+        config = tables_config(pg_server, database, SQLALCHEMY_DATABASE_URI=url)
+        await migrations.init(config=config)
+        await migrations.generate("create notes", config=config)
+        applied = await migrations.apply(config=config)
+        assert len(applied) == 1
+        owners = await server_fetch(
+            pg_server, "SELECT tableowner FROM pg_tables WHERE tablename = 'note'", database=database
+        )
+        assert [row[0] for row in owners] == ["mdb_percent_user"]
+    finally:
+        await server_execute(pg_server, f'ALTER DATABASE "{database}" OWNER TO {pg_server.user}')
+        await server_execute(pg_server, f"REASSIGN OWNED BY mdb_percent_user TO {pg_server.user}", database=database)
+        await server_execute(pg_server, "DROP ROLE mdb_percent_user")
+
+
+async def test_running_migrations_leaves_the_host_apps_logging_alone(
+    pg_server: Any, database: str, app_dir: Path
+) -> None:
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers), logging.getLogger("alembic").level, logging.root.manager.disable)
+    config = tables_config(pg_server, database)
+    await migrations.init(config=config)
+    await migrations.generate("create notes", config=config)
+    await migrations.apply(config=config)
+    after = (root.level, list(root.handlers), logging.getLogger("alembic").level, logging.root.manager.disable)
+    assert after == before
+    assert "fileConfig" not in (app_dir / "migrations" / "env.py").read_text()
+
+
+def test_naming_convention_names_constraints_of_tables_defined_before_it() -> None:
+    metadata = MetaData()
+    parent = Table("parent", metadata, Column("id", Integer, primary_key=True))
+    child = Table(
+        "child",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("parent_id", ForeignKey("parent.id")),
+        Column("code", String, unique=True),
+        Column("kept", String),
+        UniqueConstraint("kept", name="my_own_name"),
+        Index(None, "code"),
+    )
+    assert child.primary_key.name is None
+    migrations.apply_naming_convention(metadata)
+    assert metadata.naming_convention == migrations.naming_convention
+    names = {constraint.name for constraint in (*child.constraints, *child.indexes)}
+    assert names == {"pk_child", "fk_child_parent_id_parent", "uq_child_code", "my_own_name", "ix_child_code"}
+    assert parent.primary_key.name == "pk_parent"
+
+
+def test_naming_convention_keeps_an_apps_own_convention() -> None:
+    own = {"pk": "primary_%(table_name)s"}
+    metadata = MetaData(naming_convention=own)
+    table = Table("thing", metadata, Column("id", Integer, primary_key=True))
+    migrations.apply_naming_convention(metadata)
+    assert metadata.naming_convention == own
+    assert table.primary_key.name == "primary_thing"
