@@ -171,14 +171,20 @@ async def dropdb(config: DatabaseConfig | None = None, *, force: bool = False) -
     try:
         if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             raise ResourceNotFoundError(f"{describe_target(url)} does not exist; nothing to drop.")
+        in_use = DatabaseAdminError(
+            f"Database {name!r} is being used by other sessions; stop the app first, or pass --force "
+            "to end those sessions."
+        )
+        # Checked first: PostgreSQL itself waits 5 s for other sessions before refusing.
+        if not force and await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name
+        ):
+            raise in_use
         statement = f"DROP DATABASE {quote_identifier(name)}" + (" WITH (FORCE)" if force else "")
         try:
             await connection.execute(statement)
         except asyncpg.ObjectInUseError:
-            raise DatabaseAdminError(
-                f"Database {name!r} is being used by other sessions; stop the app first, or pass --force "
-                "to end those sessions."
-            ) from None
+            raise in_use from None
         except asyncpg.PostgresError as error:
             raise DatabaseAdminError(f"Could not drop database {name!r}: {error}") from None
     finally:

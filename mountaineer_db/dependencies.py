@@ -49,7 +49,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
-from mountaineer_db.session import _shielded, registered_config, session_scope
+from mountaineer_db.session import DisconnectGuard, _shielded, registered_config, session_scope
 
 __all__ = ["RequestSyncSession", "SessionDep", "get_database_config", "get_db", "get_db_session", "offer_to_rerender"]
 
@@ -262,9 +262,11 @@ async def get_db_session(request: Request, engine: AsyncEngine = Depends(get_db)
             yield session
         return
     async with (
+        DisconnectGuard(request) as guard,
         session_scope(engine, sync_session_class=RequestSyncSession) as session,
         offer_to_rerender(session, request, engine=engine),
     ):
+        guard.watch(session)  # a client disconnect cancels the work in flight (README: Failure behaviour)
         yield session
 
 

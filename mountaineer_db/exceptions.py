@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 __all__ = [
+    "ClientDisconnectedError",
     "ConfigurationError",
     "DatabaseConfigError",
     "DatabaseUnavailableError",
@@ -131,6 +132,23 @@ def unavailable_error_for(error: BaseException, *, url: URL) -> "DatabaseUnavail
 
 def _parts(url: URL) -> dict[str, Any]:
     return {"host": url.host, "port": url.port or 5432, "database": url.database}
+
+
+class ClientDisconnectedError(MountaineerDBError, HTTPException):
+    """The client went away while its request held a transaction; the work was cancelled.
+
+    Raised in place of the `CancelledError` our disconnect guard caused, so the server sees
+    an ordinary handled error (status 499, which no client will read) instead of a
+    cancelled task.
+    """
+
+    def __init__(self, message: str) -> None:
+        HTTPException.__init__(self, status_code=499, detail="Client closed the request.")
+        self.message = message
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ResourceNotFoundError(MountaineerDBError, LookupError):

@@ -17,19 +17,20 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import AsyncEngine, engine_for
-from mountaineer_db.exceptions import unavailable_error_for
+from mountaineer_db.exceptions import ClientDisconnectedError, unavailable_error_for
 
-__all__ = ["AsyncSession", "database_session", "session_scope", "registered_config"]
+__all__ = ["AsyncSession", "DisconnectGuard", "database_session", "registered_config", "session_scope"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -127,6 +128,67 @@ async def session_scope(
         raise
     else:
         await _shielded(_release(session, invalidate=False))
+
+
+class DisconnectGuard:
+    """Cancels a request's database work when its client disconnects (the documented policy).
+
+    While the handler holds a transaction on the server, a client disconnect cancels the
+    request's task: asyncpg sends the server a cancel request for the running statement,
+    `session_scope` discards the connection (the server rolls back), and the cancellation
+    leaves this guard as a `ClientDisconnectedError` (499) that no client will read. Work
+    that already committed stays committed. The guard listens only once the request body has
+    been read (as for actions), so it never takes a message the handler is waiting for.
+
+    ```python
+    async with DisconnectGuard(request) as guard, session_scope(engine) as session:
+        guard.watch(session)
+        ...
+    ```
+    """
+
+    __slots__ = ("_fired", "_receive", "_task", "_watcher")
+
+    def __init__(self, request: Request) -> None:
+        self._receive = request.receive if hasattr(request, "_body") else None
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Task[None] | None = None
+        self._fired = False
+
+    def watch(self, session: AsyncSession) -> None:
+        """Start listening for the disconnect, cancelling the work in flight on `session`."""
+        if self._receive is not None and self._task is not None and self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._listen(self._receive, session))
+
+    async def _listen(self, receive: Callable[[], Awaitable[Any]], session: AsyncSession) -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                break
+        # The server also reports the end of a finished response this way; by then the
+        # handler holds no transaction, so only a real mid-request disconnect cancels.
+        if _holds_transaction(session) and self._task is not None:
+            self._fired = True
+            logger.warning("The client disconnected mid-request; cancelling its database work and rolling back.")
+            self._task.cancel()
+
+    async def __aenter__(self) -> "DisconnectGuard":
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        ours = self._fired and isinstance(error, asyncio.CancelledError) and self._task is not None
+        if ours and self._task is not None and self._task.uncancel() == 0:
+            message = "The client disconnected mid-request; its work was rolled back."
+            raise ClientDisconnectedError(message) from None
+
+
+def _holds_transaction(session: AsyncSession) -> bool:
+    """True while a server connection of `session` is inside a transaction."""
+    transaction = session.sync_session.get_transaction()
+    connections = getattr(transaction, "_connections", {}) if transaction is not None else {}
+    return any(entry[0].in_transaction() for entry in connections.values())
 
 
 @asynccontextmanager
