@@ -85,14 +85,16 @@ async def test_naive_pgbouncer_login_retry_prolongs_the_outage(
     """
     bouncer = make_bouncer(cluster, server_login_retry="15")
     ledger = Ledger()
-    async with app_client(faults_config(bouncer_url(bouncer, cluster))) as client:
-        async with steady_load(client, ledger, concurrency=2, cancel_on_exit=True):
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(cluster.stop, "fast")
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(cluster.start)
-            ready = time.monotonic()
-            await asyncio.sleep(RECOVERY_BOUND + 0.3)
+    async with (
+        app_client(faults_config(bouncer_url(bouncer, cluster))) as client,
+        steady_load(client, ledger, concurrency=2, cancel_on_exit=True),
+    ):
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(cluster.stop, "fast")
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(cluster.start)
+        ready = time.monotonic()
+        await asyncio.sleep(RECOVERY_BOUND + 0.3)
     after = sorted((o.finished - ready, o.status) for o in ledger.outcomes if o.finished > ready)
     assert after, "no request finished after PostgreSQL was back"
     recovered = [t for t, status in after if status == 200 and t <= RECOVERY_BOUND]
