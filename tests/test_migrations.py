@@ -26,6 +26,7 @@ from tests.sample_apps import (
     sample_app_on_path,
     server_execute,
     server_fetch,
+    write_migrations_folder,
 )
 
 
@@ -165,10 +166,7 @@ def test_four_processes_applying_at_once_apply_each_revision_exactly_once(
     pg_server: Any, database: str, tmp_path: Path
 ) -> None:
     package = copy_sample_app(tmp_path)
-    (package / "migrations").mkdir()
-    for name in ("env.py", "script.py.mako"):
-        (package / "migrations" / name).write_text((migrations.commands.TEMPLATES / name).read_text())
-    (package / "migrations" / "versions").mkdir()
+    write_migrations_folder(package)
     for name, source in LOGGED_MIGRATIONS.items():
         (package / "migrations" / "versions" / name).write_text(textwrap.dedent(source))
     env = cli_env(pg_server.url(database))

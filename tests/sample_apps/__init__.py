@@ -35,6 +35,17 @@ def copy_sample_app(root: Path, name: str = "migrapp") -> Path:
     return target
 
 
+def write_migrations_folder(package: Path) -> Path:
+    """What `migrate init` writes (env.py, script template, versions/), without running it."""
+    from mountaineer_db.migrations.commands import TEMPLATES
+
+    directory = package / "migrations"
+    (directory / "versions").mkdir(parents=True)
+    for name in ("env.py", "script.py.mako"):
+        shutil.copyfile(TEMPLATES / name, directory / name)
+    return directory
+
+
 @contextlib.contextmanager
 def sample_app_on_path(root: Path, name: str = "migrapp") -> Iterator[Path]:
     """The sample package copied into `root` and importable in this process; forgotten afterwards."""
