@@ -36,9 +36,9 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,6 +46,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
@@ -129,17 +130,18 @@ class _SharedSession:
 
     __slots__ = ("engine", "is_open", "label", "scope", "session")
 
-    def __init__(self, session: AsyncSession, request: Request, engine: AsyncEngine | None) -> None:
+    def __init__(self, session: AsyncSession, request: HTTPConnection, engine: AsyncEngine | None) -> None:
         self.session = session
         self.engine = engine
         self.scope = request.scope
         self.label = str(request.scope.get("path", "?"))
         self.is_open = True
 
-    def serves(self, request: Request, engine: AsyncEngine | None) -> bool:
+    def serves(self, request: HTTPConnection | None, engine: AsyncEngine | None) -> bool:
         """True for Mountaineer's re-render of this request (see the module docstring)."""
         return (
-            self.is_open
+            request is not None
+            and self.is_open
             and request.scope is not self.scope
             and "app" not in request.scope
             and (self.engine is None or engine is None or engine is self.engine)
@@ -153,13 +155,16 @@ _shared: contextvars.ContextVar[_SharedSession | None] = contextvars.ContextVar(
 
 @asynccontextmanager
 async def offer_to_rerender(
-    session: AsyncSession, request: Request, *, engine: AsyncEngine | None = None
+    session: AsyncSession, request: HTTPConnection | None, *, engine: AsyncEngine | None = None
 ) -> AsyncIterator[None]:
     """Hand `session` to any re-render resolved inside this block (same task, same request).
 
     Used by `get_db_session` and by `mountaineer_db.testing`. `engine=None` hands it over
     whatever engine the re-render's own `get_db` would give.
     """
+    if request is None:  # resolved outside a request (mountaineer_di without one): nothing to share
+        yield
+        return
     state = _SharedSession(session, request, engine)
     token = _shared.set(state)
     try:
@@ -250,7 +255,13 @@ async def _borrowed(state: _SharedSession) -> AsyncIterator[AsyncSession]:
         await _shielded(_end_transaction(session))
 
 
-async def get_db_session(request: Request, engine: AsyncEngine = Depends(get_db)) -> AsyncIterator[AsyncSession]:
+async def get_db_session(
+    engine: AsyncEngine = Depends(get_db),
+    # HTTPConnection, not Request: FastAPI injects the request either way, while mountaineer_di
+    # passes it when it has one and otherwise leaves the None default (it insists on a value
+    # for parameters annotated Request), so resolving without a request keeps working.
+    request: HTTPConnection = None,  # type: ignore[assignment]
+) -> AsyncIterator[AsyncSession]:
     """A session with a transaction open. The handler commits; the rest is rolled back.
 
     One per request: Mountaineer's re-render after a `@sideeffect` gets the action's session
@@ -262,7 +273,8 @@ async def get_db_session(request: Request, engine: AsyncEngine = Depends(get_db)
             yield session
         return
     async with (
-        DisconnectGuard(request) as guard,
+        # FastAPI hands a Request here; without one (None) the guard stays idle.
+        DisconnectGuard(cast(Request, request)) as guard,
         session_scope(engine, sync_session_class=RequestSyncSession) as session,
         offer_to_rerender(session, request, engine=engine),
     ):

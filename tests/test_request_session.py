@@ -297,3 +297,12 @@ async def test_through_pgbouncer_a_sideeffect_request_opens_one_client_connectio
             assert response.status_code == 200, response.text
         assert response.json()["sideeffect"]["names"] == ["a", "b", "c"]
     assert len(connects) == 3, "one connection per sideeffect request"
+
+
+async def test_mountaineer_di_without_a_request_still_resolves_a_session(direct_config: ItemsConfig) -> None:
+    """Resolving render() outside a request (a common way to test it) keeps working."""
+    from mountaineer_di import get_function_dependencies
+
+    async with get_function_dependencies(callable=ItemsController().render) as values:
+        assert isinstance(values["session"], AsyncSession)
+        assert values["session"].in_transaction()

@@ -13,9 +13,9 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.dependencies import (
@@ -58,7 +58,7 @@ async def rollback_session(config_or_engine: DatabaseConfig | AsyncEngine) -> As
                 await _shielded(outer.rollback())
 
 
-def session_provider(session: AsyncSession) -> Callable[[Request], AsyncIterator[AsyncSession]]:
+def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[AsyncSession]]:
     """A replacement for `get_db_session` that hands out `session` with the request semantics.
 
     Like the real dependency: the session is in a transaction when the handler starts, what
@@ -67,7 +67,9 @@ def session_provider(session: AsyncSession) -> Callable[[Request], AsyncIterator
     action's uncommitted changes are rolled back.
     """
 
-    async def provide_test_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async def provide_test_session(
+        request: HTTPConnection = None,  # type: ignore[assignment] # as in get_db_session
+    ) -> AsyncIterator[AsyncSession]:
         state = _shared.get()
         if state is not None and state.session is session and state.serves(request, None):
             async with _borrowed(state) as borrowed:
