@@ -15,6 +15,7 @@ Both answer `{"value": 1}`.
 
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,14 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 SELECT_1 = text("SELECT 1")
+
+# bench_roundtrips.py sets this to a list to learn when each handler started and ended.
+HANDLER_TIMES: list[tuple[float, float]] | None = None
+
+
+def _record(started: float) -> None:
+    if HANDLER_TIMES is not None:
+        HANDLER_TIMES.append((started, time.perf_counter()))
 
 
 def _build_ours() -> Any:
@@ -48,13 +57,17 @@ def _build_ours() -> Any:
         view_path = "/app/home/page.tsx"
 
         async def render(self, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)) -> HomeRender:
+            started = time.perf_counter()
             value = (await session.exec(SELECT_1)).scalar_one()
+            _record(started)
             return HomeRender(metadata=Metadata(explicit_response=JSONResponse({"value": value})))
 
         @passthrough
         async def ping(self, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)) -> PingResponse:
+            started = time.perf_counter()
             value = (await session.exec(SELECT_1)).scalar_one()
             await session.commit()
+            _record(started)
             return PingResponse(value=value)
 
     view_root = Path(tempfile.gettempdir()) / "mountaineer-db-bench-views"

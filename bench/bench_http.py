@@ -128,12 +128,14 @@ def raw_env(stack: Stack, pool_size: int) -> dict[str, str]:
 def compare_http(label: str, ours_url: str, raw_url: str, args: argparse.Namespace, *, post: bool) -> dict[str, Any]:
     ours: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
-    load(ours_url, concurrency=args.concurrency, duration=1, post=post)
-    load(raw_url, concurrency=args.concurrency, duration=1, post=post)
+    if not args.quick:
+        load(ours_url, concurrency=args.concurrency, duration=1, post=post)
+        load(raw_url, concurrency=args.concurrency, duration=1, post=post)
+    warmup = 0.1 if args.quick else 0.5
     for index in range(args.rounds):
         pair = [(ours, ours_url), (raw, raw_url)]
         for bucket, url in pair if index % 2 == 0 else reversed(pair):
-            bucket.append(load(url, concurrency=args.concurrency, duration=args.duration, post=post))
+            bucket.append(load(url, concurrency=args.concurrency, duration=args.duration, post=post, warmup=warmup))
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -178,6 +180,8 @@ def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
                 args,
                 post=True,
             )
+        if args.quick:
+            return
         with (
             uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
             uvicorn("ours", ours_env(stack, **fixed), workers=2, log_dir=log_dir) as fixed_url,
@@ -238,6 +242,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--scale", action="store_true", help="run the 4-worker, 500-client load test instead")
     parser.add_argument("--clients", type=int, default=500, help="concurrent clients for --scale")
+    parser.add_argument("--quick", action="store_true", help="smoke run: default config only, no warm-up loads")
     arguments = parser.parse_args()
     if arguments.duration is None:
         arguments.duration = 15.0 if arguments.scale else 3.0

@@ -15,7 +15,7 @@ import sys
 import time
 
 import asyncpg
-from _harness import Stack, install_loop, servers
+from _harness import Stack, header, install_loop, servers
 from bench_sessions import POOL_SIZE, ours_request, raw_connect_request, raw_pool_request
 
 from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
@@ -78,5 +78,6 @@ if __name__ == "__main__":
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     arguments = parser.parse_args(sys.argv[1:])
     install_loop(arguments.loop)
+    header(f"cProfile of one request path: {arguments.setup}")
     with servers() as bench_stack:
         asyncio.run(main(arguments, bench_stack))
