@@ -38,6 +38,7 @@ __all__ = [
     "Schema",
     "Server",
     "ThrowawayDatabase",
+    "apply_migrations",
     "create_schema",
     "pgbouncer_for",
     "postgres_server",
@@ -230,6 +231,33 @@ def create_schema(config: DatabaseConfig, schema: Schema) -> None:
             asyncio.run(wait())
 
     _run(call)
+
+
+def apply_migrations(
+    config_class: type[DatabaseConfig], *, revision: str = "head", **settings: Any
+) -> Callable[[DatabaseConfig], Awaitable[None]]:
+    """A `Schema` hook that runs the app's Alembic migrations (`mountaineer_db.migrations.apply`).
+
+    `config_class` is the app's config class: its `PACKAGE` (where `<PACKAGE>/migrations/`
+    is) and `MIGRATIONS_METADATA` are used, with the URL of the kit's database. It is built
+    without running the class's constructor, so a Mountaineer `ConfigBase` does not register
+    itself as the process's app config; `settings` set further fields.
+
+    ```python
+    @pytest.fixture(scope="session")
+    def mdb_schema():
+        return apply_migrations(AppConfig)
+    ```
+    """
+
+    async def run_migrations(config: DatabaseConfig) -> None:
+        from mountaineer_db import migrations
+
+        values: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": config.database_url, **settings}
+        app_config = config_class.model_construct(**values)
+        await migrations.apply(revision, config=app_config)
+
+    return run_migrations
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 import asyncio
 import secrets
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ from mountaineer_db.testing import (
     KIT_COMMENT,
     TEST_URL_ENV,
     Server,
+    apply_migrations,
     create_schema,
     postgres_server,
     throwaway_database,
@@ -131,3 +133,18 @@ def test_a_schema_that_is_neither_metadata_nor_callable_is_refused() -> None:
     with pytest.raises(ConfigurationError) as caught:
         create_schema(config, "migrations")  # type: ignore[arg-type]
     assert str(caught.value) == "The schema must be a sqlalchemy MetaData or a callable hook(config), not str."
+
+
+async def test_tables_can_come_from_the_apps_migrations(mdb_server: Server, tmp_path: Path) -> None:
+    from mountaineer_db import migrations
+    from tests.sample_apps import sample_app_on_path, write_migrations_folder
+
+    with sample_app_on_path(tmp_path) as package:
+        write_migrations_folder(package)
+        from migrapp.config import TablesConfig  # type: ignore[import-not-found]
+
+        with throwaway_database(mdb_server) as scratch:  # generate the first revision against an empty database
+            assert await migrations.generate("initial", config=TablesConfig(SQLALCHEMY_DATABASE_URI=scratch.url))
+        with throwaway_database(mdb_server) as database:
+            create_schema(database.config(), apply_migrations(TablesConfig))
+            assert await _tables(database.config()) == {"alembic_version", "author", "note"}
