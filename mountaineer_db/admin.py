@@ -29,7 +29,7 @@ from mountaineer_db.exceptions import (
     MountaineerDBError,
     ResourceNotFoundError,
 )
-from mountaineer_db.migrations.commands import migration_engine, migration_settings
+from mountaineer_db.migrations.environment import migration_engine, migration_settings
 from mountaineer_db.migrations.project import load_config, load_metadata
 
 __all__ = ["DatabaseAdminError", "createdb", "database_exists", "dropdb", "quote_identifier", "wait_for_database"]

@@ -15,7 +15,6 @@ metadata (unless it has its own) so later migrations can drop constraints by nam
 """
 
 from mountaineer_db.migrations.commands import (
-    MIGRATION_LOCK_KEY,
     MigrationCheckError,
     MigrationError,
     Revision,
@@ -25,13 +24,16 @@ from mountaineer_db.migrations.commands import (
     generate,
     history,
     init,
+    rollback,
+)
+from mountaineer_db.migrations.differences import describe_difference
+from mountaineer_db.migrations.environment import (
+    MIGRATION_LOCK_KEY,
     migration_engine,
     migration_lock,
     migration_settings,
     render_item,
-    rollback,
 )
-from mountaineer_db.migrations.differences import describe_difference
 from mountaineer_db.migrations.project import (
     CONFIG_ENV_VAR,
     apply_naming_convention,

@@ -18,15 +18,14 @@ N deploy processes running `apply` at once apply each revision exactly once.
 import logging
 import shutil
 from argparse import Namespace
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config as AlembicConfig
 from alembic.operations.ops import MigrationScript
 from alembic.runtime.environment import EnvironmentContext
@@ -34,19 +33,17 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import ResolutionError
 from alembic.util import CommandError
-from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mountaineer_db.config import DatabaseConfig, PoolType
-from mountaineer_db.engine import describe_target, engine_for
+from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.engine import describe_target
 from mountaineer_db.exceptions import MountaineerDBError, ResourceAlreadyExistsError, ResourceNotFoundError
 from mountaineer_db.migrations.differences import describe_difference
+from mountaineer_db.migrations.environment import migration_engine, migration_lock
 from mountaineer_db.migrations.project import load_config, load_metadata, migrations_directory
 
 __all__ = [
-    "MIGRATION_LOCK_KEY",
     "MigrationCheckError",
     "MigrationError",
     "Revision",
@@ -56,19 +53,12 @@ __all__ = [
     "generate",
     "history",
     "init",
-    "migration_engine",
-    "migration_lock",
-    "migration_settings",
-    "render_item",
     "rollback",
 ]
 
 logger = logging.getLogger("mountaineer_db")
 
 T = TypeVar("T")
-
-MIGRATION_LOCK_KEY: Final = 0x6D64625F6D696772  # "mdb_migr": fixed, so every process takes the same lock
-"""Key of the PostgreSQL session advisory lock held while migrations run (per database)."""
 
 TEMPLATES: Final = Path(__file__).parent / "templates"
 FILE_TEMPLATE: Final = "%%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d_%%(rev)s_%%(slug)s"
@@ -115,67 +105,6 @@ def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
-
-
-# -- pieces env.py uses -----------------------------------------------------------------
-
-
-def migration_settings(config: DatabaseConfig) -> DatabaseConfig:
-    """`config` as migrations and admin commands use it: no client pool, no app timeouts.
-
-    A migration (or a process waiting for the migration lock) may legitimately take longer
-    than any request; DATABASE_CONNECT_TIMEOUT still bounds connecting.
-    """
-    return config.model_copy(
-        update={
-            "DATABASE_POOL_TYPE": PoolType.NULL,
-            "DATABASE_COMMAND_TIMEOUT": None,
-            "DATABASE_STATEMENT_TIMEOUT": None,
-            "DATABASE_LOCK_TIMEOUT": None,
-            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": None,
-        }
-    )
-
-
-def migration_engine(config: DatabaseConfig) -> AsyncEngine:
-    """An engine on `config.migrations_url` with `migration_settings`; dispose it after use."""
-    return engine_for(migration_settings(config), url=config.migrations_url)
-
-
-@asynccontextmanager
-async def migration_lock(connection: AsyncConnection) -> AsyncIterator[None]:
-    """Hold the migration advisory lock on `connection`; other processes wait for it.
-
-    The lock belongs to the database session, not to a transaction: the connection comes
-    out of this with no transaction open, so Alembic manages its own. If releasing fails,
-    the connection is invalidated, and closing it releases the lock on the server.
-    """
-    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    await connection.commit()
-    try:
-        yield
-    finally:
-        try:
-            await connection.rollback()
-            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            await connection.commit()
-        except Exception as error:  # noqa: BLE001 - must not hide the migration's own outcome
-            logger.warning("Could not release the migration lock (%s); closing the connection.", error)
-            await connection.invalidate()
-
-
-def render_item(kind: str, item: Any, autogen_context: AutogenContext) -> str | Literal[False]:
-    """Autogenerate hook: import the module of every non-SQLAlchemy column type a script uses.
-
-    Alembic renders such a type as `module.Type()` but does not import `module`; this adds
-    the `import module` line, so scripts using SQLModel's `AutoString` or an app's own types
-    run as generated. Returns False: Alembic's default rendering is kept.
-    """
-    if kind == "type":
-        module = type(item).__module__
-        if module != "builtins" and not module.startswith("sqlalchemy"):
-            autogen_context.imports.add(f"import {module}")
-    return False
 
 
 # -- plumbing -------------------------------------------------------------------------------
@@ -294,13 +223,12 @@ async def generate(message: str, *, config: DatabaseConfig | None = None, empty:
     """
     if not message.strip():
         raise MigrationError("A revision needs a message: mountaineer-db migrate generate -m 'add todo priority'.")
-    config = config if config is not None else load_config()
+    config, alembic_config, _script = _setup(config)
     if empty:
-        config, alembic_config, _script = _setup(config)
         with _alembic_errors():
             created: Any = command.revision(alembic_config, message=message)
     else:
-        config, alembic_config, _script = _setup(config, target_metadata=load_metadata(config))
+        alembic_config.attributes["target_metadata"] = load_metadata(config)
 
         def work(connection: Connection) -> Any:
             alembic_config.attributes["connection"] = connection
@@ -394,9 +322,8 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
     Usable in CI and at app start. The error lists the unapplied revisions, or else every
     difference autogenerate finds, one per line.
     """
-    config = config if config is not None else load_config()
-    metadata: MetaData = load_metadata(config)
-    config, alembic_config, script = _setup(config, target_metadata=metadata)
+    config, alembic_config, script = _setup(config)
+    alembic_config.attributes["target_metadata"] = load_metadata(config)
     found: dict[str, Any] = {}
 
     def compare(heads: Any, context: MigrationContext) -> list[Any]:

@@ -1,0 +1,81 @@
+"""What the generated `env.py` uses: the migrations engine, the migration lock, a render hook.
+
+Kept apart from the commands so an app's `env.py` imports only these small pieces.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, Literal
+
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mountaineer_db.config import DatabaseConfig, PoolType
+from mountaineer_db.engine import engine_for
+
+__all__ = ["MIGRATION_LOCK_KEY", "migration_engine", "migration_lock", "migration_settings", "render_item"]
+
+logger = logging.getLogger("mountaineer_db")
+
+MIGRATION_LOCK_KEY: Final = 0x6D64625F6D696772  # "mdb_migr": fixed, so every process takes the same lock
+"""Key of the PostgreSQL session advisory lock held while migrations run (per database)."""
+
+
+def migration_settings(config: DatabaseConfig) -> DatabaseConfig:
+    """`config` as migrations and admin commands use it: no client pool, no app timeouts.
+
+    A migration (or a process waiting for the migration lock) may legitimately take longer
+    than any request; DATABASE_CONNECT_TIMEOUT still bounds connecting.
+    """
+    return config.model_copy(
+        update={
+            "DATABASE_POOL_TYPE": PoolType.NULL,
+            "DATABASE_COMMAND_TIMEOUT": None,
+            "DATABASE_STATEMENT_TIMEOUT": None,
+            "DATABASE_LOCK_TIMEOUT": None,
+            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": None,
+        }
+    )
+
+
+def migration_engine(config: DatabaseConfig) -> AsyncEngine:
+    """An engine on `config.migrations_url` with `migration_settings`; dispose it after use."""
+    return engine_for(migration_settings(config), url=config.migrations_url)
+
+
+@asynccontextmanager
+async def migration_lock(connection: AsyncConnection) -> AsyncIterator[None]:
+    """Hold the migration advisory lock on `connection`; other processes wait for it.
+
+    The lock belongs to the database session, not to a transaction: the connection comes
+    out of this with no transaction open, so Alembic manages its own. If releasing fails,
+    the connection is invalidated, and closing it releases the lock on the server.
+    """
+    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    await connection.commit()
+    try:
+        yield
+    finally:
+        try:
+            await connection.rollback()
+            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await connection.commit()
+        except Exception as error:  # noqa: BLE001 - must not hide the migration's own outcome
+            logger.warning("Could not release the migration lock (%s); closing the connection.", error)
+            await connection.invalidate()
+
+
+def render_item(kind: str, item: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    """Autogenerate hook: import the module of every non-SQLAlchemy column type a script uses.
+
+    Alembic renders such a type as `module.Type()` but does not import `module`; this adds
+    the `import module` line, so scripts using SQLModel's `AutoString` or an app's own types
+    run as generated. Returns False: Alembic's default rendering is kept.
+    """
+    if kind == "type":
+        module = type(item).__module__
+        if module != "builtins" and not module.startswith("sqlalchemy"):
+            autogen_context.imports.add(f"import {module}")
+    return False
