@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from mountaineer_db.cli import cli
+from mountaineer_db.cli import cli, migrate
 from mountaineer_db.cluster import free_port
 from tests.sample_apps import (
     cli_env,
@@ -140,12 +141,17 @@ def test_no_config_anywhere_says_how_to_give_one() -> None:
     )
 
 
-def test_the_registered_mountaineer_config_is_used(app_on_path: Path, pg_server: Any, database: str) -> None:
-    """Mounted in an app's own CLI, the commands find the config the app instantiated."""
+def test_mounted_in_an_apps_cli_the_registered_config_is_used(app_on_path: Path, pg_server: Any, database: str) -> None:
+    """`app_cli.add_command(migrate)`: the commands find the config the app instantiated."""
     from migrapp.config import AppConfig  # type: ignore[import-not-found]
 
+    @click.group()
+    def app_cli() -> None:
+        """The app's own CLI."""
+
+    app_cli.add_command(migrate)
     AppConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(database))
-    result = CliRunner().invoke(cli, ["migrate", "current"], env={"MOUNTAINEER_DB_CONFIG": ""})
+    result = CliRunner().invoke(app_cli, ["migrate", "current"], env={"MOUNTAINEER_DB_CONFIG": ""})
     assert result.exit_code == 0, result.output
     assert result.stdout == "No migration applied.\n"
 
