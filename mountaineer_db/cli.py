@@ -166,9 +166,12 @@ def migrate_current() -> None:
 @migrate.command("history")
 def migrate_history() -> None:
     """List the revisions, newest first (reads no database)."""
-    for item in _run(lambda config: migrations.history(config=config)):
+    revisions = _run(lambda config: migrations.history(config=config))
+    for item in revisions:
         down = ", ".join(item.down_revisions) or "<base>"
         click.echo(f"{down} -> {item}")
+    if not revisions:
+        click.echo("No revisions yet; create one with: mountaineer-db migrate generate -m MESSAGE")
 
 
 @migrate.command("check")
