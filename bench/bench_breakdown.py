@@ -7,7 +7,10 @@ Each line adds one layer to the one above, all measured in rotating rounds in on
 - SQLAlchemy Core on our engine: `async with engine.begin() as c: await c.execute(...)`;
 - a plain SQLModel `AsyncSession` (`async with AsyncSession(engine) as s`, execute, commit);
 - our `session_scope(engine)` (transaction opened up front, shielded cleanup, rollback);
-- our `session_scope(engine_for(config))`, i.e. exactly what `get_db_session` runs.
+- our `session_scope(engine_for(config))` (engine lookup per request);
+- `DatabaseDependencies.get_db_session` as FastAPI calls it (engine from `get_db`), which adds
+  the request session class that keeps its connection across commits, the re-render hand-over
+  and the disconnect guard (both idle without an HTTP request).
 
 The difference between the last line and the plain AsyncSession line is what mountaineer_db
 itself costs; the lines above it are the floor set by SQLAlchemy and SQLModel.
@@ -59,6 +62,15 @@ def scope_request(engine: AsyncEngine) -> Request:
     return request
 
 
+def scoped_request(config: DatabaseConfig) -> Request:
+    async def request() -> None:
+        async with session_scope(engine_for(config)) as session:
+            await session.exec(SELECT_1)
+            await session.commit()
+
+    return request
+
+
 def terminate_request(stack: Stack) -> Request:
     from _harness import raw_connect
 
@@ -100,7 +112,8 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         ("+ SQLAlchemy Core (engine.begin, execute)", core_request(engine)),
         ("+ ORM: plain SQLModel AsyncSession (execute, commit)", plain_session_request(engine)),
         ("+ ours: session_scope(engine)", scope_request(engine)),
-        ("+ ours: session_scope(engine_for(config)) = get_db_session", ours_request(config)),
+        ("+ ours: session_scope(engine_for(config))", scoped_request(config)),
+        ("+ ours: get_db_session (as FastAPI calls it)", ours_request(config)),
     ]
     total = args.requests * (1 if args.concurrency == 1 else 2)
     await measure_many(

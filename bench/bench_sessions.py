@@ -2,9 +2,9 @@
 
 Each request is `SELECT 1` in a transaction, committed:
 
-- ours: `session_scope(engine_for(config))` (what `DatabaseDependencies.get_db_session`
-  runs per request, engine lookup included), `await session.exec(text("SELECT 1"))`,
-  `await session.commit()`;
+- ours: `DatabaseDependencies.get_db_session` called as FastAPI calls it (wrapped in
+  `asynccontextmanager`, the engine from `get_db(config)`, no HTTP request), then
+  `await session.exec(text("SELECT 1"))`, `await session.commit()`;
 - raw: asyncpg, `async with connection.transaction(): await connection.fetchval("SELECT 1")`.
 
 Comparisons, each at concurrency 1 and 16:
@@ -22,23 +22,24 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from _harness import Comparison, Stack, compare, header, install_loop, raw_connect, run_concurrent, servers
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
-from mountaineer_db.engine import engine_for
-from mountaineer_db.session import session_scope
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType, dispose_engines
 
 SELECT_1 = text("SELECT 1")
 POOL_SIZE = 10
 
 
 def ours_request(config: DatabaseConfig) -> Callable[[], Awaitable[None]]:
+    dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
+
     async def request() -> None:
-        async with session_scope(engine_for(config)) as session:
+        async with dependency(engine=await DatabaseDependencies.get_db(config=config)) as session:
             await session.exec(SELECT_1)
             await session.commit()
 
@@ -111,7 +112,7 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
             results.append(
                 await compare(
                     f"[1] default config (NULL pool) via PgBouncer, concurrency {concurrency}",
-                    ("session_scope, NULL pool, via PgBouncer", measure(ours_request(default), concurrency)),
+                    ("get_db_session, NULL pool, via PgBouncer", measure(ours_request(default), concurrency)),
                     ("asyncpg connect-per-request, via PgBouncer", measure(raw_connect_request(stack), concurrency)),
                     rounds=args.rounds,
                     target=1.25,
@@ -123,7 +124,7 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
                 results.append(
                     await compare(
                         f"[2] FIXED_PROCESS direct, pool {POOL_SIZE}, concurrency {concurrency}",
-                        ("session_scope, FIXED_PROCESS, direct", measure(ours_request(fixed_direct), concurrency)),
+                        ("get_db_session, FIXED_PROCESS, direct", measure(ours_request(fixed_direct), concurrency)),
                         (f"asyncpg.create_pool({POOL_SIZE}), direct", measure(raw_pool_request(pool), concurrency)),
                         rounds=args.rounds,
                         target=1.3,
@@ -138,7 +139,7 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
                     await compare(
                         f"[3] FIXED_PROCESS via PgBouncer, pool {POOL_SIZE}, concurrency {concurrency}",
                         (
-                            "session_scope, FIXED_PROCESS, cache 0, PgBouncer",
+                            "get_db_session, FIXED_PROCESS, cache 0, PgBouncer",
                             measure(ours_request(fixed_bouncer), concurrency),
                         ),
                         (

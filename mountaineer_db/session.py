@@ -109,7 +109,9 @@ async def session_scope(
     dependency passes one that keeps its connection across commits).
     """
     session = AsyncSession(engine, expire_on_commit=False, sync_session_class=sync_session_class)
-    await session.begin()  # no I/O: the connection is taken by the first statement
+    # No I/O: the connection is taken by the first statement. Called on the sync session
+    # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
+    session.sync_session.begin()
     try:
         yield session
     except Exception as error:
