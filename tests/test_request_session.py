@@ -4,6 +4,7 @@ Counts are taken on the real engine the app uses (SQLAlchemy's pool `connect` ev
 once per connection our connector opens) and cross-checked with the server's backend PIDs.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -306,3 +307,18 @@ async def test_mountaineer_di_without_a_request_still_resolves_a_session(direct_
     async with get_function_dependencies(callable=ItemsController().render) as values:
         assert isinstance(values["session"], AsyncSession)
         assert values["session"].in_transaction()
+
+
+async def test_concurrent_sideeffect_requests_each_keep_their_own_session(
+    client: httpx.AsyncClient, direct_config: ItemsConfig
+) -> None:
+    connects = _count_connects(direct_config)
+    responses = await asyncio.gather(
+        *(client.post(f"{ACTION}/add_item", json={"name": f"concurrent {n}"}) for n in range(3))
+    )
+    rendered = [response.json()["sideeffect"] for response in responses]
+    pid_of_action = {seen["session"]: seen["pid"] for seen in SEEN if seen["where"] == "action"}
+    assert len({render["session_id"] for render in rendered}) == 3
+    assert all(render["backend_pid"] == pid_of_action[render["session_id"]] for render in rendered)
+    assert len(connects) == 3
+    assert sorted(await _committed_names(direct_config)) == ["concurrent 0", "concurrent 1", "concurrent 2"]
