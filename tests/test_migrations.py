@@ -322,3 +322,19 @@ def test_naming_convention_keeps_an_apps_own_convention() -> None:
     migrations.apply_naming_convention(metadata)
     assert metadata.naming_convention == own
     assert table.primary_key.name == "primary_thing"
+
+
+async def test_migrations_use_the_direct_migrations_url(pg_server: Any, database: str, app_dir: Path) -> None:
+    """With MIGRATIONS_DATABASE_URI set, migrations never touch the app's URL (here: nothing listens)."""
+    from mountaineer_db.cluster import free_port
+
+    config = tables_config(
+        pg_server,
+        database,
+        SQLALCHEMY_DATABASE_URI=f"postgresql://app:pw@127.0.0.1:{free_port()}/{database}",
+        MIGRATIONS_DATABASE_URI=pg_server.url(database),
+    )
+    await migrations.init(config=config)
+    await migrations.generate("create notes", config=config)
+    assert len(await migrations.apply(config=config)) == 1
+    await migrations.check(config=config)
