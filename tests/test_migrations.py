@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
 
 from mountaineer_db import ResourceAlreadyExistsError, ResourceNotFoundError, migrations
+from mountaineer_db.cluster import free_port
 from mountaineer_db.config import DatabaseConfig
 from tests.sample_apps import (
     PYTHON,
@@ -326,8 +327,6 @@ def test_naming_convention_keeps_an_apps_own_convention() -> None:
 
 async def test_migrations_use_the_direct_migrations_url(pg_server: Any, database: str, app_dir: Path) -> None:
     """With MIGRATIONS_DATABASE_URI set, migrations never touch the app's URL (here: nothing listens)."""
-    from mountaineer_db.cluster import free_port
-
     config = tables_config(
         pg_server,
         database,
