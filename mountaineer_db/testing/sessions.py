@@ -64,7 +64,8 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
     Like the real dependency: the session is in a transaction when the handler starts, what
     the handler did not commit is rolled back when it ends (here: to the last commit, inside
     the test's transaction), and a `@sideeffect`'s re-render gets the same session after the
-    action's uncommitted changes are rolled back.
+    action's uncommitted changes are rolled back. What the test wrote before the request is
+    committed (inside the test's transaction) first, so the handler sees it and it stays.
     """
 
     async def provide_test_session(
@@ -75,8 +76,11 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
             async with _borrowed(state) as borrowed:
                 yield borrowed
             return
-        if not session.in_transaction():
-            await session.begin()
+        if session.in_transaction():
+            # What the test itself wrote before the request stays: a request starts from a
+            # clean slate in production too. (Releases a savepoint; the test's transaction stays.)
+            await session.commit()
+        await session.begin()
         async with offer_to_rerender(session, request):
             try:
                 yield session

@@ -29,9 +29,12 @@ async def test_render_lists_the_notes(mdb_session: AsyncSession) -> None:
 async def test_get_render_sees_the_test_session(mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession) -> None:
     mdb_app_session.add(KitNote(text="only in this test's transaction"))
     await mdb_app_session.commit()
+    mdb_app_session.add(KitNote(text="not even committed by the test"))
     response = await mdb_client.get("/count")
     assert response.status_code == 200, response.text
-    assert response.json() == {"count": 1}
+    assert response.json() == {"count": 2}
+    rows = (await mdb_app_session.exec(select(KitNote.text))).all()
+    assert len(rows) == 2, "what the test wrote before the request stays"
 
 
 async def test_action_rerender_shows_the_new_note(mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession) -> None:
