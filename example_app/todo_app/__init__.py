@@ -1,0 +1,1 @@
+"""A todo list on Mountaineer 0.20 and mountaineer_db: the example app."""

@@ -1,0 +1,86 @@
+"""The list page (`/`): server-side rendered from the database; add, toggle and delete."""
+
+from mountaineer import ControllerBase, Depends, Metadata, RenderBase, sideeffect
+from pydantic import BaseModel
+from sqlmodel import col, select
+
+from mountaineer_db import AsyncSession, DatabaseDependencies
+from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description
+from todo_app.models import DESCRIPTION_MAX_LENGTH, Todo
+
+
+class TodoItem(BaseModel):
+    """A todo as the page sees it."""
+
+    id: int
+    description: str
+    done: bool
+
+
+class HomeRender(RenderBase):
+    todos: list[TodoItem]
+    remaining: int
+    max_length: int
+
+
+class NewTodo(BaseModel):
+    description: str
+
+
+class TodoRef(BaseModel):
+    id: int
+
+
+async def get_todo(session: AsyncSession, todo_id: int) -> Todo:
+    """The todo with this id, locked for update, or `TodoNotFound`."""
+    todo = (await session.exec(select(Todo).where(Todo.id == todo_id).with_for_update())).first()
+    if todo is None:
+        raise TodoNotFound(detail=f"Todo #{todo_id} does not exist (it may have been deleted).")
+    return todo
+
+
+class HomeController(ControllerBase):
+    url = "/"
+    view_path = "/app/home/page.tsx"
+
+    async def render(
+        self,
+        session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
+    ) -> HomeRender:
+        todos = (await session.exec(select(Todo).order_by(col(Todo.created_at), col(Todo.id)))).all()
+        items = [TodoItem(id=t.id, description=t.description, done=t.done) for t in todos if t.id is not None]
+        return HomeRender(
+            todos=items,
+            remaining=sum(not item.done for item in items),
+            max_length=DESCRIPTION_MAX_LENGTH,
+            metadata=Metadata(title=f"Todos ({sum(not item.done for item in items)} open)"),
+        )
+
+    @sideeffect(exception_models=[InvalidDescription])
+    async def add_todo(
+        self,
+        payload: NewTodo,
+        session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
+    ) -> None:
+        session.add(Todo(description=clean_description(payload.description)))
+        await session.commit()
+
+    @sideeffect(exception_models=[TodoNotFound])
+    async def toggle_todo(
+        self,
+        payload: TodoRef,
+        session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
+    ) -> None:
+        todo = await get_todo(session, payload.id)
+        todo.done = not todo.done
+        await session.commit()
+
+    @sideeffect(exception_models=[TodoNotFound])
+    async def delete_todo(
+        self,
+        payload: TodoRef,
+        session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
+    ) -> None:
+        todo = await get_todo(session, payload.id)
+        await session.delete(todo)
+        await session.commit()

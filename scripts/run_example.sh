@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Run the example todo app from a fresh clone, in one command:
+#
+#   bash scripts/run_example.sh            # then open the printed http://127.0.0.1:5006/
+#
+# Creates .venv (unless VIRTUAL_ENV or .venv exists), installs mountaineer-db and the example
+# app (editable), installs the views' npm packages, builds the frontend, then starts the
+# development server on the embedded PostgreSQL (example_app/.mountaineer_db/; migrations
+# applied on start). Needs Python >= 3.11 and Node.js >= 20 with npm; the first build
+# downloads Mountaineer's Vite toolchain from the npm registry into ~/.cache/mountaineer.
+# PORT=8000 / HOST=0.0.0.0 change the address.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+step() { printf '\n==> %s\n' "$*"; }
+
+python="${PYTHON:-python3}"
+if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+    venv="$VIRTUAL_ENV"
+else
+    venv="$root/.venv"
+    if [[ ! -x "$venv/bin/python" ]]; then
+        step "Creating a virtual environment in .venv"
+        "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+            || { echo "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+        "$python" -m venv "$venv"
+    fi
+fi
+command -v npm >/dev/null || { echo "npm is needed (install Node.js 20 or newer)" >&2; exit 1; }
+
+step "Installing mountaineer-db and the example app (editable)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[embedded]" -e ./example_app
+
+step "Installing the views' npm packages"
+(cd example_app/todo_app/views && npm install --no-audit --no-fund --loglevel=error)
+
+cd example_app  # the app reads .env (DATABASE_EMBEDDED=true) from here
+step "Building the frontend"
+"$venv/bin/todo-app" build
+
+step "Starting the embedded PostgreSQL and the app"
+exec "$venv/bin/todo-app" runserver --host "${HOST:-127.0.0.1}" --port "${PORT:-5006}"
