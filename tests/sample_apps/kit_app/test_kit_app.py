@@ -10,10 +10,16 @@ import logging
 import httpx
 import pytest
 from mountaineer import AppController
-from sqlmodel import select
+from sqlmodel import func, select
 
 from mountaineer_db import AsyncSession
-from mountaineer_db.testing import render_controller
+from mountaineer_db.testing import (
+    PgBouncer,
+    ThrowawayDatabase,
+    override_app_session,
+    render_controller,
+    rollback_session,
+)
 from tests.sample_apps.kit_app.app import KitNote, NotesController
 
 ADD_NOTE = "/internal/api/notes_controller/add_note"
@@ -68,3 +74,18 @@ async def test_other_note_is_alone(mdb_client: httpx.AsyncClient) -> None:
 
 def test_the_app_fixture_is_the_users(mdb_app: AppController) -> None:
     assert {type(d.controller).__name__ for d in mdb_app.graph.controllers} >= {"NotesController", "CountController"}
+
+
+@pytest.mark.pgbouncer
+async def test_the_app_through_pgbouncer(
+    mdb_app: AppController, mdb_database: ThrowawayDatabase, mdb_pgbouncer: PgBouncer
+) -> None:
+    """Testing the way it deploys: the test session goes through PgBouncer in transaction mode."""
+    config = mdb_database.config(SQLALCHEMY_DATABASE_URI=mdb_database.url_via(mdb_pgbouncer))
+    async with rollback_session(config) as session:
+        with override_app_session(mdb_app, session):
+            transport = httpx.ASGITransport(app=mdb_app.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                response = await client.post(ADD_NOTE, json={"text": "via the bouncer"})
+        assert response.json()["sideeffect"]["notes"] == ["via the bouncer"]
+        assert (await session.exec(select(func.count()).select_from(KitNote))).one() == 1
