@@ -19,7 +19,7 @@ import ssl as ssl_module
 import time
 import weakref
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 from sqlalchemy import event, exc
@@ -65,11 +65,30 @@ def _ssl_argument(mode: SSLMode) -> ssl_module.SSLContext | str | bool:
 class _AdaptedConnection(AsyncAdapt_asyncpg_connection):
     """SQLAlchemy's asyncpg adapter, with BEGIN and the per-transaction settings in one round trip."""
 
-    __slots__ = ("_begin_suffix",)
+    __slots__ = ("_begin_suffix", "_idle_timeout")
 
-    def __init__(self, dbapi: Any, connection: Any, *, begin_suffix: str, **kw: Any) -> None:
+    def __init__(
+        self, dbapi: Any, connection: Any, *, begin_suffix: str, idle_timeout: float | None = None, **kw: Any
+    ) -> None:
         super().__init__(dbapi, connection, **kw)  # type: ignore[no-untyped-call]
         self._begin_suffix = begin_suffix
+        self._idle_timeout = idle_timeout
+
+    def _handle_exception(self, error: Exception) -> NoReturn:
+        # The server's FATAL "idle-in-transaction timeout" arrives while asyncpg is idle and is
+        # dropped; all the next statement sees is "connection is closed". Name the likely cause.
+        if (
+            self._idle_timeout is not None
+            and self._transaction is not None
+            and type(error) is asyncpg.InterfaceError
+            and self._connection.is_closed()
+        ):
+            error = asyncpg.IdleInTransactionSessionTimeoutError(
+                "connection is closed: it closed while the transaction was idle, most likely ended by the "
+                f"server's idle-in-transaction timeout (DATABASE_IDLE_IN_TRANSACTION_TIMEOUT="
+                f"{self._idle_timeout:g}s). Keep transactions short, or raise the timeout."
+            )
+        super()._handle_exception(error)
 
     async def _start_transaction(self) -> None:
         if self.isolation_level == "autocommit":
@@ -210,6 +229,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> AsyncEngine:
                 dbapi,
                 connector.connect(),
                 begin_suffix=connector.begin_suffix,
+                idle_timeout=config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT,
                 prepared_statement_cache_size=cache_size,
                 prepared_statement_name_func=None if cache_size else _unnamed_statement,
             )

@@ -1,0 +1,207 @@
+"""Scenario 5: timeouts that hold through PgBouncer, and a black-holed network.
+
+The server-side timeouts ride on BEGIN as SET LOCAL (PgBouncer rejects them as startup
+parameters) and each fails with an error naming it. The connect and per-command timeouts
+bound what a network that silently stops forwarding can cost.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from mountaineer_db import DatabaseUnavailableError, database_session
+from mountaineer_db.cluster import PgBouncer, PostgresCluster
+
+from .app import TABLE
+from .helpers import (
+    Ledger,
+    admin_connect,
+    app_client,
+    assert_no_leaks,
+    assert_rows_match,
+    bouncer_url,
+    faults_config,
+    post_insert,
+    table_ids,
+)
+
+pytestmark = pytest.mark.faults
+
+SLACK = 1.0  # scheduling slack on a busy 2-core machine, on top of the configured timeout
+
+
+async def _run(config: object, *statements: str) -> None:
+    async with database_session(config) as session:  # type: ignore[arg-type]
+        for statement in statements:
+            if statement.startswith("sleep:"):
+                await asyncio.sleep(float(statement[6:]))
+            else:
+                await session.exec(text(statement))  # type: ignore[call-overload]
+        await session.commit()
+
+
+@pytest.fixture
+def bouncer(cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer]) -> PgBouncer:
+    return make_bouncer(cluster)
+
+
+async def test_statement_timeout_through_pgbouncer(cluster: PostgresCluster, bouncer: PgBouncer) -> None:
+    config = faults_config(bouncer_url(bouncer, cluster), DATABASE_STATEMENT_TIMEOUT=0.2)
+    with pytest.raises(Exception, match="statement timeout"):
+        await _run(config, f"INSERT INTO {TABLE} VALUES (1)", "SELECT pg_sleep(3)")
+    await _run(config, f"INSERT INTO {TABLE} VALUES (2)", "SELECT pg_sleep(0.01)")
+    assert await table_ids(cluster) == {2}
+    await assert_no_leaks(cluster, allow_idle=5)
+
+
+async def test_lock_timeout_through_pgbouncer(cluster: PostgresCluster, bouncer: PgBouncer) -> None:
+    config = faults_config(bouncer_url(bouncer, cluster), DATABASE_LOCK_TIMEOUT=0.2)
+    holder = await admin_connect(cluster)
+    try:
+        await holder.execute(f"BEGIN; LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        start = time.monotonic()
+        with pytest.raises(Exception, match="lock timeout"):
+            await _run(config, f"INSERT INTO {TABLE} VALUES (1)")
+        assert time.monotonic() - start < 0.2 + SLACK
+        await holder.execute("ROLLBACK")
+    finally:
+        await holder.close()
+    await _run(config, f"INSERT INTO {TABLE} VALUES (2)")
+    assert await table_ids(cluster) == {2}
+    await assert_no_leaks(cluster, allow_idle=5)
+
+
+async def test_idle_in_transaction_timeout_through_pgbouncer(cluster: PostgresCluster, bouncer: PgBouncer) -> None:
+    config = faults_config(bouncer_url(bouncer, cluster), DATABASE_IDLE_IN_TRANSACTION_TIMEOUT=0.2)
+    with pytest.raises(DatabaseUnavailableError, match="idle-in-transaction") as caught:
+        await _run(config, f"INSERT INTO {TABLE} VALUES (1)", "sleep:0.8", "SELECT 1")
+    assert "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT" in str(caught.value)
+    await _run(config, f"INSERT INTO {TABLE} VALUES (2)")
+    assert await table_ids(cluster) == {2}
+    await assert_no_leaks(cluster, allow_idle=5)
+
+
+async def test_startup_parameter_timeouts_break_pgbouncer(cluster: PostgresCluster, bouncer: PgBouncer) -> None:
+    """The naive setup: statement_timeout as a startup parameter (connect_args) fails every connection."""
+    url = bouncer_url(bouncer, cluster)
+    engine = create_async_engine(url, connect_args={"server_settings": {"statement_timeout": "200"}})
+    try:
+        with pytest.raises(Exception, match="unsupported startup parameter"):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+class BlackHoleProxy:
+    """A TCP proxy to PostgreSQL that forwards until told to stop, then silently drops everything."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.forwarding = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if not self.forwarding:  # a black hole: accept, read, never answer
+            await self._pipe(reader, None)
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.append(up_writer)
+        task = asyncio.create_task(self._pipe(up_reader, writer))
+        self._tasks.add(task)
+        await self._pipe(reader, up_writer)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self.forwarding and writer is not None:
+                    writer.write(data)
+                    await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def proxy(cluster: PostgresCluster) -> AsyncIterator[BlackHoleProxy]:
+    proxy = BlackHoleProxy(cluster.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+def _proxied_url(cluster: PostgresCluster, proxy: BlackHoleProxy) -> object:
+    return cluster.url("faults").set(port=proxy.port)
+
+
+async def test_connect_timeout_on_a_black_hole(cluster: PostgresCluster, proxy: BlackHoleProxy) -> None:
+    """A network that swallows packets: connecting fails within DATABASE_CONNECT_TIMEOUT, naming it."""
+    config = faults_config(_proxied_url(cluster, proxy), DATABASE_CONNECT_TIMEOUT=1.0)
+    proxy.forwarding = False
+    start = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError, match="DATABASE_CONNECT_TIMEOUT") as caught:
+        await _run(config, "SELECT 1")
+    assert time.monotonic() - start < 1.0 + SLACK
+    assert f"127.0.0.1:{proxy.port}" in str(caught.value) and '"faults"' in str(caught.value)
+
+
+async def test_command_timeout_on_a_black_hole(cluster: PostgresCluster, proxy: BlackHoleProxy) -> None:
+    """The network goes silent mid-request: the action fails (503) within DATABASE_COMMAND_TIMEOUT."""
+    # The server cannot see a silent network either: its half of the transaction is ended by
+    # the idle-in-transaction timeout (or TCP keepalives), which is why we recommend setting it.
+    config = faults_config(
+        _proxied_url(cluster, proxy), DATABASE_COMMAND_TIMEOUT=1.0, DATABASE_IDLE_IN_TRANSACTION_TIMEOUT=1.0
+    )
+    ledger = Ledger()
+    async with app_client(config) as client:
+        assert (await post_insert(client, ledger)).status == 200
+        in_flight = asyncio.create_task(post_insert(client, ledger, sleep=0.5))
+        await asyncio.sleep(0.2)
+        proxy.forwarding = False
+        start = time.monotonic()
+        outcome = await asyncio.wait_for(in_flight, 10)
+        assert time.monotonic() - start < 1.0 + SLACK
+        assert outcome.status == 503, outcome.body
+        proxy.forwarding = True  # the network heals: the process carries on
+        assert (await post_insert(client, ledger)).status == 200
+    await assert_rows_match(cluster, ledger)
+    await assert_no_leaks(cluster, within=3.0)
+
+
+async def test_naive_engine_hangs_on_a_black_hole(cluster: PostgresCluster, proxy: BlackHoleProxy) -> None:
+    """The naive setup (create_async_engine defaults): a query on a silent network never returns."""
+    engine = create_async_engine(_proxied_url(cluster, proxy))
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            proxy.forwarding = False
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(2.5):
+                    await connection.execute(text("SELECT 1"))
+            connection.sync_connection.invalidate()  # type: ignore[union-attr]
+    except asyncpg.PostgresError:
+        raise
+    finally:
+        await engine.dispose()
