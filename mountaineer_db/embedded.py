@@ -1,0 +1,342 @@
+"""The embedded development database: a local PostgreSQL kept under the project folder.
+
+With `DATABASE_EMBEDDED=true` (development only), `ensure_embedded_database(config)`
+starts a PostgreSQL server whose data lives in `.mountaineer_db/` in the working directory
+(or `directory=`), creates the app's database, applies its migrations, and returns a copy
+of the config pointing at it. A new user needs no PostgreSQL installed: the server binaries
+come from the system (`/usr/lib/postgresql/*/bin`, `pg_config`) or from the `pgserver` wheel
+(`pip install mountaineer-db[embedded]`).
+
+```python
+config = ensure_embedded_database(AppConfig())   # e.g. in the app's lifespan or CLI
+```
+
+- The port and the generated password are kept in `.mountaineer_db/server.json` (mode 600),
+  so a restart reuses the same data. Add `.mountaineer_db/` to `.gitignore`.
+- A server already running for that folder (another process of the app, or one left behind
+  by a process that was killed) is reused rather than started twice.
+- The process that started the server stops it when it exits (atexit, SIGTERM and SIGHUP
+  included); a server adopted from a dead process is stopped by its new owner.
+- It refuses to run with `ENVIRONMENT=production`.
+"""
+
+import asyncio
+import atexit
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import URL
+
+from mountaineer_db.cluster import PostgresCluster, free_port
+from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_DIRECTORY", "EmbeddedDatabase", "ensure_embedded_database", "stop_embedded_database"]
+
+logger = logging.getLogger("mountaineer_db")
+
+DEFAULT_DIRECTORY = ".mountaineer_db"
+"""Folder (relative to the working directory) that holds the data and `server.json`."""
+
+ConfigT = TypeVar("ConfigT", bound=DatabaseConfig)
+
+# The data outlives the process, so keep PostgreSQL's crash safety (the test clusters turn it off).
+_DURABLE = {"fsync": "on", "full_page_writes": "on", "max_connections": "100"}
+T = TypeVar("T")
+
+
+def _environment(config: DatabaseConfig) -> str:
+    value = getattr(config, "ENVIRONMENT", None)
+    if not isinstance(value, str):
+        value = os.environ.get("ENVIRONMENT", "")
+    return value.strip().lower()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion, also when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    # Called from async code (an ASGI lifespan, a test): run it on a private loop in a thread.
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(make()))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name="mountaineer-db-embedded")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+class EmbeddedDatabase:
+    """The server for one project folder: started here, or found already running."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.data_dir = self.directory / "data"
+        self.state_path = self.directory / "server.json"
+        self.cluster: PostgresCluster | None = None
+        self.port = 0
+        self.password = ""
+        self.owned = False
+        """True when this process stops the server on exit."""
+        self.owner_pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedDatabase({str(self.directory)!r}, port={self.port}, owned={self.owned})"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise start-up between processes sharing the folder."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o755)  # the unprivileged server user must reach data/
+        with open(self.directory / "lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict[str, Any]:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(self.state_path.read_text())
+            if isinstance(state, dict):
+                return state
+        return {}
+
+    def _write_state(self, **state: Any) -> None:
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2) + "\n")
+        os.chmod(temporary, 0o600)
+        temporary.replace(self.state_path)
+
+    def _running_postmaster(self) -> tuple[int, int] | None:
+        """(pid, port) of a live, ready server on our data directory, from postmaster.pid."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+            if _pid_alive(pid) and len(lines) >= 8 and lines[7].strip() == "ready":
+                return pid, port
+        return None
+
+    def start(self) -> None:
+        """Start the server, or attach to the one already running for this folder."""
+        self.owner_pid = os.getpid()
+        with self._locked():
+            state = self._read_state()
+            self.password = str(state.get("password") or secrets.token_urlsafe(24))
+            running = self._running_postmaster()
+            if running is not None:
+                server_pid, self.port = running
+                owner = int(state.get("owner_pid") or 0)
+                if owner != os.getpid() and _pid_alive(owner):
+                    logger.info("Reusing the embedded PostgreSQL on port %d (started by process %d).", self.port, owner)
+                    return
+                # Left behind by a process that is gone: adopt it, so it is stopped when we exit.
+                self.owned = True
+                self._write_state(port=self.port, password=self.password, owner_pid=os.getpid(), server_pid=server_pid)
+                logger.info("Adopted the embedded PostgreSQL on port %d.", self.port)
+                return
+            port = int(state.get("port") or 0)
+            if not port or not _port_free(port):
+                port = free_port()
+            cluster = PostgresCluster(self.data_dir, port=port, password=self.password, settings=_DURABLE)
+            if not cluster.initialized and state:
+                logger.warning("%s has settings but no data; initialising a new database.", self.state_path)
+            cluster.start()
+            self.cluster, self.port, self.owned = cluster, port, True
+            pid = cluster.process.pid if cluster.process is not None else 0
+            self._write_state(port=port, password=self.password, owner_pid=os.getpid(), server_pid=pid)
+            logger.info("Started the embedded PostgreSQL on 127.0.0.1:%d (data in %s).", port, self.data_dir)
+
+    def stop(self) -> None:
+        """Stop the server if this process owns it; otherwise leave it to its owner."""
+        if not self.owned or os.getpid() != self.owner_pid:
+            return  # not ours, or a forked child of the owner: the owner stops it
+        self.owned = False
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+        else:  # adopted: signal the postmaster (fast shutdown) and wait for it to go
+            running = self._running_postmaster()
+            if running is not None:
+                _stop_adopted(running[0])
+        with self._locked():
+            state = self._read_state()
+            if state.get("owner_pid") == os.getpid():
+                self._write_state(port=self.port, password=self.password, owner_pid=0, server_pid=0)
+        logger.info("Stopped the embedded PostgreSQL on port %d.", self.port)
+
+    def url(self, database: str) -> URL:
+        """A URL for `database` on this server, as its superuser."""
+        return URL.create(
+            "postgresql+asyncpg",
+            username="postgres",
+            password=self.password,
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+        )
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL itself does: a port held only by TIME_WAIT sockets of the last run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_adopted(pid: int, timeout: float = 30.0) -> None:
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+_servers: dict[Path, EmbeddedDatabase] = {}
+_exit_hooks_installed = False
+
+
+def _stop_all() -> None:
+    for server in list(_servers.values()):
+        try:
+            server.stop()
+        except Exception as error:  # noqa: BLE001 - best effort at interpreter exit
+            logger.warning("Could not stop the embedded PostgreSQL in %s: %s", server.directory, error)
+    _servers.clear()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_exit_hooks() -> None:
+    """Stop our servers at exit; on SIGTERM/SIGHUP too, unless the app handles those itself."""
+    global _exit_hooks_installed
+    if _exit_hooks_installed:
+        return
+    _exit_hooks_installed = True
+    atexit.register(_stop_all)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _on_signal)
+
+
+def stop_embedded_database(directory: Path | str | None = None) -> None:
+    """Stop the embedded server this process started for `directory` (all of them if None)."""
+    if directory is None:
+        _stop_all()
+        return
+    server = _servers.pop(Path(directory).resolve(), None)
+    if server is not None:
+        server.stop()
+
+
+async def _prepare(config: DatabaseConfig, apply_migrations: bool) -> None:
+    from mountaineer_db import admin, migrations
+
+    # Both dispose of the engines they open; the app's own engines are left alone.
+    await admin.createdb(config)
+    package = getattr(config, "PACKAGE", None)
+    if apply_migrations and isinstance(package, str) and migrations.migrations_directory(config).is_dir():
+        for revision in await migrations.apply(config=config):
+            logger.info("Applied migration %s", revision)
+
+
+def ensure_embedded_database(
+    config: ConfigT,
+    *,
+    directory: Path | str | None = None,
+    apply_migrations: bool = True,
+) -> ConfigT:
+    """Start or reuse the embedded PostgreSQL and return `config` pointed at it.
+
+    Does nothing (returns `config` itself) unless `config.DATABASE_EMBEDDED` is true. The
+    database is named after POSTGRES_DB (default: the app's PACKAGE, else "app"); it is
+    created when missing, and the migrations in `<PACKAGE>/migrations/` are applied when
+    that folder exists. If `config` is the registered Mountaineer config, the returned copy
+    replaces it in the registry, so `DatabaseDependencies` use the embedded server.
+
+    Raises `ConfigurationError` when ENVIRONMENT is "production", or when the config also
+    names a database (SQLALCHEMY_DATABASE_URI or POSTGRES_HOST).
+    """
+    if not config.DATABASE_EMBEDDED:
+        return config
+    if _environment(config) == "production":
+        raise ConfigurationError(
+            "DATABASE_EMBEDDED=true is for local development only, and ENVIRONMENT is production. "
+            "Unset DATABASE_EMBEDDED and set POSTGRES_HOST/POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB "
+            "(or DATABASE_URL) for the production database."
+        )
+    if config.SQLALCHEMY_DATABASE_URI is not None:
+        raise ConfigurationError(
+            "DATABASE_EMBEDDED=true, but the config also names a database (SQLALCHEMY_DATABASE_URI, "
+            "DATABASE_URL or POSTGRES_HOST). Use one or the other: unset DATABASE_EMBEDDED to use that database."
+        )
+    folder = Path(directory) if directory is not None else Path.cwd() / DEFAULT_DIRECTORY
+    key = folder.resolve()
+    server = _servers.get(key)
+    if server is None:
+        server = EmbeddedDatabase(key)
+        server.start()
+        _servers[key] = server
+        if server.owned:
+            _install_exit_hooks()
+    package = getattr(config, "PACKAGE", None)
+    database = config.POSTGRES_DB or (package if isinstance(package, str) and package else "app")
+    embedded = config.model_copy(update={"SQLALCHEMY_DATABASE_URI": server.url(database), "POSTGRES_DB": database})
+    _run_coroutine(lambda: _prepare(embedded, apply_migrations))
+    _swap_registration(config, embedded)
+    return embedded
+
+
+def _swap_registration(old: DatabaseConfig, new: DatabaseConfig) -> None:
+    """Replace `old` with `new` in Mountaineer's config registry when `old` is registered."""
+    from mountaineer import config as mountaineer_config
+
+    registered: object = mountaineer_config.APP_CONFIG
+    if registered is old:
+        mountaineer_config.unregister_config()  # type: ignore[no-untyped-call]
+        mountaineer_config.register_config(new)  # type: ignore[arg-type]

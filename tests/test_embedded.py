@@ -1,0 +1,204 @@
+"""The embedded development database: start, persist, reuse, clean up, refuse production."""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from mountaineer import ConfigBase
+from mountaineer import config as mountaineer_config
+
+from mountaineer_db import ConfigurationError, DatabaseConfig
+from mountaineer_db.embedded import ensure_embedded_database, stop_embedded_database
+
+pytestmark = pytest.mark.slow
+
+
+class EmbeddedAppConfig(DatabaseConfig, ConfigBase):
+    PACKAGE: str | None = None
+    POSTGRES_DB: str | None = "embedded_app"
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A project folder the unprivileged server user can reach (pytest's tmp_path is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="mountaineer-db-embedded-"))
+    os.chmod(root, 0o755)
+    yield root / ".mountaineer_db"
+    stop_embedded_database()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _server_pid(folder: Path) -> int:
+    return int((folder / "data" / "postmaster.pid").read_text().splitlines()[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+async def _query(config: DatabaseConfig, *statements: str) -> list[asyncpg.Record]:
+    url = config.database_url
+    connection = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database=url.database, ssl=False
+    )
+    try:
+        rows: list[asyncpg.Record] = []
+        for statement in statements:
+            rows = await connection.fetch(statement)
+        return rows
+    finally:
+        await connection.close()
+
+
+async def test_data_survives_a_restart(folder: Path) -> None:
+    """Start, write, stop, start again: same port and password, the row is still there."""
+    config = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    assert config.database_url.database == "notes"
+    assert config.database_url.host == "127.0.0.1"
+    await _query(config, "CREATE TABLE note (body text)", "INSERT INTO note VALUES ('kept')")
+    first_pid = _server_pid(folder)
+
+    stop_embedded_database(folder)
+    assert _wait_gone(first_pid), "the server we started is still running after stop"
+
+    again = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    assert _server_pid(folder) != first_pid
+    assert again.database_url.port == config.database_url.port
+    assert [row["body"] for row in await _query(again, "SELECT body FROM note")] == ["kept"]
+
+
+async def test_state_file_is_private_and_password_is_never_shown(folder: Path) -> None:
+    config = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    state = json.loads((folder / "server.json").read_text())
+    assert stat.S_IMODE((folder / "server.json").stat().st_mode) == 0o600
+    assert state["port"] == config.database_url.port
+    assert state["password"] == config.database_url.password
+    assert state["password"] not in str(config.database_url)
+    assert state["password"] not in repr(config)
+
+
+def test_off_unless_asked() -> None:
+    """Without DATABASE_EMBEDDED the config comes back untouched (same object, no I/O)."""
+    config = DatabaseConfig(POSTGRES_HOST="db.example", POSTGRES_DB="app")
+    assert ensure_embedded_database(config, directory="/nonexistent/never-created") is config
+    assert not Path("/nonexistent/never-created").exists()
+
+
+def test_refuses_production(folder: Path) -> None:
+    config = EmbeddedAppConfig(DATABASE_EMBEDDED=True, ENVIRONMENT="production")
+    with pytest.raises(ConfigurationError) as caught:
+        ensure_embedded_database(config, directory=folder)
+    assert str(caught.value) == (
+        "DATABASE_EMBEDDED=true is for local development only, and ENVIRONMENT is production. "
+        "Unset DATABASE_EMBEDDED and set POSTGRES_HOST/POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB "
+        "(or DATABASE_URL) for the production database."
+    )
+    assert not folder.exists(), "nothing may be started or written in production"
+
+
+def test_refuses_production_from_the_environment(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain DatabaseConfig has no ENVIRONMENT field: the environment variable counts."""
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ConfigurationError, match="ENVIRONMENT is production"):
+        ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True), directory=folder)
+
+
+def test_refuses_a_config_that_also_names_a_database(folder: Path) -> None:
+    config = DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_HOST="db.example", POSTGRES_DB="app")
+    with pytest.raises(ConfigurationError, match="Use one or the other"):
+        ensure_embedded_database(config, directory=folder)
+
+
+async def test_registered_app_config_is_replaced(folder: Path) -> None:
+    """The registered Mountaineer config is swapped for the embedded one, so dependencies use it."""
+    config = EmbeddedAppConfig(DATABASE_EMBEDDED=True)
+    embedded = ensure_embedded_database(config, directory=folder)
+    assert mountaineer_config.APP_CONFIG is embedded
+    assert isinstance(embedded, EmbeddedAppConfig)
+    assert embedded.database_url.database == "embedded_app"
+    assert (await _query(embedded, "SELECT current_database() AS name"))[0]["name"] == "embedded_app"
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from mountaineer_db import DatabaseConfig
+    from mountaineer_db.embedded import ensure_embedded_database
+    settings = DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes")
+    config = ensure_embedded_database(settings, directory=sys.argv[1])
+    print(config.database_url.port, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def _close(child: "subprocess.Popen[str]") -> None:
+    for stream in (child.stdin, child.stdout):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
+def _start_child(folder: Path) -> tuple["subprocess.Popen[str]", int]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    port = int(child.stdout.readline())
+    return child, port
+
+
+@pytest.mark.parametrize("how", ["exit", "sigterm"])
+def test_owner_stops_its_server_when_it_exits(folder: Path, how: str) -> None:
+    child, _ = _start_child(folder)
+    server = _server_pid(folder)
+    assert _alive(server)
+    if how == "exit":
+        assert child.stdin is not None
+        child.stdin.close()  # the child returns from main: atexit runs
+    else:
+        child.send_signal(signal.SIGTERM)
+    child.wait(30)
+    _close(child)
+    assert _wait_gone(server), f"the embedded server outlived its owner ({how})"
+
+
+def test_second_process_reuses_and_orphan_is_adopted(folder: Path) -> None:
+    """Another process reuses a running server; one left by a killed owner is adopted and stopped."""
+    child, port = _start_child(folder)
+    server = _server_pid(folder)
+    reused = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    assert reused.database_url.port == port
+    assert _server_pid(folder) == server, "a second server was started"
+    stop_embedded_database(folder)
+    assert _alive(server), "a process that did not start the server stopped it"
+
+    child.kill()  # no atexit: the server is orphaned
+    child.wait(30)
+    _close(child)
+    assert _alive(server)
+    adopted = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    assert adopted.database_url.port == port
+    stop_embedded_database(folder)
+    assert _wait_gone(server), "the adopted server was not stopped by its new owner"
