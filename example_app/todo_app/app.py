@@ -1,8 +1,8 @@
-"""The Mountaineer app: config, controllers, and the database's start-up and shut-down.
+"""The Mountaineer app: `build_app(config)` assembles the controllers for a config.
 
-`controller` is what `mountaineer` builds (`todo-app build`); `todo_app.main:app` is the
-ASGI app to serve. Importing this module does no I/O: with `DATABASE_EMBEDDED=true` the
-development database is started (or reused) when the app starts, not at import.
+`todo_app.main` builds it from `AppConfig()` (the environment and `.env`); tests build it
+for their own database. Building does no I/O: with `DATABASE_EMBEDDED=true` the development
+database is started (or reused) by the app's lifespan, when the server starts.
 """
 
 from collections.abc import AsyncIterator
@@ -21,38 +21,41 @@ from todo_app.controllers.errors import TodoNotFound
 from todo_app.controllers.home import HomeController
 from todo_app.controllers.not_found import NotFoundController
 
-config = AppConfig()
+VIEWS = Path(__file__).parent / "views"
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Development only: start or reuse the local PostgreSQL under .mountaineer_db/ and apply
-    # migrations. Does nothing unless DATABASE_EMBEDDED=true; refuses ENVIRONMENT=production.
-    ensure_embedded_database(config)
-    yield
-    await dispose_engines()
+def build_app(config: AppConfig) -> AppController:
+    """The app for `config` (which Mountaineer has registered when it was instantiated)."""
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Development only: start or reuse the local PostgreSQL under .mountaineer_db/ and apply
+        # the migrations. Does nothing unless DATABASE_EMBEDDED=true; refuses ENVIRONMENT=production.
+        ensure_embedded_database(config)
+        yield
+        await dispose_engines()
 
-controller = AppController(
-    name="Todos",
-    config=config,
-    # PACKAGE resolves the views when the app is pip-installed (`pip install -e example_app`).
-    view_root=Path(__file__).parent / "views",
-    fastapi_args={"lifespan": lifespan},
-)
-controller.register(HomeController())
-controller.register(DetailController())
-controller.register(NotFoundController())
+    controller = AppController(
+        name="Todos",
+        config=config,
+        # With the app pip-installed, PACKAGE finds the views; view_root works either way.
+        view_root=VIEWS,
+        fastapi_args={"lifespan": lifespan},
+    )
+    controller.register(HomeController())
+    controller.register(DetailController())
+    controller.register(NotFoundController())
 
+    @controller.app.exception_handler(TodoNotFound)
+    async def todo_not_found(request: Request, error: TodoNotFound) -> Response:
+        """An unknown id: the 404 page for a page request, the JSON error for an action."""
+        if request.method != "GET" or request.url.path.startswith(controller.internal_api_prefix):
+            return JSONResponse(status_code=error.status_code, content=error.internal_model.model_dump())
+        # Render the NotFoundController's page (it takes no arguments) and send it as a 404.
+        definition = controller.graph.get_definitions_for_cls(NotFoundController)[0]
+        assert definition.route is not None
+        page: Response = await definition.route.view_route()
+        page.status_code = 404
+        return page
 
-@controller.app.exception_handler(TodoNotFound)
-async def todo_not_found(request: Request, error: TodoNotFound) -> Response:
-    """An unknown id: the 404 page for a page request, the JSON error for an action."""
-    if request.method != "GET" or request.url.path.startswith(controller.internal_api_prefix):
-        return JSONResponse(status_code=error.status_code, content=error.internal_model.model_dump())
-    # Render the NotFoundController page (it takes no arguments) and send it with status 404.
-    definition = controller.graph.get_definitions_for_cls(NotFoundController)[0]
-    assert definition.route is not None
-    page: Response = await definition.route.view_route()
-    page.status_code = 404
-    return page
+    return controller

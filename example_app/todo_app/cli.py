@@ -11,7 +11,7 @@ from mountaineer.cli import handle_build, handle_runserver
 
 from mountaineer_db.cli import createdb, dropdb, migrate
 
-WEBCONTROLLER = "todo_app.app:controller"
+WEBCONTROLLER = "todo_app.main:controller"
 DATABASE_COMMANDS = {"migrate", "createdb", "dropdb"}
 
 

@@ -1,0 +1,149 @@
+"""The todo app's controllers against a real PostgreSQL, through the testing kit.
+
+Each test's changes (the actions' commits included) are rolled back afterwards.
+"""
+
+from typing import Any
+
+import httpx
+from sqlmodel import func, select
+from todo_app.controllers.detail import DetailController
+from todo_app.controllers.home import HomeController
+from todo_app.models import Todo
+
+from mountaineer_db import AsyncSession
+from mountaineer_db.testing import render_controller
+
+HOME = "/internal/api/home_controller"
+DETAIL = "/internal/api/detail_controller"
+
+
+async def _count(session: AsyncSession) -> int:
+    return (await session.exec(select(func.count()).select_from(Todo))).one()
+
+
+async def _seed(session: AsyncSession, *descriptions: str) -> list[int]:
+    """Commit todos; their ids (requests share the session and may expire the objects)."""
+    todos = [Todo(description=text) for text in descriptions]
+    session.add_all(todos)
+    await session.commit()
+    return [todo.id for todo in todos if todo.id is not None]
+
+
+async def _fetch(session: AsyncSession, todo_id: int) -> Todo:
+    todo = await session.get(Todo, todo_id, populate_existing=True)
+    assert todo is not None
+    return todo
+
+
+def _listed(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    todos: list[dict[str, Any]] = response.json()["sideeffect"]["todos"]
+    return todos
+
+
+async def test_list_page_renders_todos_from_the_database(mdb_session: AsyncSession) -> None:
+    await _seed(mdb_session, "first", "second")
+    (await mdb_session.exec(select(Todo).where(Todo.description == "second"))).one().done = True
+    await mdb_session.commit()
+
+    rendered = await render_controller(HomeController(), mdb_session)
+
+    assert [(t.description, t.done) for t in rendered.todos] == [("first", False), ("second", True)]
+    assert rendered.remaining == 1
+
+
+async def test_add_stores_the_todo_and_rerenders_the_list(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    response = await mdb_client.post(f"{HOME}/add_todo", json={"description": "  buy milk  "})
+
+    assert [t["description"] for t in _listed(response)] == ["buy milk"]
+    assert (await mdb_app_session.exec(select(Todo.description))).all() == ["buy milk"]
+
+
+async def test_empty_description_is_refused_with_a_clear_error(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    response = await mdb_client.post(f"{HOME}/add_todo", json={"description": "   "})
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == "Write something first: the description is empty."
+    assert await _count(mdb_app_session) == 0
+
+
+async def test_overlong_description_is_refused_and_nothing_is_written(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    response = await mdb_client.post(f"{HOME}/add_todo", json={"description": "x" * 2000})
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == "That description has 2,000 characters; the limit is 500."
+    assert await _count(mdb_app_session) == 0
+
+
+async def test_toggle_marks_done_and_back(mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession) -> None:
+    (todo_id,) = await _seed(mdb_app_session, "water the plants")
+
+    first = await mdb_client.post(f"{HOME}/toggle_todo", json={"id": todo_id})
+    assert [t["done"] for t in _listed(first)] == [True]
+    assert (await _fetch(mdb_app_session, todo_id)).done is True
+    second = await mdb_client.post(f"{HOME}/toggle_todo", json={"id": todo_id})
+    assert [t["done"] for t in _listed(second)] == [False]
+    assert (await _fetch(mdb_app_session, todo_id)).done is False
+
+
+async def test_delete_removes_the_todo(mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession) -> None:
+    keep, drop = await _seed(mdb_app_session, "keep", "drop")
+
+    response = await mdb_client.post(f"{HOME}/delete_todo", json={"id": drop})
+
+    assert [t["id"] for t in _listed(response)] == [keep]
+    assert (await mdb_app_session.exec(select(Todo.description))).all() == ["keep"]
+
+
+async def test_actions_on_an_unknown_id_answer_404(mdb_client: httpx.AsyncClient) -> None:
+    for action in ("toggle_todo", "delete_todo"):
+        response = await mdb_client.post(f"{HOME}/{action}", json={"id": 424242})
+        assert response.status_code == 404, action
+        assert response.json()["detail"] == "Todo #424242 does not exist (it may have been deleted)."
+
+
+async def test_detail_page_renders_one_todo(mdb_session: AsyncSession) -> None:
+    (todo_id,) = await _seed(mdb_session, "call the plumber")
+
+    rendered = await render_controller(DetailController(), mdb_session, path=f"/todos/{todo_id}")
+
+    assert rendered.todo.id == todo_id
+    assert rendered.todo.description == "call the plumber"
+    assert rendered.created_at == (await _fetch(mdb_session, todo_id)).created_at
+
+
+async def test_rename_updates_the_description(mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession) -> None:
+    (todo_id,) = await _seed(mdb_app_session, "old name")
+
+    response = await mdb_client.post(
+        f"{DETAIL}/rename_todo",
+        json={"id": todo_id, "description": "new name"},
+        headers={"referer": f"http://testserver/todos/{todo_id}"},  # the re-render reads the page URL
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["sideeffect"]["todo"]["description"] == "new name"
+    assert (await _fetch(mdb_app_session, todo_id)).description == "new name"
+
+
+async def test_rename_to_empty_is_refused_and_keeps_the_old_name(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    (todo_id,) = await _seed(mdb_app_session, "stays")
+
+    response = await mdb_client.post(
+        f"{DETAIL}/rename_todo",
+        json={"id": todo_id, "description": ""},
+        headers={"referer": f"http://testserver/todos/{todo_id}"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == "Write something first: the description is empty."
+    assert (await _fetch(mdb_app_session, todo_id)).description == "stays"
