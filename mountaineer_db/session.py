@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -92,10 +93,10 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
 
 
 def _log_failure(error: Exception) -> None:
-    if isinstance(error, HTTPException) and error.status_code < 500:
-        level = logging.INFO
-    else:
-        level = logging.ERROR
+    # Bad client input (4xx, request validation) is routine: INFO. Everything else: ERROR.
+    client_error = isinstance(error, HTTPException) and error.status_code < 500
+    expected = client_error or isinstance(error, RequestValidationError)
+    level = logging.INFO if expected else logging.ERROR
     logger.log(level, "Rolled back the request's transaction after %s: %s", type(error).__name__, error)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mountaineer import ConfigBase, ControllerBase, Depends, RenderBase, sideeffect
 from mountaineer.app import AppController
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies
@@ -23,7 +23,7 @@ class FaultsConfig(DatabaseConfig, ConfigBase):
 class RowIn(BaseModel):
     """An action payload: the row id the client chose, and optional server-side sleeps."""
 
-    id: int
+    id: int = Field(ge=1, le=2**63 - 1)  # the column is a bigint: the model says so, not the database
     sleep_before_commit: float = 0.0
 
 
