@@ -6,6 +6,9 @@
   JSON response (a Mountaineer feature), so no frontend build is needed and no SSR time is
   mixed into the database figures. `POST /internal/api/bench_controller/ping` is a
   `@passthrough` action that runs the same query and commits.
+  `GET /rawpool` and `POST /internal/api/raw_pool_controller/ping` are the same render and
+  action on a raw asyncpg pool (RAW_DSN, RAW_POOL_SIZE), without mountaineer_db: what
+  Mountaineer itself costs.
 - `bench_app:raw`: a bare FastAPI app with one endpoint per route above doing the same query
   in a transaction on an `asyncpg.create_pool` (RAW_POOL_SIZE, default 10) opened at startup,
   with `ssl=False, statement_cache_size=0` (it sits behind PgBouncer in transaction mode).
@@ -13,6 +16,7 @@
 Both answer `{"value": 1}`.
 """
 
+import asyncio
 import os
 import tempfile
 import time
@@ -70,13 +74,51 @@ def _build_ours() -> Any:
             _record(started)
             return PingResponse(value=value)
 
+    class RawPoolController(ControllerBase):
+        """The same render and action on a raw asyncpg pool: Mountaineer's own cost, without us."""
+
+        url = "/rawpool"
+        view_path = "/app/rawpool/page.tsx"
+
+        async def render(self) -> HomeRender:
+            value = await _raw_select_1()
+            return HomeRender(metadata=Metadata(explicit_response=JSONResponse({"value": value})))
+
+        @passthrough
+        async def ping(self) -> PingResponse:
+            return PingResponse(value=await _raw_select_1())
+
     view_root = Path(tempfile.gettempdir()) / "mountaineer-db-bench-views"
-    (view_root / "app" / "home").mkdir(parents=True, exist_ok=True)
-    (view_root / "app" / "home" / "page.tsx").write_text("export default function Page() { return null; }\n")
-    (view_root / "package.json").write_text('{"name": "bench-views", "private": true}\n')
+    for page in ("home", "rawpool"):
+        (view_root / "app" / page).mkdir(parents=True, exist_ok=True)
+        (view_root / "app" / page / "page.tsx").write_text("export default function Page() { return null; }\n")
+    (view_root / "package.json").write_text(
+        '{"name": "bench-views", "private": true, "dependencies": {"react": "^19.0.0", "react-dom": "^19.0.0"}}\n'
+    )
     controller = AppController(view_root=view_root, config=BenchConfig())
     controller.register(BenchController())
+    controller.register(RawPoolController())
     return controller.app
+
+
+_raw_pool: "asyncpg.Pool[Any] | None" = None
+_raw_pool_lock: asyncio.Lock | None = None
+
+
+async def _raw_select_1() -> int:
+    """`SELECT 1` in a transaction on this worker's raw asyncpg pool (opened on first use)."""
+    global _raw_pool, _raw_pool_lock
+    if _raw_pool is None:
+        _raw_pool_lock = _raw_pool_lock or asyncio.Lock()
+        async with _raw_pool_lock:
+            if _raw_pool is None:
+                size = int(os.environ.get("RAW_POOL_SIZE", "10"))
+                _raw_pool = await asyncpg.create_pool(
+                    os.environ["RAW_DSN"], ssl=False, statement_cache_size=0, min_size=size, max_size=size
+                )
+    async with _raw_pool.acquire() as connection, connection.transaction():
+        value: int = await connection.fetchval("SELECT 1")
+    return value
 
 
 def _build_raw() -> FastAPI:

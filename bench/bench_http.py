@@ -9,6 +9,9 @@ figures are medians over rounds:
   vs the raw endpoint running the same query in a transaction;
 - action: a `@passthrough` action running the same query and committing vs the same raw endpoint.
 
+A third variant, the same Mountaineer render and action on a raw asyncpg pool (no
+mountaineer_db), separates what Mountaineer itself costs from what mountaineer_db costs.
+
 Ours runs twice: with the default config (NULL pool via PgBouncer) and with FIXED_PROCESS
 via PgBouncer (pool 10 per worker, DATABASE_STATEMENT_CACHE_SIZE=0); raw uses an asyncpg
 pool of 10 per worker (ssl=False, statement_cache_size=0).
@@ -125,37 +128,51 @@ def raw_env(stack: Stack, pool_size: int) -> dict[str, str]:
     return {"RAW_DSN": dsn, "RAW_POOL_SIZE": str(pool_size)}
 
 
-def compare_http(label: str, ours_url: str, raw_url: str, args: argparse.Namespace, *, post: bool) -> dict[str, Any]:
-    ours: list[dict[str, Any]] = []
-    raw: list[dict[str, Any]] = []
+RAW_ACTION_PATH = "/internal/api/raw_pool_controller/ping"
+
+
+def compare_http(label: str, variants: list[tuple[str, str]], args: argparse.Namespace, *, post: bool) -> None:
+    """Rotate load runs over `variants` (label, url); the first is ours, the last raw FastAPI."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     if not args.quick:
-        load(ours_url, concurrency=args.concurrency, duration=1, post=post)
-        load(raw_url, concurrency=args.concurrency, duration=1, post=post)
+        for _, url in variants:
+            load(url, concurrency=args.concurrency, duration=1, post=post)
     warmup = 0.1 if args.quick else 0.5
     for index in range(args.rounds):
-        pair = [(ours, ours_url), (raw, raw_url)]
-        for bucket, url in pair if index % 2 == 0 else reversed(pair):
-            bucket.append(load(url, concurrency=args.concurrency, duration=args.duration, post=post, warmup=warmup))
+        shift = index % len(variants)
+        for name, url in variants[shift:] + variants[:shift]:
+            rows[name].append(load(url, concurrency=args.concurrency, duration=args.duration, post=post, warmup=warmup))
 
-    def med(rows: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[name])
 
-    rps_ratio = statistics.median(o["rps"] / r["rps"] for o, r in zip(ours, raw, strict=True))
-    p99_ratio = statistics.median(o["p99_ms"] / r["p99_ms"] for o, r in zip(ours, raw, strict=True))
-    errors = (sum(r["errors"] for r in ours), sum(r["errors"] for r in raw))
+    def ratio(a: str, b: str, key: str) -> float:
+        return statistics.median(x[key] / y[key] for x, y in zip(rows[a], rows[b], strict=True))
+
     print(label, flush=True)
-    print(f"    ours  {med(ours, 'rps'):>7.0f} req/s   p99 {med(ours, 'p99_ms'):>6.1f} ms   errors {errors[0]}")
-    print(f"    raw   {med(raw, 'rps'):>7.0f} req/s   p99 {med(raw, 'p99_ms'):>6.1f} ms   errors {errors[1]}")
+    for name, _ in variants:
+        errors = sum(r["errors"] for r in rows[name])
+        print(f"    {name:<52} {med(name, 'rps'):>6.0f} req/s  p99 {med(name, 'p99_ms'):>6.1f} ms  errors {errors}")
+    ours, raw = variants[0][0], variants[-1][0]
+    rps = ratio(ours, raw, "rps")
     print(
-        f"    ratio ours/raw: throughput {rps_ratio:.2f}×, time per request {1 / rps_ratio:.2f}×, "
-        f"p99 {p99_ratio:.2f}× ({args.rounds} rounds of {args.duration:g} s, {args.concurrency} clients)",
+        f"    ratio ours/raw: throughput {rps:.2f}×, time per request {1 / rps:.2f}×, "
+        f"p99 {ratio(ours, raw, 'p99_ms'):.2f}× "
+        f"({args.rounds} rounds of {args.duration:g} s, {args.concurrency} clients)",
         flush=True,
     )
-    for rows in (ours, raw):
-        for row in rows:
+    if len(variants) == 3:
+        middle = variants[1][0]
+        rps = ratio(ours, middle, "rps")
+        print(
+            f"    ratio ours/(Mountaineer + raw pool): throughput {rps:.2f}×, time per request {1 / rps:.2f}×, "
+            f"p99 {ratio(ours, middle, 'p99_ms'):.2f}×",
+            flush=True,
+        )
+    for name, _ in variants:
+        for row in rows[name]:
             for sample in row.get("error_samples", []):
-                print(f"    error sample: {sample}")
-    return {"ours": ours, "raw": raw}
+                print(f"    error sample ({name}): {sample}")
 
 
 def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
@@ -166,36 +183,38 @@ def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
             "DATABASE_MAX_OVERFLOW": "0",
             "DATABASE_STATEMENT_CACHE_SIZE": "0",
         }
-        with (
-            uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
-            uvicorn("ours", ours_env(stack), workers=2, log_dir=log_dir) as default_url,
-        ):
-            compare_http(
-                "[4a] render GET /, default config via PgBouncer", default_url + "/", raw_url + "/", args, post=False
-            )
-            compare_http(
-                "[4b] action (@passthrough, commits), default config via PgBouncer",
-                default_url + ACTION_PATH,
-                raw_url + ACTION_PATH,
-                args,
-                post=True,
-            )
-        if args.quick:
-            return
-        with (
-            uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
-            uvicorn("ours", ours_env(stack, **fixed), workers=2, log_dir=log_dir) as fixed_url,
-        ):
-            compare_http(
-                "[4c] render GET /, FIXED_PROCESS via PgBouncer", fixed_url + "/", raw_url + "/", args, post=False
-            )
-            compare_http(
-                "[4d] action (@passthrough, commits), FIXED_PROCESS via PgBouncer",
-                fixed_url + ACTION_PATH,
-                raw_url + ACTION_PATH,
-                args,
-                post=True,
-            )
+        setups = [("default config (NULL pool) via PgBouncer", {}, "a")]
+        if not args.quick:
+            setups.append(("FIXED_PROCESS (10/worker) via PgBouncer", fixed, "c"))
+        for description, settings, letter in setups:
+            with (
+                uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
+                uvicorn(
+                    "ours", {**ours_env(stack, **settings), **raw_env(stack, 10)}, workers=2, log_dir=log_dir
+                ) as url,
+            ):
+                mountaineer_raw = "Mountaineer + asyncpg pool(10), no mountaineer_db"
+                compare_http(
+                    f"[4{letter}] render GET /: ours = Mountaineer + mountaineer_db, {description}",
+                    [
+                        ("ours (render through get_db_session)", url + "/"),
+                        (mountaineer_raw, url + "/rawpool"),
+                        ("raw FastAPI + asyncpg pool(10)", raw_url + "/"),
+                    ],
+                    args,
+                    post=False,
+                )
+                compare_http(
+                    f"[4{chr(ord(letter) + 1)}] @passthrough action (commits): ours = Mountaineer + mountaineer_db, "
+                    f"{description}",
+                    [
+                        ("ours (action through get_db_session)", url + ACTION_PATH),
+                        (mountaineer_raw, url + RAW_ACTION_PATH),
+                        ("raw FastAPI + asyncpg pool(10)", raw_url + ACTION_PATH),
+                    ],
+                    args,
+                    post=True,
+                )
 
 
 def scale(args: argparse.Namespace, log_dir: Path) -> None:
