@@ -30,7 +30,8 @@ fi
 command -v npm >/dev/null || { echo "npm is needed (install Node.js 20 or newer)" >&2; exit 1; }
 
 step "Installing mountaineer-db and the example app (editable)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[embedded]" -e ./example_app
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[embedded]" -e ./example_app 2>&1 \
+    | { grep -v -e "^WARNING: Location" -e "ignored: it is neither" || true; }
 
 step "Installing the views' npm packages"
 (cd example_app/todo_app/views && npm install --no-audit --no-fund --loglevel=error)

@@ -1,4 +1,4 @@
-"""The app's command line: `todo-app build | runserver | serve | migrate ... | createdb | dropdb`.
+"""The app's command line: `todo-app build | runserver | migrate ... | createdb | dropdb`.
 
 Mountaineer's own commands plus mountaineer_db's database commands, mounted the way we
 recommend: the group builds the app config once (starting the embedded development
@@ -9,7 +9,10 @@ that registered config.
 import click
 from mountaineer.cli import handle_build, handle_runserver
 
+from mountaineer_db import MountaineerDBError
 from mountaineer_db.cli import createdb, dropdb, migrate
+from mountaineer_db.embedded import ensure_embedded_database
+from todo_app.config import AppConfig
 
 WEBCONTROLLER = "todo_app.main:controller"
 DATABASE_COMMANDS = {"migrate", "createdb", "dropdb"}
@@ -20,11 +23,16 @@ DATABASE_COMMANDS = {"migrate", "createdb", "dropdb"}
 def cli(context: click.Context) -> None:
     """The todo example app."""
     if context.invoked_subcommand in DATABASE_COMMANDS:
-        from mountaineer_db.embedded import ensure_embedded_database
-        from todo_app.config import AppConfig
-
         # Registers the config; with DATABASE_EMBEDDED=true, starts (or reuses) the local server.
-        ensure_embedded_database(AppConfig(), apply_migrations=False)
+        _app_config(apply_migrations=False)
+
+
+def _app_config(*, apply_migrations: bool) -> AppConfig:
+    """The app config (registered), on the embedded database when DATABASE_EMBEDDED=true."""
+    try:
+        return ensure_embedded_database(AppConfig(), apply_migrations=apply_migrations)
+    except MountaineerDBError as error:
+        raise click.ClickException(" ".join(str(error).split())) from None
 
 
 cli.add_command(migrate)
@@ -44,12 +52,9 @@ def build(minify: bool) -> None:
 @click.option("--port", default=5006, show_default=True)
 def runserver(host: str, port: int) -> None:
     """Mountaineer's development server (rebuilds views on change), on the embedded database."""
-    from mountaineer_db.embedded import ensure_embedded_database
-    from todo_app.config import AppConfig
-
     # This process starts the embedded database (and applies migrations) and stops it on exit;
     # the server's worker processes find it running and reuse it.
-    config = ensure_embedded_database(AppConfig())
+    config = _app_config(apply_migrations=True)
     if config.DATABASE_EMBEDDED:
         click.echo(f"Embedded PostgreSQL: {config.database_url} (data in .mountaineer_db/)")
     click.echo(f"Serving the todo app on http://{host}:{port}/ (Ctrl-C to stop)")
