@@ -7,12 +7,16 @@ from typing import Any
 
 import httpx
 from sqlmodel import func, select
-from todo_app.controllers.detail import DetailController
-from todo_app.controllers.home import HomeController
-from todo_app.models import Todo
 
 from mountaineer_db import AsyncSession
 from mountaineer_db.testing import render_controller
+from tests.example_app._require import require_example_app
+
+require_example_app()
+
+from todo_app.controllers.detail import DetailController  # noqa: E402 - after the installed check
+from todo_app.controllers.home import HomeController  # noqa: E402
+from todo_app.models import Todo  # noqa: E402
 
 HOME = "/internal/api/home_controller"
 DETAIL = "/internal/api/detail_controller"

@@ -18,10 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from todo_app.config import AppConfig
 
 from mountaineer_db.cluster import free_port
 from mountaineer_db.testing import Server, apply_migrations, create_schema, throwaway_database
+from tests.example_app._require import require_example_app
+
+require_example_app()
+
+from todo_app.config import AppConfig  # noqa: E402 - after the installed check
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
