@@ -19,4 +19,4 @@ class Todo(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     description: str = Field(max_length=DESCRIPTION_MAX_LENGTH)
     done: bool = Field(default=False)
-    created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
