@@ -87,7 +87,7 @@ async def test_task_cancelled_mid_statement(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await assert_sleep_stops(cluster)
+    print(f"measured: {via}: statement stopped {await assert_sleep_stops(cluster):.2f}s after the cancel returned")
     assert await table_ids(cluster) == set()
     await assert_no_leaks(cluster, allow_idle=5 if via == "pgbouncer" else 0)
     await _insert_then_sleep(config, 2, seconds=0)  # and the process goes on

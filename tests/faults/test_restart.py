@@ -36,12 +36,16 @@ async def _restart_under_load(cluster: PostgresCluster, url: object, **config: o
         async with steady_load(client, ledger, concurrency=4):
             await asyncio.sleep(0.5)
             await asyncio.to_thread(cluster.stop, "fast")
+            stopped = time.monotonic()
             await asyncio.sleep(0.3)  # a real outage window: connections are refused meanwhile
+            starting = time.monotonic()
             await asyncio.to_thread(cluster.start)
             ready = time.monotonic()
             await asyncio.sleep(RECOVERY_BOUND + 0.5)
         final = await post_insert(client, ledger)
         assert final.status == 200, f"no recovery without a restart of the app: {final.body}"
+    # The fault was real: nothing succeeded while PostgreSQL was down.
+    assert not [o for o in ledger.outcomes if o.status == 200 and stopped < o.finished < starting]
     return ledger, ready
 
 
@@ -49,7 +53,8 @@ def _check_window(ledger: Ledger, ready: float) -> float:
     """Failures are 503s only; everything finishing 2 s after ready succeeded. Returns recovery time."""
     statuses = ledger.statuses()
     assert set(statuses) <= {200, 503}, f"failures other than 503: {statuses} {ledger.bodies(500)}"
-    assert statuses.get(503, 0) > 0, "the restart caused no failure at all: the fault was not injected"
+    # Through PgBouncer, requests that arrive while PostgreSQL is down wait in its queue and
+    # succeed afterwards: an outage may cost no request at all. Direct ones fail with a 503.
     late = [o for o in ledger.outcomes if o.finished > ready + RECOVERY_BOUND]
     assert late, "no request finished after the recovery bound"
     assert all(o.status == 200 for o in late), f"still failing {RECOVERY_BOUND}s after PostgreSQL was ready"
@@ -62,7 +67,9 @@ def _check_window(ledger: Ledger, ready: float) -> float:
 async def test_restart_direct(cluster: PostgresCluster, pool: str) -> None:
     """Direct connections: refused connects and dropped sessions are 503s; back as soon as PostgreSQL is."""
     ledger, ready = await _restart_under_load(cluster, direct_url(cluster), DATABASE_POOL_TYPE=pool)
-    _check_window(ledger, ready)
+    print(
+        f"measured: direct {pool}: first success {_check_window(ledger, ready):.2f}s after ready, {ledger.statuses()}"
+    )
     await assert_rows_match(cluster, ledger, unknown_ok=True)
     await assert_no_leaks(cluster, allow_idle=5 if pool == "FIXED_PROCESS" else 0)
 
@@ -71,7 +78,7 @@ async def test_restart_through_pgbouncer(cluster: PostgresCluster, make_bouncer:
     """Through our PgBouncer (server_login_retry = 1): back within 2 s of PostgreSQL being ready."""
     bouncer = make_bouncer(cluster)
     ledger, ready = await _restart_under_load(cluster, bouncer_url(bouncer, cluster))
-    _check_window(ledger, ready)
+    print(f"measured: pgbouncer: first success {_check_window(ledger, ready):.2f}s after ready, {ledger.statuses()}")
     await assert_rows_match(cluster, ledger, unknown_ok=True)
     await assert_no_leaks(cluster, allow_idle=5)
 
