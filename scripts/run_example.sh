@@ -29,12 +29,21 @@ else
 fi
 command -v npm >/dev/null || { echo "npm is needed (install Node.js 20 or newer)" >&2; exit 1; }
 
-step "Installing mountaineer-db and the example app (editable)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[embedded]" -e ./example_app 2>&1 \
-    | { grep -v -e "^WARNING: Location" -e "ignored: it is neither" || true; }
+# Reinstall only when the project files changed since the last run (a stamp in the venv).
+stamp="$venv/.run_example.stamp"
+wanted="$(cat pyproject.toml example_app/pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$venv/bin/todo-app" || "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
+    step "Installing mountaineer-db and the example app (editable)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[embedded]" -e ./example_app 2>&1 \
+        | { grep -v -e "^WARNING: Location" -e "ignored: it is neither" || true; }
+    echo "$wanted" > "$stamp"
+fi
 
-step "Installing the views' npm packages"
-(cd example_app/todo_app/views && npm install --no-audit --no-fund --loglevel=error)
+views=example_app/todo_app/views
+if [[ ! -d "$views/node_modules" || "$views/package-lock.json" -nt "$views/node_modules" ]]; then
+    step "Installing the views' npm packages"
+    (cd "$views" && npm install --no-audit --no-fund --loglevel=error && touch node_modules)
+fi
 
 cd example_app  # the app reads .env (DATABASE_EMBEDDED=true) from here
 step "Building the frontend"
