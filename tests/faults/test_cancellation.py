@@ -161,8 +161,9 @@ async def test_rows_match_helper_is_strict(cluster: PostgresCluster) -> None:
         await assert_rows_match(cluster, ledger)
 
 
+@pytest.mark.parametrize("via", ["direct", "pgbouncer"])
 async def test_client_disconnect_cancels_the_request(
-    cluster: PostgresCluster, db_logs: pytest.LogCaptureFixture
+    cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer], db_logs: pytest.LogCaptureFixture, via: str
 ) -> None:
     """Policy: a client that disconnects mid-action cancels the action's database work.
 
@@ -176,7 +177,7 @@ async def test_client_disconnect_cancels_the_request(
 
     from .app import INSERT_PATH, build_app
 
-    config = faults_config(direct_url(cluster))
+    config = faults_config(_url(via, cluster, make_bouncer))
     app = build_app(config)
     port = free_port()
     server = uvicorn.Server(
@@ -199,7 +200,7 @@ async def test_client_disconnect_cancels_the_request(
         writer.close()
         await writer.wait_closed()
         await assert_sleep_stops(cluster)
-        await assert_no_leaks(cluster)
+        await assert_no_leaks(cluster, allow_idle=5 if via == "pgbouncer" else 0)
         assert await table_ids(cluster) == set()
         assert "disconnected" in db_logs.text
 

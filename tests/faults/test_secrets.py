@@ -30,10 +30,12 @@ from .helpers import (
     Ledger,
     admin_fetch,
     app_client,
+    assert_no_leaks,
     bouncer_url,
     direct_url,
     faults_config,
     post_insert,
+    table_ids,
     wait_for,
 )
 
@@ -199,6 +201,8 @@ async def test_password_appears_nowhere(
     assert any("SELEKT" in r.getMessage() for r in caplog.records)
 
     evidence.assert_clean(cluster.password, WRONG_PASSWORD)
+    assert await table_ids(cluster) == ledger.ok_ids
+    await assert_no_leaks(cluster, allow_idle=10)
 
 
 def test_the_check_catches_a_leak(cluster: PostgresCluster) -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mountaineer_db import DatabaseUnavailableError, database_session
@@ -52,8 +53,10 @@ def bouncer(cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer]) ->
 
 async def test_statement_timeout_through_pgbouncer(cluster: PostgresCluster, bouncer: PgBouncer) -> None:
     config = faults_config(bouncer_url(bouncer, cluster), DATABASE_STATEMENT_TIMEOUT=0.2)
-    with pytest.raises(Exception, match="statement timeout"):
+    with pytest.raises(DBAPIError, match="canceling statement due to statement timeout") as caught:
         await _run(config, f"INSERT INTO {TABLE} VALUES (1)", "SELECT pg_sleep(3)")
+    # The statement's own failure, not the database's: propagates unchanged, not as a 503.
+    assert not isinstance(caught.value, DatabaseUnavailableError)
     await _run(config, f"INSERT INTO {TABLE} VALUES (2)", "SELECT pg_sleep(0.01)")
     assert await table_ids(cluster) == {2}
     await assert_no_leaks(cluster, allow_idle=5)
@@ -65,7 +68,7 @@ async def test_lock_timeout_through_pgbouncer(cluster: PostgresCluster, bouncer:
     try:
         await holder.execute(f"BEGIN; LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
         start = time.monotonic()
-        with pytest.raises(Exception, match="lock timeout"):
+        with pytest.raises(DBAPIError, match="canceling statement due to lock timeout"):
             await _run(config, f"INSERT INTO {TABLE} VALUES (1)")
         assert time.monotonic() - start < 0.2 + SLACK
         await holder.execute("ROLLBACK")
