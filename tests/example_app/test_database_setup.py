@@ -1,0 +1,60 @@
+"""The example app's database setup: migrations that match the models, and the embedded
+development database started by the app's own lifespan (as `todo-app runserver` does)."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mountaineer import config as mountaineer_config
+
+from mountaineer_db import migrations
+from mountaineer_db.embedded import stop_embedded_database
+from mountaineer_db.testing import ThrowawayDatabase
+from tests.example_app._require import require_example_app
+
+require_example_app()
+
+from todo_app.app import build_app  # noqa: E402 - after the installed check
+from todo_app.config import AppConfig  # noqa: E402
+
+
+async def test_committed_migrations_match_the_models(mdb_database: ThrowawayDatabase) -> None:
+    """`migrate check` passes on a database made by the committed migrations."""
+    await migrations.check(config=mdb_database.config(AppConfig))
+
+
+@pytest.fixture
+def project_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A working directory with the example's development settings, reachable by `nobody`."""
+    root = Path(tempfile.mkdtemp(prefix="todo-app-embedded-"))
+    os.chmod(root, 0o755)
+    (root / ".env").write_text("ENVIRONMENT=development\nDATABASE_EMBEDDED=true\n")
+    for name in ("SQLALCHEMY_DATABASE_URI", "DATABASE_URL", "POSTGRES_HOST", "POSTGRES_DB", "ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(root)
+    yield root
+    stop_embedded_database()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_lifespan_starts_the_embedded_database_with_migrations(project_dir: Path) -> None:
+    controller = build_app(AppConfig())
+    async with controller.app.router.lifespan_context(controller.app):
+        registered = mountaineer_config.APP_CONFIG
+        assert isinstance(registered, AppConfig)
+        assert registered.database_url.port == int(
+            (project_dir / ".mountaineer_db" / "data" / "postmaster.pid").read_text().splitlines()[3]
+        )
+        assert [r.id for r in await migrations.current(config=registered)] == [
+            r.id for r in await migrations.history(config=registered) if r.is_head
+        ]
+        transport = httpx.ASGITransport(app=controller.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post("/internal/api/home_controller/add_todo", json={"description": "embedded"})
+        assert response.status_code == 200, response.text
+        assert [t["description"] for t in response.json()["sideeffect"]["todos"]] == ["embedded"]
