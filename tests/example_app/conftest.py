@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mountaineer_db import DatabaseConfig
 from mountaineer_db.testing import Server, ThrowawayDatabase, apply_migrations, create_schema, throwaway_database
 
 
@@ -16,14 +17,22 @@ from mountaineer_db.testing import Server, ThrowawayDatabase, apply_migrations, 
 def mdb_database(mdb_server: Server) -> Iterator[ThrowawayDatabase]:
     """This app's own test database, made by its Alembic migrations.
 
-    Overridden here (not only `mdb_schema`) because a session fixture is cached once per
-    run: another directory's schema must not leak into this app's database, or back.
+    Overridden here, with `mdb_config`, rather than through `mdb_schema` alone: pytest caches
+    a session fixture once per run, so in a suite holding several apps the kit's own
+    `mdb_database`/`mdb_config` would be shared between them. An app with its own test suite
+    only needs the `mdb_schema` override the README shows.
     """
     from todo_app.config import AppConfig
 
     with throwaway_database(mdb_server) as database:
         create_schema(database.config(), apply_migrations(AppConfig))
         yield database
+
+
+@pytest.fixture(scope="session")
+def mdb_config(mdb_database: ThrowawayDatabase) -> DatabaseConfig:
+    """A plain DatabaseConfig for this app's test database (what `mdb_session` connects to)."""
+    return mdb_database.config()
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from mountaineer import config as mountaineer_config
+from sqlalchemy import MetaData
+from sqlmodel import SQLModel
 
 from mountaineer_db import migrations
 from mountaineer_db.embedded import stop_embedded_database
@@ -20,11 +22,25 @@ require_example_app()
 
 from todo_app.app import build_app  # noqa: E402 - after the installed check
 from todo_app.config import AppConfig  # noqa: E402
+from todo_app.models import Todo  # noqa: E402
+
+
+def todo_app_metadata() -> MetaData:
+    """Only the app's tables: in this test process SQLModel.metadata also holds other test apps'."""
+    metadata = MetaData()
+    for table in SQLModel.metadata.sorted_tables:
+        if table is Todo.__table__:  # type: ignore[attr-defined]
+            table.to_metadata(metadata)
+    return metadata
+
+
+TODO_APP_METADATA = todo_app_metadata()
 
 
 async def test_committed_migrations_match_the_models(mdb_database: ThrowawayDatabase) -> None:
     """`migrate check` passes on a database made by the committed migrations."""
-    await migrations.check(config=mdb_database.config(AppConfig))
+    only_this_app = f"{__name__}:TODO_APP_METADATA"
+    await migrations.check(config=mdb_database.config(AppConfig, MIGRATIONS_METADATA=only_this_app))
 
 
 @pytest.fixture
