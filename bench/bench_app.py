@@ -147,9 +147,14 @@ def _build_raw() -> FastAPI:
     return app
 
 
+_built: dict[str, Any] = {}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "ours":
-        return _build_ours()
-    if name == "raw":
-        return _build_raw()
-    raise AttributeError(name)
+    """`bench_app:ours` and `bench_app:raw`, built on first access (once per process)."""
+    builders = {"ours": _build_ours, "raw": _build_raw}
+    if name not in builders:
+        raise AttributeError(name)
+    if name not in _built:
+        _built[name] = builders[name]()
+    return _built[name]
