@@ -10,7 +10,8 @@ ended relative to the end of the handler (and, over HTTP, to the response being 
 
 Setups: ours and raw for the three in-process comparisons of bench_sessions.py, a read-only
 handler (no commit), and over HTTP (in-process ASGI) the Mountaineer render and action of
-bench_app.py with the default config via PgBouncer.
+bench_app.py with the default config via PgBouncer, and with FIXED_PROCESS direct (where
+it also reports when the request's pooled connection goes back to the pool).
 
 Run:  .venv/bin/python bench/bench_roundtrips.py [--requests 200]
 """
@@ -29,6 +30,7 @@ import asyncpg
 import httpx
 from _harness import Stack, header, install_loop, servers
 from bench_sessions import POOL_SIZE, SELECT_1
+from sqlalchemy import event
 from sqlalchemy.engine import URL
 from wire import CountingProxy
 
@@ -40,6 +42,7 @@ from mountaineer_db.session import session_scope
 Timeline = dict[str, float]
 Request = Callable[[], Awaitable[Timeline]]
 now = time.perf_counter
+CHECKINS: list[float] = []  # when a pooled connection went back to the pool (FIXED_PROCESS over HTTP)
 
 
 def through(proxy: CountingProxy, url: URL) -> URL:
@@ -146,6 +149,11 @@ async def report(label: str, proxy: CountingProxy, request: Request, n: int) -> 
                 if closed_at is not None and t["begin"] <= opened <= t["done"]:
                     tails_conn.append(closed_at - t["end"])
         print(f"    client connection closed after the handler's end   {ms(tails_conn)}")
+    if all("checkin" in t for t in timelines):
+        after_end = ms([t["checkin"] - t["end"] for t in timelines])
+        after_sent = ms([t["checkin"] - t["sent"] for t in timelines])
+        print(f"    pool connection checked in after the handler's end     {after_end}")
+        print(f"    pool connection checked in after the response was sent {after_sent}")
     if all("sent" in t for t in timelines):
         sent_txn = [
             next((s[1] for s in txn_for if t["begin"] <= s[0] <= t["done"]), float("nan")) - t["sent"]
@@ -180,6 +188,8 @@ def http_request(app: Any, path: str, *, post: bool) -> Request:
         t["done"] = now()
         t["start"], t["end"] = bench_app.HANDLER_TIMES[-1]
         t["sent"] = sent[-1]
+        if CHECKINS and CHECKINS[-1] >= t["begin"]:
+            t["checkin"] = CHECKINS[-1]
         return t
 
     return request
@@ -264,6 +274,38 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         )
         await dispose_engines()
         unregister_config()
+
+        # FIXED_PROCESS direct: when does the request's pooled connection go back to the pool?
+        fixed_env = {
+            "SQLALCHEMY_DATABASE_URI": direct_url.render_as_string(hide_password=False),
+            "DATABASE_POOL_TYPE": "FIXED_PROCESS",
+            "DATABASE_POOL_SIZE": str(POOL_SIZE),
+            "DATABASE_MAX_OVERFLOW": "0",
+        }
+        os.environ.update(fixed_env)
+        try:
+            app = bench_app._build_ours()
+            from mountaineer_db.session import registered_config
+
+            engine = engine_for(registered_config())
+            event.listen(engine.sync_engine.pool, "checkin", lambda *_: CHECKINS.append(now()))
+            await report(
+                "[5j] HTTP: Mountaineer render (reads, no commit), FIXED_PROCESS direct",
+                direct,
+                http_request(app, "/", post=False),
+                n,
+            )
+            await report(
+                "[5k] HTTP: Mountaineer @passthrough action (reads, commits), FIXED_PROCESS direct",
+                direct,
+                http_request(app, "/internal/api/bench_controller/ping", post=True),
+                n,
+            )
+        finally:
+            for name in fixed_env:
+                os.environ.pop(name, None)
+            await dispose_engines()
+            unregister_config()
 
 
 if __name__ == "__main__":
