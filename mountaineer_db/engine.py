@@ -65,19 +65,37 @@ def _ssl_argument(mode: SSLMode) -> ssl_module.SSLContext | str | bool:
 class _AdaptedConnection(AsyncAdapt_asyncpg_connection):
     """SQLAlchemy's asyncpg adapter, with BEGIN and the per-transaction settings in one round trip."""
 
-    __slots__ = ("_begin_suffix", "_idle_timeout")
+    __slots__ = ("_begin_suffix", "_close_timeout", "_idle_timeout")
 
     def __init__(
-        self, dbapi: Any, connection: Any, *, begin_suffix: str, idle_timeout: float | None = None, **kw: Any
+        self,
+        dbapi: Any,
+        connection: Any,
+        *,
+        begin_suffix: str,
+        idle_timeout: float | None = None,
+        close_timeout: float = 5.0,
+        **kw: Any,
     ) -> None:
         super().__init__(dbapi, connection, **kw)  # type: ignore[no-untyped-call]
         self._begin_suffix = begin_suffix
         self._idle_timeout = idle_timeout
+        self._close_timeout = close_timeout
 
     def _handle_exception(self, error: Exception) -> NoReturn:
+        if isinstance(error, TimeoutError) and not self._connection.is_closed():
+            # asyncpg's command_timeout (DATABASE_COMMAND_TIMEOUT) expired: the network or the
+            # server is silent. Close the socket now (a graceful close would wait on the same
+            # silence, then log an error) and report a lost connection, which SQLAlchemy
+            # invalidates and we turn into DatabaseUnavailableError.
+            self._connection.terminate()
+            error = asyncpg.ConnectionDoesNotExistError(
+                "no answer within DATABASE_COMMAND_TIMEOUT; the connection was closed. Check the "
+                "network path to the server and the server's load."
+            )
         # The server's FATAL "idle-in-transaction timeout" arrives while asyncpg is idle and is
         # dropped; all the next statement sees is "connection is closed". Name the likely cause.
-        if (
+        elif (
             self._idle_timeout is not None
             and self._transaction is not None
             and type(error) is asyncpg.InterfaceError
@@ -89,6 +107,21 @@ class _AdaptedConnection(AsyncAdapt_asyncpg_connection):
                 f"{self._idle_timeout:g}s). Keep transactions short, or raise the timeout."
             )
         super()._handle_exception(error)
+
+    def close(self) -> None:
+        """Close gracefully, but never wait longer than the command (else connect) timeout.
+
+        asyncpg waits for the server to acknowledge a close, by default forever: on a silent
+        network a request's cleanup would hang. Past the bound the socket is dropped, with
+        one warning line rather than a second traceback for an error already reported.
+        """
+        self.rollback()  # type: ignore[no-untyped-call]
+        connection: Any = self._connection  # SQLAlchemy's protocol types the timeout as int
+        try:
+            await_(connection.close(timeout=self._close_timeout))
+        except (TimeoutError, OSError) as error:
+            self._connection.terminate()
+            logger.warning("Closing a connection timed out or failed (%s); dropped it.", type(error).__name__)
 
     async def _start_transaction(self) -> None:
         if self.isolation_level == "autocommit":
@@ -230,6 +263,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> AsyncEngine:
                 connector.connect(),
                 begin_suffix=connector.begin_suffix,
                 idle_timeout=config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT,
+                close_timeout=config.DATABASE_COMMAND_TIMEOUT or config.DATABASE_CONNECT_TIMEOUT,
                 prepared_statement_cache_size=cache_size,
                 prepared_statement_name_func=None if cache_size else _unnamed_statement,
             )

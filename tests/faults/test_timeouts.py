@@ -6,6 +6,7 @@ bound what a network that silently stops forwarding can cost.
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -170,7 +171,9 @@ async def test_connect_timeout_on_a_black_hole(cluster: PostgresCluster, proxy: 
     assert f"127.0.0.1:{proxy.port}" in str(caught.value) and '"faults"' in str(caught.value)
 
 
-async def test_command_timeout_on_a_black_hole(cluster: PostgresCluster, proxy: BlackHoleProxy) -> None:
+async def test_command_timeout_on_a_black_hole(
+    cluster: PostgresCluster, proxy: BlackHoleProxy, caplog: pytest.LogCaptureFixture
+) -> None:
     """The network goes silent mid-request: the action fails (503) within DATABASE_COMMAND_TIMEOUT."""
     # The server cannot see a silent network either: its half of the transaction is ended by
     # the idle-in-transaction timeout (or TCP keepalives), which is why we recommend setting it.
@@ -187,6 +190,9 @@ async def test_command_timeout_on_a_black_hole(cluster: PostgresCluster, proxy: 
         outcome = await asyncio.wait_for(in_flight, 10)
         assert time.monotonic() - start < 1.0 + SLACK
         assert outcome.status == 503, outcome.body
+        assert "DATABASE_COMMAND_TIMEOUT" in caplog.text
+        # One error line for one failure: no second one from closing the silent connection.
+        assert [r.name for r in caplog.records if r.levelno >= logging.ERROR] == ["mountaineer_db"]
         proxy.forwarding = True  # the network heals: the process carries on
         assert (await post_insert(client, ledger)).status == 200
     await assert_rows_match(cluster, ledger)
