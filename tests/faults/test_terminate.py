@@ -100,3 +100,19 @@ async def test_idle_pooled_connections_terminated(cluster: PostgresCluster, db_l
         assert not [r for r in db_logs.records if r.levelno >= logging.ERROR]
     await assert_rows_match(cluster, ledger)
     await assert_no_leaks(cluster, allow_idle=3)
+
+
+async def test_statement_errors_propagate_unchanged(cluster: PostgresCluster) -> None:
+    """Only connection-level failures become 503s: a constraint violation stays what it is."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from mountaineer_db import DatabaseUnavailableError, database_session
+
+    config = faults_config(direct_url(cluster))
+    with pytest.raises(IntegrityError) as caught:
+        async with database_session(config) as session:
+            for _ in range(2):
+                await session.exec(text("INSERT INTO fault_rows (id) VALUES (5)"))  # type: ignore[call-overload]
+    assert not isinstance(caught.value, DatabaseUnavailableError)
+    await assert_no_leaks(cluster)
