@@ -18,7 +18,9 @@ pool of 10 per worker (ssl=False, statement_cache_size=0).
 
 `--scale` runs the load test instead: PostgreSQL max_connections 50, PgBouncer pool 20,
 4 uvicorn workers, 500 concurrent clients on the render, for the default config, for
-FIXED_PROCESS via PgBouncer (pool 5 per worker) and for the raw app (pool 5 per worker).
+FIXED_PROCESS via PgBouncer with pool 5 per worker (20 client connections: waiters queue in
+SQLAlchemy's pool) and 25 per worker (100 client connections on PgBouncer's 20 server
+connections: waiters queue in PgBouncer), and for the raw app (pool 5 per worker).
 
 Run:  .venv/bin/python bench/bench_http.py [--rounds 5] [--duration 3] [--concurrency 16]
       .venv/bin/python bench/bench_http.py --scale [--duration 15]
@@ -233,6 +235,16 @@ def scale(args: argparse.Namespace, log_dir: Path) -> None:
             {
                 "DATABASE_POOL_TYPE": "FIXED_PROCESS",
                 "DATABASE_POOL_SIZE": per_worker,
+                "DATABASE_MAX_OVERFLOW": "0",
+                "DATABASE_STATEMENT_CACHE_SIZE": "0",
+            },
+        ),
+        (
+            "ours, FIXED_PROCESS via PgBouncer (pool 25/worker)",
+            "ours",
+            {
+                "DATABASE_POOL_TYPE": "FIXED_PROCESS",
+                "DATABASE_POOL_SIZE": "25",
                 "DATABASE_MAX_OVERFLOW": "0",
                 "DATABASE_STATEMENT_CACHE_SIZE": "0",
             },
