@@ -29,7 +29,9 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
@@ -145,9 +147,18 @@ class EmbeddedDatabase:
         with contextlib.suppress(OSError, ValueError, IndexError):
             lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
             pid, port = int(lines[0]), int(lines[3])
-            if _pid_alive(pid) and len(lines) >= 8 and lines[7].strip() == "ready":
+            if _pid_alive(pid) and len(lines) >= 8 and lines[7].strip() == "ready" and self._is_our_postmaster(pid):
                 return pid, port
         return None
+
+    def _is_our_postmaster(self, pid: int) -> bool:
+        """Guard against a stale postmaster.pid whose PID now belongs to another process."""
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if not cmdline.parent.exists():
+            return True  # no /proc on this system: trust postmaster.pid
+        with contextlib.suppress(OSError):
+            return str(self.data_dir).encode() in cmdline.read_bytes()
+        return False
 
     def start(self) -> None:
         """Start the server, or attach to the one already running for this folder."""
@@ -210,8 +221,6 @@ class EmbeddedDatabase:
 
 
 def _port_free(port: int) -> bool:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As PostgreSQL itself does: a port held only by TIME_WAIT sockets of the last run is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -223,8 +232,6 @@ def _port_free(port: int) -> bool:
 
 
 def _stop_adopted(pid: int, timeout: float = 30.0) -> None:
-    import time
-
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGINT)
     deadline = time.monotonic() + timeout
