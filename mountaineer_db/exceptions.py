@@ -32,7 +32,7 @@ class ConfigurationError(MountaineerDBError, ValueError):
     """A setting is missing, invalid or contradicts another one."""
 
 
-class DatabaseConfigError(ValidationError, ConfigurationError):  # type: ignore[misc]
+class DatabaseConfigError(ValidationError, ConfigurationError):
     """Raised when a `DatabaseConfig` cannot be built from the given values.
 
     It is a `pydantic.ValidationError` (so code that already catches those keeps

@@ -28,7 +28,7 @@ from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.engine import AsyncEngine, engine_for
+from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, unavailable_error_for
 
 __all__ = ["AsyncSession", "DisconnectGuard", "database_session", "registered_config", "session_scope"]
