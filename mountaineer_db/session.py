@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
