@@ -7,7 +7,6 @@ database is started (or reused) by the app's lifespan, when the server starts.
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,8 +19,6 @@ from todo_app.controllers.detail import DetailController
 from todo_app.controllers.errors import TodoNotFound
 from todo_app.controllers.home import HomeController
 from todo_app.controllers.not_found import NotFoundController
-
-VIEWS = Path(__file__).parent / "views"
 
 
 def build_app(config: AppConfig) -> AppController:
@@ -37,9 +34,9 @@ def build_app(config: AppConfig) -> AppController:
 
     controller = AppController(
         name="Todos",
+        # Mountaineer finds todo_app/views/ through config.PACKAGE, which needs the app
+        # pip-installed (editable is fine). A package that is not installed passes view_root=.
         config=config,
-        # With the app pip-installed, PACKAGE finds the views; view_root works either way.
-        view_root=VIEWS,
         fastapi_args={"lifespan": lifespan},
     )
     controller.register(HomeController())
