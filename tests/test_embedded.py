@@ -202,3 +202,14 @@ def test_second_process_reuses_and_orphan_is_adopted(folder: Path) -> None:
     assert adopted.database_url.port == port
     stop_embedded_database(folder)
     assert _wait_gone(server), "the adopted server was not stopped by its new owner"
+
+
+async def test_runs_on_the_pgserver_wheel(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no system PostgreSQL, the binaries of the pip-installable `pgserver` wheel serve."""
+    pgserver = pytest.importorskip("pgserver", reason="pgserver (the `embedded` extra) is not installed")
+    bindir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    monkeypatch.setenv("MOUNTAINEER_DB_PG_BINDIR", str(bindir))  # first place the binaries are looked for
+    config = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    (row,) = await _query(config, "SHOW server_version")
+    assert Path(f"/proc/{_server_pid(folder)}/exe").resolve() == (bindir / "postgres").resolve()
+    assert (folder / "data" / "PG_VERSION").read_text().strip() == row["server_version"].split(".")[0]
