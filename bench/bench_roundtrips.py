@@ -3,7 +3,8 @@
 A counting proxy (wire.py) sits in front of PgBouncer (or PostgreSQL) and reads the wire
 protocol; requests run one at a time after a warm-up. For each setup it prints, per request:
 connections opened, SSL requests, client round trips (connect and authentication included),
-the statements sent (simple queries and parses, with their SQL), and medians of:
+the SQL sent (simple-query and parse messages, with their text: asyncpg parses an unnamed
+statement twice, once to prepare it and again when it executes it), and medians of:
 the handler's run time, the transaction span (behind PgBouncer in transaction mode that is
 the time a server connection is held) and when the transaction and the client connection
 ended relative to the end of the handler (and, over HTTP, to the response being sent).
@@ -24,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -34,9 +36,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from wire import CountingProxy
 
-from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType, dispose_engines
 from mountaineer_db.engine import engine_for
-from mountaineer_db.session import session_scope
 
 # A request returns its timeline: {"begin", "start", "end", "done"} and, over HTTP, "sent".
 Timeline = dict[str, float]
@@ -50,9 +51,12 @@ def through(proxy: CountingProxy, url: URL) -> URL:
 
 
 def ours(config: DatabaseConfig, *, commit: bool = True) -> Request:
+    """`get_db_session` as FastAPI calls it (no HTTP request), like bench_sessions.py."""
+    dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
+
     async def request() -> Timeline:
         t = {"begin": now()}
-        async with session_scope(engine_for(config)) as session:
+        async with dependency(engine=await DatabaseDependencies.get_db(config=config)) as session:
             t["start"] = now()
             await session.exec(SELECT_1)
             if commit:
@@ -132,7 +136,7 @@ async def report(label: str, proxy: CountingProxy, request: Request, n: int) -> 
     print(
         f"    per request: {len(new) / n:.2f} connections opened, "
         f"{sum(c.ssl_requests for c in connections) / n:.2f} SSL requests, "
-        f"{round_trips / n:.2f} round trips, {sum(statements.values()) / n:.2f} statements",
+        f"{round_trips / n:.2f} round trips, {sum(statements.values()) / n:.2f} SQL messages (Query/Parse):",
         flush=True,
     )
     for sql, count in statements.most_common(6):
