@@ -97,12 +97,14 @@ async def test_naive_pgbouncer_login_retry_prolongs_the_outage(
         steady_load(client, ledger, concurrency=2, cancel_on_exit=True),
     ):
         await asyncio.sleep(0.3)
+        served_before = len(ledger.ok_ids)
         await asyncio.to_thread(cluster.stop, "fast")
         await asyncio.sleep(0.3)
         await asyncio.to_thread(cluster.start)
         ready = time.monotonic()
         await asyncio.sleep(RECOVERY_BOUND + 0.3)
-    after = sorted((o.finished - ready, o.status) for o in ledger.outcomes if o.finished > ready)
-    assert after, "no request finished after PostgreSQL was back"
-    recovered = [t for t, status in after if status == 200 and t <= RECOVERY_BOUND]
+    assert served_before > 0, "the load never ran"
+    # Requests fail ("server login has been failing") or sit in PgBouncer's queue: either
+    # way, none is served in the 2 s after PostgreSQL is back.
+    recovered = [o for o in ledger.outcomes if o.status == 200 and ready < o.finished <= ready + RECOVERY_BOUND]
     assert not recovered, "PgBouncer's default login retry no longer prolongs outages"
