@@ -1,6 +1,5 @@
 """The Mountaineer app the fault tests drive: one controller, actions that write and sleep."""
 
-import tempfile
 from pathlib import Path
 
 from mountaineer import ConfigBase, ControllerBase, Depends, RenderBase, sideeffect
@@ -65,13 +64,12 @@ class FaultController(ControllerBase):
         """An action that never touches the database."""
 
 
+VIEWS = Path(__file__).parent / "views"
+
+
 def build_app(config: FaultsConfig) -> AppController:
-    """A Mountaineer app serving `FaultController`, with a throwaway view root."""
-    root = Path(tempfile.mkdtemp(prefix="mdb-faults-views-"))
-    (root / "app").mkdir()
-    (root / "app" / "page.tsx").write_text("export default function Page() { return null; }\n")
-    (root / "package.json").write_text('{"dependencies": {"react": "^19.0.0", "react-dom": "^19.0.0"}}\n')
-    app = AppController(view_root=root, config=config)
+    """A Mountaineer app serving `FaultController` (its view is a stub: actions need no build)."""
+    app = AppController(view_root=VIEWS, config=config)
     app.register(FaultController())
     return app
 
