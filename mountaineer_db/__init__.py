@@ -7,6 +7,7 @@ from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.dependencies import SessionDep
 from mountaineer_db.engine import dispose_engines
 from mountaineer_db.exceptions import (
+    ClientDisconnectedError,
     ConfigurationError,
     DatabaseConfigError,
     DatabaseUnavailableError,
@@ -18,6 +19,7 @@ from mountaineer_db.session import database_session
 
 __all__ = [
     "AsyncSession",
+    "ClientDisconnectedError",
     "ConfigurationError",
     "DatabaseConfig",
     "DatabaseConfigError",
