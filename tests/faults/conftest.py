@@ -8,7 +8,6 @@ own in well under a second, and may stop, restart or starve it without touching 
 import asyncio
 import logging
 import os
-import pwd
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,7 +18,7 @@ import pytest
 from mountaineer.config import unregister_config
 
 from mountaineer_db import dispose_engines
-from mountaineer_db.cluster import PgBouncer, PostgresCluster, find_pgbouncer
+from mountaineer_db.cluster import PgBouncer, PostgresCluster, _chown_tree, _run_user, find_pgbouncer
 
 from .app import TABLE
 from .helpers import DATABASE, admin_execute
@@ -34,19 +33,6 @@ def require_pgbouncer() -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-
-
-def _chown(path: Path, user: str | None) -> None:
-    if user is None:
-        return
-    entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-
-
-RUN_AS = os.environ.get("MOUNTAINEER_DB_SERVER_USER", "nobody") if os.geteuid() == 0 else None
 
 
 @dataclass
@@ -87,7 +73,7 @@ def make_cluster(pg_template: Template) -> Iterator[Callable[..., PostgresCluste
         os.chmod(root, 0o755)
         roots.append(root)
         shutil.copytree(pg_template.data_dir, root / "data", symlinks=True)
-        _chown(root / "data", RUN_AS)
+        _chown_tree(root / "data", _run_user())  # the server runs as this user when we are root
         cluster = PostgresCluster(root / "data", password=pg_template.password, settings=settings)
         clusters.append(cluster)
         cluster.start()
