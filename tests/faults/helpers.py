@@ -61,6 +61,11 @@ def bouncer_url(bouncer: PgBouncer, cluster: PostgresCluster) -> Any:
     return bouncer.url(DATABASE, user=cluster.user, password=cluster.password)
 
 
+def url_via(via: str, cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer]) -> Any:
+    """The app's URL for a test parametrized over `via`: "direct", or through a new PgBouncer."""
+    return direct_url(cluster) if via == "direct" else bouncer_url(make_bouncer(cluster), cluster)
+
+
 @contextlib.asynccontextmanager
 async def app_client(config: DatabaseConfig, timeout: float = 30.0) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to a fresh Mountaineer app (in process, over ASGI)."""
@@ -200,6 +205,16 @@ async def assert_no_leaks(cluster: PostgresCluster, *, within: float = 3.0, allo
         if time.monotonic() > deadline:
             raise AssertionError(f"left on the server after load stopped: {[dict(s) for s in sessions]}")
         await asyncio.sleep(0.05)
+
+
+async def sleeping_pids(cluster: PostgresCluster, like: str = "%pg_sleep%") -> list[int]:
+    """Backends on the server actively running a statement whose text matches `like`."""
+    rows = await admin_fetch(
+        cluster,
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()",
+        like,
+    )
+    return [r["pid"] for r in rows]
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.02) -> float:

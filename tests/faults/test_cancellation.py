@@ -24,11 +24,11 @@ from .helpers import (
     app_client,
     assert_no_leaks,
     assert_rows_match,
-    bouncer_url,
-    direct_url,
     faults_config,
     post_insert,
+    sleeping_pids,
     table_ids,
+    url_via,
     wait_for,
 )
 
@@ -37,18 +37,9 @@ pytestmark = pytest.mark.faults
 STOP_BOUND = 1.0
 
 
-async def sleeping(cluster: PostgresCluster) -> list[int]:
-    rows = await admin_fetch(
-        cluster,
-        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND state = 'active' "
-        "AND pid <> pg_backend_pid()",
-    )
-    return [r["pid"] for r in rows]
-
-
 async def wait_sleeping(cluster: PostgresCluster, count: int = 1) -> None:
     async def started() -> bool:
-        return len(await sleeping(cluster)) >= count
+        return len(await sleeping_pids(cluster)) >= count
 
     await wait_for(started, timeout=5)
 
@@ -57,16 +48,12 @@ async def assert_sleep_stops(cluster: PostgresCluster) -> float:
     """No pg_sleep left running on the server within STOP_BOUND seconds; returns how long it took."""
 
     async def stopped() -> bool:
-        return not await sleeping(cluster)
+        return not await sleeping_pids(cluster)
 
     try:
         return await wait_for(stopped, timeout=STOP_BOUND)
     except AssertionError:
         raise AssertionError(f"statements still running on the server {STOP_BOUND}s after cancellation") from None
-
-
-def _url(via: str, cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer]) -> object:
-    return direct_url(cluster) if via == "direct" else bouncer_url(make_bouncer(cluster), cluster)
 
 
 async def _insert_then_sleep(config: object, row_id: int, seconds: float = 30) -> None:
@@ -81,7 +68,7 @@ async def test_task_cancelled_mid_statement(
     cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer], via: str
 ) -> None:
     """Cancelling the task running a statement stops it on the server and commits nothing."""
-    config = faults_config(_url(via, cluster, make_bouncer))
+    config = faults_config(url_via(via, cluster, make_bouncer))
     task = asyncio.create_task(_insert_then_sleep(config, 1))
     await wait_sleeping(cluster)
     task.cancel()
@@ -99,7 +86,7 @@ async def test_timeout_around_the_session(
     cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer], via: str
 ) -> None:
     """`asyncio.timeout` around `database_session()`: TimeoutError, statement stopped, nothing committed."""
-    config = faults_config(_url(via, cluster, make_bouncer))
+    config = faults_config(url_via(via, cluster, make_bouncer))
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5):
             await _insert_then_sleep(config, 1)
@@ -113,7 +100,7 @@ async def test_timeout_around_the_session(
 @pytest.mark.parametrize("via", ["direct", "fixed", "pgbouncer"])
 async def test_cancellation_storm(cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer], via: str) -> None:
     """Hundreds of action requests cancelled at random points: no leak, no stray commit, service goes on."""
-    url = _url("pgbouncer" if via == "pgbouncer" else "direct", cluster, make_bouncer)
+    url = url_via("pgbouncer" if via == "pgbouncer" else "direct", cluster, make_bouncer)
     pool = {"DATABASE_POOL_TYPE": "FIXED_PROCESS", "DATABASE_POOL_SIZE": 10} if via == "fixed" else {}
     config = faults_config(url, **pool)
     rng = random.Random(6)
@@ -177,7 +164,7 @@ async def test_client_disconnect_cancels_the_request(
 
     from .app import INSERT_PATH, build_app
 
-    config = faults_config(_url(via, cluster, make_bouncer))
+    config = faults_config(url_via(via, cluster, make_bouncer))
     app = build_app(config)
     port = free_port()
     server = uvicorn.Server(

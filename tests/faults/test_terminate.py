@@ -19,10 +19,11 @@ from .helpers import (
     app_client,
     assert_no_leaks,
     assert_rows_match,
-    bouncer_url,
     direct_url,
     faults_config,
     post_insert,
+    sleeping_pids,
+    url_via,
     wait_for,
 )
 
@@ -34,12 +35,7 @@ async def _terminate_sleeping(cluster: PostgresCluster) -> int:
     pids: list[int] = []
 
     async def sleeping() -> bool:
-        rows = await admin_fetch(
-            cluster,
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active' "
-            "AND pid <> pg_backend_pid()",
-        )
-        pids[:] = [r["pid"] for r in rows]
+        pids[:] = await sleeping_pids(cluster, like="SELECT pg_sleep%")
         return bool(pids)
 
     await wait_for(sleeping, timeout=5)
@@ -55,8 +51,7 @@ async def test_backend_terminated_mid_transaction(
     via: str,
 ) -> None:
     """The in-flight request gets a 503 naming no secret, the log has the server's reason, the next succeeds."""
-    url = direct_url(cluster) if via == "direct" else bouncer_url(make_bouncer(cluster), cluster)
-    config = faults_config(url)
+    config = faults_config(url_via(via, cluster, make_bouncer))
     ledger = Ledger()
     async with app_client(config) as client:
         in_flight = asyncio.create_task(post_insert(client, ledger, sleep=30))
