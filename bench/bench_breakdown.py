@@ -13,7 +13,9 @@ Each line adds one layer to the one above, all measured in rotating rounds in on
   and the disconnect guard (both idle without an HTTP request).
 
 The difference between the last line and the plain AsyncSession line is what mountaineer_db
-itself costs; the lines above it are the floor set by SQLAlchemy and SQLModel.
+itself costs; the lines above it are the floor set by SQLAlchemy and SQLModel. Those steps
+are small next to the noise of a whole request, so a last table measures them alone: a
+session opened and closed with no statement (no I/O at all), plain vs ours.
 
 Run:  .venv/bin/python bench/bench_breakdown.py [--setup fixed-direct|default|fixed-bouncer] [--rounds 9]
 """
@@ -22,14 +24,15 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 from _harness import Stack, header, install_loop, measure_many, run_concurrent, servers
 from bench_sessions import POOL_SIZE, SELECT_1, ours_request, raw_connect_request, raw_pool, raw_pool_request
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType, dispose_engines
 from mountaineer_db.engine import engine_for
 from mountaineer_db.session import session_scope
 
@@ -87,6 +90,37 @@ def terminate_request(stack: Stack) -> Request:
     return request
 
 
+async def fixed_costs(rounds: int) -> None:
+    """Our per-request cost with no statement at all (so no I/O): the pure CPU of each layer."""
+    engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")  # never connects
+    dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:9/none")
+
+    async def plain() -> None:
+        async with AsyncSession(engine, expire_on_commit=False):
+            pass
+
+    async def scoped() -> None:
+        async with session_scope(engine):
+            pass
+
+    async def full() -> None:
+        async with dependency(engine=await DatabaseDependencies.get_db(config=config)):
+            pass
+
+    await measure_many(
+        "[fixed cost, no statement, no I/O] a session opened and closed, concurrency 1",
+        [
+            ("plain SQLModel AsyncSession", lambda: run_concurrent(plain, 5000, 1)),
+            ("+ ours: session_scope(engine)", lambda: run_concurrent(scoped, 5000, 1)),
+            ("+ ours: get_db_session with get_db(config)", lambda: run_concurrent(full, 5000, 1)),
+        ],
+        rounds=rounds,
+    )
+    await engine.dispose()
+    await dispose_engines()
+
+
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     pool: asyncpg.Pool | None = None
     if args.setup == "default":
@@ -124,6 +158,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
     if pool is not None:
         await pool.close()
     await dispose_engines()
+    await fixed_costs(args.rounds)
 
 
 if __name__ == "__main__":
