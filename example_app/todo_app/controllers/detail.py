@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from mountaineer_db import AsyncSession, DatabaseDependencies
 from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description
-from todo_app.controllers.home import TodoItem, TodoRef, get_todo
+from todo_app.controllers.home import TodoItem, TodoRef, get_todo, toggle_done
 from todo_app.models import DESCRIPTION_MAX_LENGTH, Todo
 
 
@@ -59,6 +59,4 @@ class DetailController(ControllerBase):
         payload: TodoRef,
         session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
     ) -> None:
-        todo = await get_todo(session, payload.id)
-        todo.done = not todo.done
-        await session.commit()
+        await toggle_done(session, payload.id)

@@ -39,6 +39,13 @@ async def get_todo(session: AsyncSession, todo_id: int) -> Todo:
     return todo
 
 
+async def toggle_done(session: AsyncSession, todo_id: int) -> None:
+    """Flip the todo's done flag and commit (the `toggle_todo` action of both pages)."""
+    todo = await get_todo(session, todo_id)
+    todo.done = not todo.done
+    await session.commit()
+
+
 class HomeController(ControllerBase):
     url = "/"
     view_path = "/app/home/page.tsx"
@@ -71,9 +78,7 @@ class HomeController(ControllerBase):
         payload: TodoRef,
         session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
     ) -> None:
-        todo = await get_todo(session, payload.id)
-        todo.done = not todo.done
-        await session.commit()
+        await toggle_done(session, payload.id)
 
     @sideeffect(exception_models=[TodoNotFound])
     async def delete_todo(
