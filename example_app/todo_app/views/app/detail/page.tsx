@@ -1,36 +1,13 @@
 import React, { FormEvent, useState } from "react";
+import { ActionError, useActionRunner } from "../components";
 import { useServer } from "./.mountaineer";
-
-const errorMessage = (error: unknown): string => {
-  const body = (error as { body?: unknown } | null)?.body;
-  if (body && typeof body === "object" && "detail" in body && typeof body.detail === "string") {
-    return body.detail;
-  }
-  return "Something went wrong; please try again.";
-};
 
 const Detail = () => {
   const serverState = useServer();
   const { todo } = serverState;
   const [description, setDescription] = useState(todo.description);
-  const [error, setError] = useState<string | null>(null);
   const [saved, setSaved] = useState(false);
-  const [busy, setBusy] = useState(false);
-
-  const run = async (action: () => Promise<unknown>): Promise<boolean> => {
-    setBusy(true);
-    setError(null);
-    setSaved(false);
-    try {
-      await action();
-      return true;
-    } catch (caught) {
-      setError(errorMessage(caught));
-      return false;
-    } finally {
-      setBusy(false);
-    }
-  };
+  const { error, busy, run } = useActionRunner(() => setSaved(false));
 
   const onRename = async (event: FormEvent) => {
     event.preventDefault();
@@ -63,11 +40,7 @@ const Detail = () => {
           {todo.done ? "Mark open" : "Mark done"}
         </button>
       </form>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ActionError error={error} />
       {saved && <p className="meta">Saved.</p>}
       <p>
         <a href={serverState.linkGenerator.homeController()}>← All todos</a>

@@ -1,35 +1,11 @@
 import React, { FormEvent, useState } from "react";
+import { ActionError, useActionRunner } from "../components";
 import { useServer } from "./.mountaineer";
-
-/** The message of an error thrown by an action (an APIException's `detail`). */
-export const errorMessage = (error: unknown): string => {
-  const body = (error as { body?: unknown } | null)?.body;
-  if (body && typeof body === "object" && "detail" in body && typeof body.detail === "string") {
-    return body.detail;
-  }
-  return "Something went wrong; please try again.";
-};
 
 const Home = () => {
   const serverState = useServer();
   const [description, setDescription] = useState("");
-  const [error, setError] = useState<string | null>(null);
-  const [busy, setBusy] = useState(false);
-
-  // Run an action; the page's data refreshes from the sideeffect's new render.
-  const run = async (action: () => Promise<unknown>): Promise<boolean> => {
-    setBusy(true);
-    setError(null);
-    try {
-      await action();
-      return true;
-    } catch (caught) {
-      setError(errorMessage(caught));
-      return false;
-    } finally {
-      setBusy(false);
-    }
-  };
+  const { error, busy, run } = useActionRunner();
 
   const onAdd = async (event: FormEvent) => {
     event.preventDefault();
@@ -54,11 +30,7 @@ const Home = () => {
           Add
         </button>
       </form>
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <ActionError error={error} />
       {serverState.todos.length === 0 ? (
         <p className="empty">Nothing to do yet. Add your first todo above.</p>
       ) : (
