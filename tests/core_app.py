@@ -96,12 +96,18 @@ class CountController(ControllerBase):
         return CountRender(metadata=Metadata(explicit_response=JSONResponse({"count": count})))
 
 
-def build_app(view_root: Path, config: CoreAppConfig) -> AppController:
-    for page in ("home", "probe", "count"):
+def write_stub_views(view_root: Path, package_name: str, *pages: str) -> None:
+    """An empty page per controller and a package.json: all a test app's view_root needs
+    when its renders answer with explicit responses (no frontend build)."""
+    for page in pages:
         folder = view_root / "app" / page
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "page.tsx").write_text("export default function Page() { return null; }\n")
-    (view_root / "package.json").write_text('{"name": "core-app-views", "private": true}\n')
+    (view_root / "package.json").write_text(f'{{"name": "{package_name}", "private": true}}\n')
+
+
+def build_app(view_root: Path, config: CoreAppConfig) -> AppController:
+    write_stub_views(view_root, "core-app-views", "home", "probe", "count")
     app = AppController(view_root=view_root, config=config)
     app.register(TodoController())
     app.register(ProbeController())

@@ -21,6 +21,7 @@ from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, database_session
 from mountaineer_db.engine import engine_for
+from tests.core_app import write_stub_views
 
 APP_NAME = "request_session_app"
 ACTION = "/internal/api/items_controller"
@@ -120,11 +121,7 @@ class CommitTwiceController(ControllerBase):
 
 
 def build_app(view_root: Path, config: ItemsConfig) -> AppController:
-    for page in ("items", "twice"):
-        folder = view_root / "app" / page
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "page.tsx").write_text("export default function Page() { return null; }\n")
-    (view_root / "package.json").write_text('{"name": "request-session-views", "private": true}\n')
+    write_stub_views(view_root, "request-session-views", "items", "twice")
     app = AppController(view_root=view_root, config=config)
     app.register(ItemsController())
     app.register(CommitTwiceController())
