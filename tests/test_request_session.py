@@ -7,6 +7,7 @@ once per connection our connector opens) and cross-checked with the server's bac
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +161,18 @@ def _count_connects(config: DatabaseConfig) -> list[int]:
     return connects
 
 
+def _observer_session(config: DatabaseConfig) -> AbstractAsyncContextManager[AsyncSession]:
+    """A session of the test's own, under another application_name than the app's."""
+    return database_session(config.model_copy(update={"DATABASE_APPLICATION_NAME": "observer"}))
+
+
 async def _committed_names(config: DatabaseConfig) -> list[str]:
-    async with database_session(config.model_copy(update={"DATABASE_APPLICATION_NAME": "observer"})) as session:
+    async with _observer_session(config) as session:
         return list((await session.exec(select(RequestItem.name).order_by(RequestItem.id))).all())  # type: ignore[arg-type]
 
 
 async def _open_server_connections(config: DatabaseConfig) -> list[tuple[str, str]]:
-    async with database_session(config.model_copy(update={"DATABASE_APPLICATION_NAME": "observer"})) as session:
+    async with _observer_session(config) as session:
         connection = await session.connection()
         rows = await connection.execute(
             text("SELECT state, query FROM pg_stat_activity WHERE application_name = :name"), {"name": APP_NAME}
@@ -206,28 +212,28 @@ async def test_uncommitted_flushed_writes_are_rolled_back_before_the_rerender_wi
     assert await _committed_names(direct_config) == []
 
 
-async def test_pending_unflushed_objects_are_discarded_not_autoflushed_into_the_rerender(
-    client: httpx.AsyncClient, direct_config: ItemsConfig, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("name", "mode", "committed"),
+    [
+        pytest.param("added only", "add", [], id="pending_unflushed_objects_are_discarded_not_autoflushed"),
+        pytest.param("kept", "commit_then_flush", ["kept"], id="only_the_uncommitted_part_is_rolled_back"),
+    ],
+)
+async def test_uncommitted_changes_never_reach_the_rerender(
+    client: httpx.AsyncClient,
+    direct_config: ItemsConfig,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    mode: str,
+    committed: list[str],
 ) -> None:
     caplog.set_level(logging.INFO, logger="mountaineer_db")
     connects = _count_connects(direct_config)
-    response = await client.post(f"{ACTION}/add_item", json={"name": "added only", "mode": "add"})
-    assert response.json()["sideeffect"]["names"] == []
+    response = await client.post(f"{ACTION}/add_item", json={"name": name, "mode": mode})
+    assert response.json()["sideeffect"]["names"] == committed
     assert sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "mountaineer_db") == 1
     assert len(connects) == 1
-    assert await _committed_names(direct_config) == []
-
-
-async def test_only_the_uncommitted_part_is_rolled_back(
-    client: httpx.AsyncClient, direct_config: ItemsConfig, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mountaineer_db")
-    connects = _count_connects(direct_config)
-    response = await client.post(f"{ACTION}/add_item", json={"name": "kept", "mode": "commit_then_flush"})
-    assert response.json()["sideeffect"]["names"] == ["kept"]
-    assert sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "mountaineer_db") == 1
-    assert len(connects) == 1
-    assert await _committed_names(direct_config) == ["kept"]
+    assert await _committed_names(direct_config) == committed
 
 
 async def test_a_read_only_action_shares_its_connection_without_a_warning(
