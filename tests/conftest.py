@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from mountaineer.config import unregister_config
 
 from mountaineer_db import DatabaseConfig, dispose_engines
 from mountaineer_db.cluster import ExternalServer, PgBouncer, PostgresCluster, find_pgbouncer
+from tests.sample_apps import server_execute
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -31,17 +31,8 @@ def require_pgbouncer() -> None:
         pytest.skip(message)
 
 
-async def admin_execute(server: Any, *statements: str, database: str = "postgres") -> None:
-    """Run statements as the superuser, outside any transaction."""
-    url = server.url(database)
-    connection = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database=database, ssl=False
-    )
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
+# Run statements as the superuser, outside any transaction (the name the core tests use).
+admin_execute = server_execute
 
 
 @pytest.fixture(scope="session")

@@ -89,12 +89,17 @@ def run_cli(
     )
 
 
-async def server_fetch(server: Any, query: str, *args: Any, database: str = "postgres") -> list[Any]:
-    """Rows of `query` run as the superuser on `database`."""
+async def superuser_connect(server: Any, database: str = "postgres") -> asyncpg.Connection:
+    """A plain asyncpg connection to `database` as the server's superuser (no mountaineer_db)."""
     url = server.url(database)
-    connection = await asyncpg.connect(
+    return await asyncpg.connect(
         host=url.host, port=url.port, user=url.username, password=url.password, database=database, ssl=False
     )
+
+
+async def server_fetch(server: Any, query: str, *args: Any, database: str = "postgres") -> list[Any]:
+    """Rows of `query` run as the superuser on `database`."""
+    connection = await superuser_connect(server, database)
     try:
         return list(await connection.fetch(query, *args))
     finally:
@@ -103,10 +108,7 @@ async def server_fetch(server: Any, query: str, *args: Any, database: str = "pos
 
 async def server_execute(server: Any, *statements: str, database: str = "postgres") -> None:
     """Run statements as the superuser on `database`, outside a transaction."""
-    url = server.url(database)
-    connection = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database=database, ssl=False
-    )
+    connection = await superuser_connect(server, database)
     try:
         for statement in statements:
             await connection.execute(statement)
