@@ -20,7 +20,6 @@ config = ensure_embedded_database(AppConfig())   # e.g. in the app's lifespan or
 - It refuses to run with `ENVIRONMENT=production`.
 """
 
-import asyncio
 import atexit
 import contextlib
 import fcntl
@@ -39,6 +38,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL
 
+from mountaineer_db._blocking import run_coroutine
 from mountaineer_db.cluster import PostgresCluster, free_port
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.exceptions import ConfigurationError
@@ -78,26 +78,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion, also when called from inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    # Called from async code (an ASGI lifespan, a test): run it on a private loop in a thread.
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(make()))
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=target, name="mountaineer-db-embedded")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    return run_coroutine(make, thread_name="mountaineer-db-embedded")
 
 
 class EmbeddedDatabase:

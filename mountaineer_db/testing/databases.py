@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -27,6 +26,7 @@ import asyncpg
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, make_url
 
+from mountaineer_db._blocking import run_blocking, run_coroutine
 from mountaineer_db.cluster import ExternalServer, PgBouncer, PostgresCluster
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import describe_target, engine_for
@@ -74,29 +74,11 @@ class Server(Protocol):
 
 def _run(work: Callable[[], _T]) -> _T:
     """Run blocking `work` here, or in a helper thread when this thread runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return work()
-    outcome: list[_T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            outcome.append(work())
-        except BaseException as error:  # noqa: BLE001 - handed back to the caller's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=target, name="mountaineer-db-testing")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    return run_blocking(work, thread_name="mountaineer-db-testing")
 
 
 def _run_async(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    return _run(lambda: asyncio.run(make()))
+    return run_coroutine(make, thread_name="mountaineer-db-testing")
 
 
 @contextlib.contextmanager
