@@ -19,7 +19,9 @@ import time
 from typing import Any
 
 import asyncpg
+from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import Connector, describe_target
@@ -147,14 +149,17 @@ async def createdb(config: DatabaseConfig | None = None, *, create_tables: bool 
         await connection.close()
     logger.info("%s database %s", "Created" if created else "Found", describe_target(url))
     if create_tables:
-        metadata = load_metadata(config)
-        engine = migration_engine(config)
-        try:
-            async with engine.begin() as sa_connection:
-                await sa_connection.run_sync(metadata.create_all)
-        finally:
-            await engine.dispose()
+        await create_all_tables(migration_engine(config), load_metadata(config))
     return created
+
+
+async def create_all_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+    """`metadata.create_all` in one transaction on `engine`, which is disposed afterwards."""
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+    finally:
+        await engine.dispose()
 
 
 async def dropdb(config: DatabaseConfig | None = None, *, force: bool = False) -> None:

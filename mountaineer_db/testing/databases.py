@@ -178,15 +178,6 @@ def throwaway_database(server: Server, *, name: str | None = None) -> Iterator[T
         _run_async(lambda: _drop(server, name))
 
 
-async def _create_all(config: DatabaseConfig, metadata: MetaData) -> None:
-    engine = engine_for(config)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(metadata.create_all)
-    finally:
-        await engine.dispose()
-
-
 def create_schema(config: DatabaseConfig, schema: Schema) -> None:
     """Make the tables in the database `config` points at: `create_all` or a migrations hook.
 
@@ -194,8 +185,14 @@ def create_schema(config: DatabaseConfig, schema: Schema) -> None:
     `asyncio.run` itself (Alembic's async `env.py` does); an async hook is awaited.
     """
     if isinstance(schema, MetaData):
+        from mountaineer_db.admin import create_all_tables  # imports the migrations package: only when used
+
         metadata = schema
-        _run_async(lambda: _create_all(config, metadata))
+
+        async def create_all() -> None:  # the engine belongs to the loop that runs this
+            await create_all_tables(engine_for(config), metadata)
+
+        _run_async(create_all)
         return
     if not callable(schema):
         raise ConfigurationError(
