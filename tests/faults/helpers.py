@@ -14,6 +14,7 @@ from mountaineer.config import unregister_config
 from mountaineer_db import DatabaseConfig
 from mountaineer_db.cluster import PgBouncer, PostgresCluster
 from mountaineer_db.engine import engines_on_this_loop
+from tests.sample_apps import superuser_connect
 
 from .app import APP_NAME, INSERT_PATH, TABLE, FaultsConfig, build_app
 
@@ -31,10 +32,8 @@ async def admin_execute(server: PostgresCluster, *statements: str, database: str
 
 
 async def admin_connect(server: PostgresCluster, database: str = DATABASE) -> asyncpg.Connection:
-    url = server.url(database)
-    return await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database=database, ssl=False
-    )
+    """A plain asyncpg superuser connection, to the `faults` database unless told otherwise."""
+    return await superuser_connect(server, database)
 
 
 async def admin_fetch(server: PostgresCluster, query: str, *args: Any, database: str = DATABASE) -> list[Any]:
