@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: servers, side-by-side rounds, medians, output.
+"""Shared pieces of the benchmark scripts: servers, request workloads, side-by-side rounds, medians, output.
 
 Every comparison runs its two sides in the same process and event loop, in alternating
 rounds (A B, then B A, ...), and reports the median time per request of each side and the
@@ -18,16 +18,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 
+from mountaineer_db import DatabaseConfig, DatabaseDependencies
 from mountaineer_db.cluster import PgBouncer, PostgresCluster
 
 BENCH_DATABASE = "bench"
+SELECT_1 = text("SELECT 1")
+POOL_SIZE = 10
 
 
 @dataclass
@@ -104,6 +109,65 @@ async def raw_connect(url: URL, **kwargs: Any) -> asyncpg.Connection:
         statement_cache_size=0,
         **kwargs,
     )
+
+
+async def raw_pool(url: URL, *, via_bouncer: bool) -> "asyncpg.Pool[Any]":
+    """asyncpg's own pool of POOL_SIZE connections at `url` (no SSL attempt)."""
+    return await asyncpg.create_pool(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        ssl=False,
+        # Direct: asyncpg's default named-statement cache; via PgBouncer it must be off.
+        statement_cache_size=0 if via_bouncer else 100,
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+    )
+
+
+# -- the request workloads: `SELECT 1` in a transaction, committed ---------------------
+
+
+def ours_request(config: DatabaseConfig) -> Callable[[], Awaitable[None]]:
+    """`get_db_session` as FastAPI calls it (no HTTP request), with the engine from `get_db(config)`."""
+    dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
+
+    async def request() -> None:
+        async with dependency(engine=await DatabaseDependencies.get_db(config=config)) as session:
+            await session.exec(SELECT_1)
+            await session.commit()
+
+    return request
+
+
+def raw_connect_request(stack: Stack, *, terminate: bool = False) -> Callable[[], Awaitable[None]]:
+    """asyncpg connect-per-request via PgBouncer; the connection closed (or terminated) after it."""
+    url = stack.bouncer_url()
+
+    async def request() -> None:
+        connection = await raw_connect(url)
+        try:
+            async with connection.transaction():
+                await connection.fetchval("SELECT 1")
+        finally:
+            if terminate:
+                connection.terminate()
+            else:
+                await connection.close()
+
+    return request
+
+
+def raw_pool_request(pool: "asyncpg.Pool[Any]") -> Callable[[], Awaitable[None]]:
+    """A connection from asyncpg's pool for the request."""
+
+    async def request() -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.fetchval("SELECT 1")
+
+    return request
 
 
 # -- measuring ------------------------------------------------------------------------

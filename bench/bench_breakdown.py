@@ -27,8 +27,20 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
-from _harness import Stack, header, install_loop, measure_many, run_concurrent, servers
-from bench_sessions import POOL_SIZE, SELECT_1, ours_request, raw_connect_request, raw_pool, raw_pool_request
+from _harness import (
+    POOL_SIZE,
+    SELECT_1,
+    Stack,
+    header,
+    install_loop,
+    measure_many,
+    ours_request,
+    raw_connect_request,
+    raw_pool,
+    raw_pool_request,
+    run_concurrent,
+    servers,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -74,22 +86,6 @@ def scoped_request(config: DatabaseConfig) -> Request:
     return request
 
 
-def terminate_request(stack: Stack) -> Request:
-    from _harness import raw_connect
-
-    url = stack.bouncer_url()
-
-    async def request() -> None:
-        connection = await raw_connect(url)
-        try:
-            async with connection.transaction():
-                await connection.fetchval("SELECT 1")
-        finally:
-            connection.terminate()
-
-    return request
-
-
 async def fixed_costs(rounds: int) -> None:
     """Our per-request cost with no statement at all (so no I/O): the pure CPU of each layer."""
     engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")  # never connects
@@ -127,7 +123,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url())
         raw: list[tuple[str, Request]] = [
             ("raw asyncpg connect-per-request via PgBouncer (close)", raw_connect_request(stack)),
-            ("raw asyncpg connect-per-request via PgBouncer (terminate)", terminate_request(stack)),
+            ("raw asyncpg connect-per-request via PgBouncer (terminate)", raw_connect_request(stack, terminate=True)),
         ]
     else:
         via_bouncer = args.setup == "fixed-bouncer"
@@ -138,7 +134,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
             DATABASE_MAX_OVERFLOW=0,
             DATABASE_STATEMENT_CACHE_SIZE=0 if via_bouncer else None,
         )
-        pool = await raw_pool(stack, via_bouncer=via_bouncer)
+        pool = await raw_pool(stack.bouncer_url() if via_bouncer else stack.direct_url(), via_bouncer=via_bouncer)
         raw = [(f"raw asyncpg pool ({POOL_SIZE})", raw_pool_request(pool))]
     engine = engine_for(config)
     layers: list[tuple[str, Request]] = [

@@ -30,8 +30,8 @@ from typing import Any
 
 import asyncpg
 import httpx
-from _harness import Stack, header, install_loop, servers
-from bench_sessions import POOL_SIZE, SELECT_1
+from _harness import POOL_SIZE, SELECT_1, Stack, header, install_loop, raw_pool, servers
+from _harness import raw_connect as connect
 from sqlalchemy import event
 from sqlalchemy.engine import URL
 from wire import CountingProxy
@@ -72,15 +72,7 @@ def raw_connect(url: URL) -> Request:
     async def request() -> Timeline:
         t = {"begin": now()}
         t["start"] = t["begin"]
-        connection = await asyncpg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-            ssl=False,
-            statement_cache_size=0,
-        )
+        connection = await connect(url)
         try:
             async with connection.transaction():
                 await connection.fetchval("SELECT 1")
@@ -222,16 +214,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
             DATABASE_MAX_OVERFLOW=0,
         )
         await report("[5d] ours: FIXED_PROCESS direct, commits", direct, ours(fixed), n)
-        pool = await asyncpg.create_pool(
-            host=direct_url.host,
-            port=direct_url.port,
-            user=direct_url.username,
-            password=direct_url.password,
-            database=direct_url.database,
-            ssl=False,
-            min_size=POOL_SIZE,
-            max_size=POOL_SIZE,
-        )
+        pool = await raw_pool(direct_url, via_bouncer=False)
         await report(f"[5e] raw: asyncpg.create_pool({POOL_SIZE}) direct", direct, raw_pooled(pool), n)
         await pool.close()
         fixed_bouncer = DatabaseConfig(
@@ -242,17 +225,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
             DATABASE_STATEMENT_CACHE_SIZE=0,
         )
         await report("[5f] ours: FIXED_PROCESS via PgBouncer, commits", via_bouncer, ours(fixed_bouncer), n)
-        pool = await asyncpg.create_pool(
-            host=bouncer_url.host,
-            port=bouncer_url.port,
-            user=bouncer_url.username,
-            password=bouncer_url.password,
-            database=bouncer_url.database,
-            ssl=False,
-            statement_cache_size=0,
-            min_size=POOL_SIZE,
-            max_size=POOL_SIZE,
-        )
+        pool = await raw_pool(bouncer_url, via_bouncer=True)
         await report(f"[5g] raw: asyncpg.create_pool({POOL_SIZE}) via PgBouncer", via_bouncer, raw_pooled(pool), n)
         await pool.close()
         await dispose_engines()

@@ -22,66 +22,23 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
-import asyncpg
-from _harness import Comparison, Stack, compare, header, install_loop, raw_connect, run_concurrent, servers
-from sqlalchemy import text
+from _harness import (
+    POOL_SIZE,
+    Comparison,
+    Stack,
+    compare,
+    header,
+    install_loop,
+    ours_request,
+    raw_connect_request,
+    raw_pool,
+    raw_pool_request,
+    run_concurrent,
+    servers,
+)
 
-from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType, dispose_engines
-
-SELECT_1 = text("SELECT 1")
-POOL_SIZE = 10
-
-
-def ours_request(config: DatabaseConfig) -> Callable[[], Awaitable[None]]:
-    dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
-
-    async def request() -> None:
-        async with dependency(engine=await DatabaseDependencies.get_db(config=config)) as session:
-            await session.exec(SELECT_1)
-            await session.commit()
-
-    return request
-
-
-def raw_connect_request(stack: Stack) -> Callable[[], Awaitable[None]]:
-    url = stack.bouncer_url()
-
-    async def request() -> None:
-        connection = await raw_connect(url)
-        try:
-            async with connection.transaction():
-                await connection.fetchval("SELECT 1")
-        finally:
-            await connection.close()
-
-    return request
-
-
-def raw_pool_request(pool: "asyncpg.Pool[Any]") -> Callable[[], Awaitable[None]]:
-    async def request() -> None:
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.fetchval("SELECT 1")
-
-    return request
-
-
-async def raw_pool(stack: Stack, *, via_bouncer: bool) -> "asyncpg.Pool[Any]":
-    url = stack.bouncer_url() if via_bouncer else stack.direct_url()
-    return await asyncpg.create_pool(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-        ssl=False,
-        # Direct: asyncpg's default named-statement cache; via PgBouncer it must be off.
-        statement_cache_size=0 if via_bouncer else 100,
-        min_size=POOL_SIZE,
-        max_size=POOL_SIZE,
-    )
+from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
 
 
 async def main(args: argparse.Namespace) -> list[Comparison]:
@@ -119,7 +76,7 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
                 )
             )
         if "fixed-direct" in selected:
-            pool = await raw_pool(stack, via_bouncer=False)
+            pool = await raw_pool(stack.direct_url(), via_bouncer=False)
             try:
                 results.append(
                     await compare(
@@ -133,7 +90,7 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
             finally:
                 await pool.close()
         if "fixed-bouncer" in selected:
-            pool = await raw_pool(stack, via_bouncer=True)
+            pool = await raw_pool(stack.bouncer_url(), via_bouncer=True)
             try:
                 results.append(
                     await compare(

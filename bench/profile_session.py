@@ -14,9 +14,17 @@ import pstats
 import sys
 import time
 
-import asyncpg
-from _harness import Stack, header, install_loop, servers
-from bench_sessions import POOL_SIZE, ours_request, raw_connect_request, raw_pool_request
+from _harness import (
+    POOL_SIZE,
+    Stack,
+    header,
+    install_loop,
+    ours_request,
+    raw_connect_request,
+    raw_pool,
+    raw_pool_request,
+    servers,
+)
 
 from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
 
@@ -38,17 +46,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
     elif args.setup == "raw-connect":
         request = raw_connect_request(stack)
     else:
-        url = stack.direct_url()
-        pool = await asyncpg.create_pool(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-            ssl=False,
-            min_size=POOL_SIZE,
-            max_size=POOL_SIZE,
-        )
+        pool = await raw_pool(stack.direct_url(), via_bouncer=False)
         request = raw_pool_request(pool)
     for _ in range(50):
         await request()
