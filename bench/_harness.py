@@ -27,12 +27,13 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from mountaineer_db import DatabaseConfig, DatabaseDependencies
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType
 from mountaineer_db.cluster import PgBouncer, PostgresCluster
 
 BENCH_DATABASE = "bench"
 SELECT_1 = text("SELECT 1")
 POOL_SIZE = 10
+SETUPS = ("default", "fixed-direct", "fixed-bouncer")
 
 
 @dataclass
@@ -47,6 +48,33 @@ class Stack:
 
     def bouncer_url(self, database: str = BENCH_DATABASE) -> URL:
         return self.bouncer.url(database, user=self.cluster.user, password=self.cluster.password)
+
+    def url_for(self, setup: str) -> URL:
+        """PostgreSQL itself for `fixed-direct`, PgBouncer for the other setups."""
+        return self.direct_url() if setup == "fixed-direct" else self.bouncer_url()
+
+    def config(self, setup: str) -> DatabaseConfig:
+        """The config of one of SETUPS for this stack."""
+        return config_for(setup, self.url_for(setup))
+
+
+def config_for(setup: str, url: URL) -> DatabaseConfig:
+    """The config each script measures for a setup, at `url` (which may be a proxy in front of the server).
+
+    `default`: the NULL pool; `fixed-direct`: FIXED_PROCESS, POOL_SIZE, no overflow, asyncpg's
+    statement cache; `fixed-bouncer`: the same with the statement cache off (for PgBouncer).
+    """
+    if setup not in SETUPS:
+        raise ValueError(f"unknown setup {setup!r}: use one of {', '.join(SETUPS)}")
+    if setup == "default":
+        return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url)
+    return DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=url,
+        DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
+        DATABASE_POOL_SIZE=POOL_SIZE,
+        DATABASE_MAX_OVERFLOW=0,
+        DATABASE_STATEMENT_CACHE_SIZE=0 if setup == "fixed-bouncer" else None,
+    )
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ import asyncpg
 from _harness import (
     POOL_SIZE,
     SELECT_1,
+    SETUPS,
     Stack,
     header,
     install_loop,
@@ -44,7 +45,7 @@ from _harness import (
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType, dispose_engines
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, dispose_engines
 from mountaineer_db.engine import engine_for
 from mountaineer_db.session import session_scope
 
@@ -119,22 +120,14 @@ async def fixed_costs(rounds: int) -> None:
 
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     pool: asyncpg.Pool | None = None
+    config = stack.config(args.setup)
     if args.setup == "default":
-        config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url())
         raw: list[tuple[str, Request]] = [
             ("raw asyncpg connect-per-request via PgBouncer (close)", raw_connect_request(stack)),
             ("raw asyncpg connect-per-request via PgBouncer (terminate)", raw_connect_request(stack, terminate=True)),
         ]
     else:
-        via_bouncer = args.setup == "fixed-bouncer"
-        config = DatabaseConfig(
-            SQLALCHEMY_DATABASE_URI=stack.bouncer_url() if via_bouncer else stack.direct_url(),
-            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
-            DATABASE_POOL_SIZE=POOL_SIZE,
-            DATABASE_MAX_OVERFLOW=0,
-            DATABASE_STATEMENT_CACHE_SIZE=0 if via_bouncer else None,
-        )
-        pool = await raw_pool(stack.bouncer_url() if via_bouncer else stack.direct_url(), via_bouncer=via_bouncer)
+        pool = await raw_pool(stack.url_for(args.setup), via_bouncer=args.setup == "fixed-bouncer")
         raw = [(f"raw asyncpg pool ({POOL_SIZE})", raw_pool_request(pool))]
     engine = engine_for(config)
     layers: list[tuple[str, Request]] = [
@@ -159,7 +152,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setup", choices=("default", "fixed-direct", "fixed-bouncer"), default="fixed-direct")
+    parser.add_argument("--setup", choices=SETUPS, default="fixed-direct")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=1)

@@ -30,13 +30,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-from _harness import POOL_SIZE, SELECT_1, Stack, header, install_loop, raw_pool, servers
+from _harness import POOL_SIZE, SELECT_1, Stack, config_for, header, install_loop, raw_pool, servers
 from _harness import raw_connect as connect
 from sqlalchemy import event
 from sqlalchemy.engine import URL
 from wire import CountingProxy
 
-from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType, dispose_engines
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, dispose_engines
 from mountaineer_db.engine import engine_for
 
 # A request returns its timeline: {"begin", "start", "end", "done"} and, over HTTP, "sent".
@@ -198,7 +198,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         CountingProxy("127.0.0.1", stack.cluster.port) as direct,
     ):
         bouncer_url, direct_url = through(via_bouncer, stack.bouncer_url()), through(direct, stack.direct_url())
-        default = DatabaseConfig(SQLALCHEMY_DATABASE_URI=bouncer_url)
+        default = config_for("default", bouncer_url)
         await report("[5a] ours: default config (NULL pool) via PgBouncer, commits", via_bouncer, ours(default), n)
         await report(
             "[5b] ours: default config via PgBouncer, read-only handler (no commit)",
@@ -207,23 +207,12 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
             n,
         )
         await report("[5c] raw: asyncpg connect-per-request via PgBouncer", via_bouncer, raw_connect(bouncer_url), n)
-        fixed = DatabaseConfig(
-            SQLALCHEMY_DATABASE_URI=direct_url,
-            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
-            DATABASE_POOL_SIZE=POOL_SIZE,
-            DATABASE_MAX_OVERFLOW=0,
-        )
+        fixed = config_for("fixed-direct", direct_url)
         await report("[5d] ours: FIXED_PROCESS direct, commits", direct, ours(fixed), n)
         pool = await raw_pool(direct_url, via_bouncer=False)
         await report(f"[5e] raw: asyncpg.create_pool({POOL_SIZE}) direct", direct, raw_pooled(pool), n)
         await pool.close()
-        fixed_bouncer = DatabaseConfig(
-            SQLALCHEMY_DATABASE_URI=bouncer_url,
-            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
-            DATABASE_POOL_SIZE=POOL_SIZE,
-            DATABASE_MAX_OVERFLOW=0,
-            DATABASE_STATEMENT_CACHE_SIZE=0,
-        )
+        fixed_bouncer = config_for("fixed-bouncer", bouncer_url)
         await report("[5f] ours: FIXED_PROCESS via PgBouncer, commits", via_bouncer, ours(fixed_bouncer), n)
         pool = await raw_pool(bouncer_url, via_bouncer=True)
         await report(f"[5g] raw: asyncpg.create_pool({POOL_SIZE}) via PgBouncer", via_bouncer, raw_pooled(pool), n)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from _harness import (
     POOL_SIZE,
+    SETUPS,
     Comparison,
     Stack,
     compare,
@@ -38,7 +39,7 @@ from _harness import (
     servers,
 )
 
-from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+from mountaineer_db import dispose_engines
 
 
 async def main(args: argparse.Namespace) -> list[Comparison]:
@@ -49,20 +50,7 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
         requests = args.requests if concurrency == 1 else args.requests * 2
         return lambda: run_concurrent(request, requests, concurrency)
 
-    default = DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url())
-    fixed_direct = DatabaseConfig(
-        SQLALCHEMY_DATABASE_URI=stack.direct_url(),
-        DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
-        DATABASE_POOL_SIZE=POOL_SIZE,
-        DATABASE_MAX_OVERFLOW=0,
-    )
-    fixed_bouncer = DatabaseConfig(
-        SQLALCHEMY_DATABASE_URI=stack.bouncer_url(),
-        DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
-        DATABASE_POOL_SIZE=POOL_SIZE,
-        DATABASE_MAX_OVERFLOW=0,
-        DATABASE_STATEMENT_CACHE_SIZE=0,
-    )
+    default, fixed_direct, fixed_bouncer = (stack.config(setup) for setup in SETUPS)
     selected = set(args.only.split(",")) if args.only else {"default", "fixed-direct", "fixed-bouncer"}
     for concurrency in (1, 16):
         if "default" in selected:

@@ -15,7 +15,7 @@ import sys
 import time
 
 from _harness import (
-    POOL_SIZE,
+    SETUPS,
     Stack,
     header,
     install_loop,
@@ -26,23 +26,13 @@ from _harness import (
     servers,
 )
 
-from mountaineer_db import DatabaseConfig, PoolType, dispose_engines
+from mountaineer_db import dispose_engines
 
 
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     pool = None
-    if args.setup == "default":
-        request = ours_request(DatabaseConfig(SQLALCHEMY_DATABASE_URI=stack.bouncer_url()))
-    elif args.setup in ("fixed-direct", "fixed-bouncer"):
-        via_bouncer = args.setup == "fixed-bouncer"
-        config = DatabaseConfig(
-            SQLALCHEMY_DATABASE_URI=stack.bouncer_url() if via_bouncer else stack.direct_url(),
-            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
-            DATABASE_POOL_SIZE=POOL_SIZE,
-            DATABASE_MAX_OVERFLOW=0,
-            DATABASE_STATEMENT_CACHE_SIZE=0 if via_bouncer else None,
-        )
-        request = ours_request(config)
+    if args.setup in SETUPS:
+        request = ours_request(stack.config(args.setup))
     elif args.setup == "raw-connect":
         request = raw_connect_request(stack)
     else:
@@ -70,9 +60,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--setup", choices=("default", "fixed-direct", "fixed-bouncer", "raw-connect", "raw-pool"), default="default"
-    )
+    parser.add_argument("--setup", choices=(*SETUPS, "raw-connect", "raw-pool"), default="default")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=40)
