@@ -7,6 +7,7 @@ ratios meaningful on a shared, noisy machine: a burst of load from elsewhere hit
 of a round, and the median discards the rounds it hit unevenly.
 """
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -352,6 +353,21 @@ def header(title: str, *, loop: str | None = None) -> None:
     print(f"== {title}", flush=True)
     print(f"   command: {' '.join(['python', *sys.argv])}", flush=True)
     print(f"   machine: {machine(loop)}", flush=True)
+
+
+def run_script(
+    parser: argparse.ArgumentParser,
+    title: str,
+    main: Callable[[argparse.Namespace, Stack], Awaitable[Any]],
+) -> None:
+    """A script's entry point: parse the command line (it must have `--loop`), install that event
+    loop, print the header (`title` may name options, as in "{setup}"), then run `main` against
+    a fresh PostgreSQL + PgBouncer stack, stopped afterwards."""
+    arguments = parser.parse_args(sys.argv[1:])
+    install_loop(arguments.loop)
+    header(title.format(**vars(arguments)))
+    with servers() as stack:
+        asyncio.run(main(arguments, stack))
 
 
 async def measure_many(

@@ -21,8 +21,6 @@ Run:  .venv/bin/python bench/bench_breakdown.py [--setup fixed-direct|default|fi
 """
 
 import argparse
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -32,15 +30,13 @@ from _harness import (
     SELECT_1,
     SETUPS,
     Stack,
-    header,
-    install_loop,
     measure_many,
     ours_request,
     raw_connect_request,
     raw_pool,
     raw_pool_request,
     run_concurrent,
-    servers,
+    run_script,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -157,8 +153,4 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    arguments = parser.parse_args(sys.argv[1:])
-    install_loop(arguments.loop)
-    header("Layer-by-layer breakdown (SELECT 1 in a transaction, committed)")
-    with servers() as bench_stack:
-        asyncio.run(main(arguments, bench_stack))
+    run_script(parser, "Layer-by-layer breakdown (SELECT 1 in a transaction, committed)", main)

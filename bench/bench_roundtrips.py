@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from _harness import POOL_SIZE, SELECT_1, Stack, config_for, header, install_loop, raw_pool, servers
+from _harness import POOL_SIZE, SELECT_1, Stack, config_for, raw_pool, run_script
 from _harness import raw_connect as connect
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -278,8 +277,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    arguments = parser.parse_args(sys.argv[1:])
-    install_loop(arguments.loop)
-    header("Round trips, statements and hold times per request (concurrency 1)")
-    with servers() as bench_stack:
-        asyncio.run(main(arguments, bench_stack))
+    run_script(parser, "Round trips, statements and hold times per request (concurrency 1)", main)

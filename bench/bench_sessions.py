@@ -19,8 +19,6 @@ Run:  .venv/bin/python bench/bench_sessions.py [--rounds 9] [--requests 400] [--
 """
 
 import argparse
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 
 from _harness import (
@@ -29,21 +27,18 @@ from _harness import (
     Comparison,
     Stack,
     compare,
-    header,
-    install_loop,
     ours_request,
     raw_connect_request,
     raw_pool,
     raw_pool_request,
     run_concurrent,
-    servers,
+    run_script,
 )
 
 from mountaineer_db import dispose_engines
 
 
-async def main(args: argparse.Namespace) -> list[Comparison]:
-    stack: Stack = args.stack
+async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
     results: list[Comparison] = []
 
     def measure(request: Callable[[], Awaitable[None]], concurrency: int) -> Callable[[], Awaitable[float]]:
@@ -101,18 +96,14 @@ async def main(args: argparse.Namespace) -> list[Comparison]:
     return results
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison (default 9)")
     parser.add_argument("--requests", type=int, default=400, help="requests per round at concurrency 1 (x2 at 16)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--only", default="", help="comma list of: default, fixed-direct, fixed-bouncer")
-    return parser.parse_args(argv)
+    return parser
 
 
 if __name__ == "__main__":
-    arguments = parse(sys.argv[1:])
-    install_loop(arguments.loop)
-    header("Request sessions vs raw asyncpg (SELECT 1 in a transaction, committed)")
-    with servers() as arguments.stack:
-        asyncio.run(main(arguments))
+    run_script(build_parser(), "Request sessions vs raw asyncpg (SELECT 1 in a transaction, committed)", main)

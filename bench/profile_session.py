@@ -8,22 +8,18 @@ asyncpg equivalents `raw-connect` (connect-per-request via PgBouncer) and `raw-p
 """
 
 import argparse
-import asyncio
 import cProfile
 import pstats
-import sys
 import time
 
 from _harness import (
     SETUPS,
     Stack,
-    header,
-    install_loop,
     ours_request,
     raw_connect_request,
     raw_pool,
     raw_pool_request,
-    servers,
+    run_script,
 )
 
 from mountaineer_db import dispose_engines
@@ -65,8 +61,4 @@ if __name__ == "__main__":
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    arguments = parser.parse_args(sys.argv[1:])
-    install_loop(arguments.loop)
-    header(f"cProfile of one request path: {arguments.setup}")
-    with servers() as bench_stack:
-        asyncio.run(main(arguments, bench_stack))
+    run_script(parser, "cProfile of one request path: {setup}", main)
