@@ -37,6 +37,28 @@ from _harness import (
 
 from mountaineer_db import dispose_engines
 
+# setup: (title, ours label, raw label, target ratio); run in this order at each concurrency.
+COMPARISONS = {
+    "default": (
+        "[1] default config (NULL pool) via PgBouncer",
+        "get_db_session, NULL pool, via PgBouncer",
+        "asyncpg connect-per-request, via PgBouncer",
+        1.25,
+    ),
+    "fixed-direct": (
+        f"[2] FIXED_PROCESS direct, pool {POOL_SIZE}",
+        "get_db_session, FIXED_PROCESS, direct",
+        f"asyncpg.create_pool({POOL_SIZE}), direct",
+        1.3,
+    ),
+    "fixed-bouncer": (
+        f"[3] FIXED_PROCESS via PgBouncer, pool {POOL_SIZE}",
+        "get_db_session, FIXED_PROCESS, cache 0, PgBouncer",
+        f"asyncpg.create_pool({POOL_SIZE}), via PgBouncer",
+        1.3,
+    ),
+}
+
 
 async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
     results: list[Comparison] = []
@@ -45,53 +67,31 @@ async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
         requests = args.requests if concurrency == 1 else args.requests * 2
         return lambda: run_concurrent(request, requests, concurrency)
 
-    default, fixed_direct, fixed_bouncer = (stack.config(setup) for setup in SETUPS)
-    selected = set(args.only.split(",")) if args.only else {"default", "fixed-direct", "fixed-bouncer"}
+    configs = {setup: stack.config(setup) for setup in SETUPS}
+    selected = set(args.only.split(",")) if args.only else set(SETUPS)
     for concurrency in (1, 16):
-        if "default" in selected:
-            results.append(
-                await compare(
-                    f"[1] default config (NULL pool) via PgBouncer, concurrency {concurrency}",
-                    ("get_db_session, NULL pool, via PgBouncer", measure(ours_request(default), concurrency)),
-                    ("asyncpg connect-per-request, via PgBouncer", measure(raw_connect_request(stack), concurrency)),
-                    rounds=args.rounds,
-                    target=1.25,
-                )
-            )
-        if "fixed-direct" in selected:
-            pool = await raw_pool(stack.direct_url(), via_bouncer=False)
+        for setup, (title, ours_label, raw_label, target) in COMPARISONS.items():
+            if setup not in selected:
+                continue
+            pool = None
+            if setup == "default":
+                raw = raw_connect_request(stack)
+            else:
+                pool = await raw_pool(stack.url_for(setup), via_bouncer=setup == "fixed-bouncer")
+                raw = raw_pool_request(pool)
             try:
                 results.append(
                     await compare(
-                        f"[2] FIXED_PROCESS direct, pool {POOL_SIZE}, concurrency {concurrency}",
-                        ("get_db_session, FIXED_PROCESS, direct", measure(ours_request(fixed_direct), concurrency)),
-                        (f"asyncpg.create_pool({POOL_SIZE}), direct", measure(raw_pool_request(pool), concurrency)),
+                        f"{title}, concurrency {concurrency}",
+                        (ours_label, measure(ours_request(configs[setup]), concurrency)),
+                        (raw_label, measure(raw, concurrency)),
                         rounds=args.rounds,
-                        target=1.3,
+                        target=target,
                     )
                 )
             finally:
-                await pool.close()
-        if "fixed-bouncer" in selected:
-            pool = await raw_pool(stack.bouncer_url(), via_bouncer=True)
-            try:
-                results.append(
-                    await compare(
-                        f"[3] FIXED_PROCESS via PgBouncer, pool {POOL_SIZE}, concurrency {concurrency}",
-                        (
-                            "get_db_session, FIXED_PROCESS, cache 0, PgBouncer",
-                            measure(ours_request(fixed_bouncer), concurrency),
-                        ),
-                        (
-                            f"asyncpg.create_pool({POOL_SIZE}), via PgBouncer",
-                            measure(raw_pool_request(pool), concurrency),
-                        ),
-                        rounds=args.rounds,
-                        target=1.3,
-                    )
-                )
-            finally:
-                await pool.close()
+                if pool is not None:
+                    await pool.close()
         await dispose_engines()
     return results
 
