@@ -280,6 +280,19 @@ class Comparison:
         ]
 
 
+async def rotating_rounds(measures: list[Callable[[], Awaitable[float]]], rounds: int) -> list[list[float]]:
+    """One warm-up run of each measurement, then `rounds` rounds, each starting one further along
+    (A B C, B C A, C A B, ...; with two: A B, B A); return each measurement's values in order."""
+    for measure in measures:
+        await measure()
+    values: list[list[float]] = [[] for _ in measures]
+    for index in range(rounds):
+        shift = index % len(measures)
+        for position in [*range(shift, len(measures)), *range(shift)]:
+            values[position].append(await measures[position]())
+    return values
+
+
 async def compare(
     label: str,
     ours: tuple[str, Callable[[], Awaitable[float]]],
@@ -290,17 +303,7 @@ async def compare(
 ) -> Comparison:
     """Alternate the two measurements for `rounds` rounds (after one warm-up each); print the result."""
     (ours_label, measure_ours), (raw_label, measure_raw) = ours, raw
-    await measure_ours()
-    await measure_raw()
-    ours_values: list[float] = []
-    raw_values: list[float] = []
-    for index in range(rounds):
-        if index % 2 == 0:
-            ours_values.append(await measure_ours())
-            raw_values.append(await measure_raw())
-        else:
-            raw_values.append(await measure_raw())
-            ours_values.append(await measure_ours())
+    ours_values, raw_values = await rotating_rounds([measure_ours, measure_raw], rounds)
     result = Comparison(label, ours_label, raw_label, ours_values, raw_values, target=target)
     print("\n".join(result.lines()), flush=True)
     return result
@@ -374,13 +377,8 @@ async def measure_many(
     title: str, variants: list[tuple[str, Callable[[], Awaitable[float]]]], *, rounds: int
 ) -> dict[str, float]:
     """Rotate through several variants for `rounds` rounds; print each median and its ratio to the first."""
-    for _, measure in variants:
-        await measure()
-    values: dict[str, list[float]] = {label: [] for label, _ in variants}
-    for index in range(rounds):
-        shift = index % len(variants)
-        for label, measure in variants[shift:] + variants[:shift]:
-            values[label].append(await measure())
+    measured = await rotating_rounds([measure for _, measure in variants], rounds)
+    values = {label: v for (label, _), v in zip(variants, measured, strict=True)}
     medians = {label: statistics.median(v) for label, v in values.items()}
     cpus = {label: statistics.median(getattr(x, "cpu", float("nan")) for x in v) for label, v in values.items()}
     base_label = variants[0][0]
