@@ -126,29 +126,27 @@ async def _setup(cluster: PostgresCluster) -> str:
         await connection.close()
 
 
+def _asyncpg_args(url: URL) -> dict[str, Any]:
+    """asyncpg's connection arguments for `url`, without an SSL attempt."""
+    return {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "ssl": False,
+    }
+
+
 async def raw_connect(url: URL, **kwargs: Any) -> asyncpg.Connection:
     """asyncpg with the best settings for a pooler: no SSL attempt, unnamed statements."""
-    return await asyncpg.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-        ssl=False,
-        statement_cache_size=0,
-        **kwargs,
-    )
+    return await asyncpg.connect(**_asyncpg_args(url), statement_cache_size=0, **kwargs)
 
 
 async def raw_pool(url: URL, *, via_bouncer: bool) -> "asyncpg.Pool[Any]":
     """asyncpg's own pool of POOL_SIZE connections at `url` (no SSL attempt)."""
     return await asyncpg.create_pool(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-        ssl=False,
+        **_asyncpg_args(url),
         # Direct: asyncpg's default named-statement cache; via PgBouncer it must be off.
         statement_cache_size=0 if via_bouncer else 100,
         min_size=POOL_SIZE,
