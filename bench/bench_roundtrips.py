@@ -190,6 +190,12 @@ def http_request(app: Any, path: str, *, post: bool) -> Request:
     return request
 
 
+async def report_http(app: Any, proxy: CountingProxy, n: int, render_label: str, action_label: str) -> None:
+    """Report bench_app's page render (GET /), then its @passthrough action (POST, commits)."""
+    await report(render_label, proxy, http_request(app, "/", post=False), n)
+    await report(action_label, proxy, http_request(app, "/internal/api/bench_controller/ping", post=True), n)
+
+
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     n = args.requests
     async with (
@@ -225,17 +231,12 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         os.environ["SQLALCHEMY_DATABASE_URI"] = bouncer_url.render_as_string(hide_password=False)
         unregister_config()
         app = bench_app._build_ours()
-        await report(
+        await report_http(
+            app,
+            via_bouncer,
+            n,
             "[5h] HTTP: Mountaineer render (GET /, reads, no commit), default config via PgBouncer",
-            via_bouncer,
-            http_request(app, "/", post=False),
-            n,
-        )
-        await report(
             "[5i] HTTP: Mountaineer @passthrough action (reads, commits), default config via PgBouncer",
-            via_bouncer,
-            http_request(app, "/internal/api/bench_controller/ping", post=True),
-            n,
         )
         await dispose_engines()
         unregister_config()
@@ -254,17 +255,12 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
 
             engine = engine_for(registered_config())
             event.listen(engine.sync_engine.pool, "checkin", lambda *_: CHECKINS.append(now()))
-            await report(
+            await report_http(
+                app,
+                direct,
+                n,
                 "[5j] HTTP: Mountaineer render (reads, no commit), FIXED_PROCESS direct",
-                direct,
-                http_request(app, "/", post=False),
-                n,
-            )
-            await report(
                 "[5k] HTTP: Mountaineer @passthrough action (reads, commits), FIXED_PROCESS direct",
-                direct,
-                http_request(app, "/internal/api/bench_controller/ping", post=True),
-                n,
             )
         finally:
             for name in fixed_env:
