@@ -30,7 +30,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 from sqlalchemy.util import await_
 
 from mountaineer_db.config import DatabaseConfig, PoolType, SSLMode
-from mountaineer_db.exceptions import DatabaseUnavailableError
+from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
 
 __all__ = ["Connector", "describe_target", "dispose_engines", "engine_for"]
 
@@ -38,12 +38,6 @@ logger = logging.getLogger("mountaineer_db")
 
 # Errors that mean "the server is there but not ready yet": retried within the connect timeout.
 _TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.CannotConnectNowError,)
-
-
-def describe_target(url: URL) -> str:
-    """`database "app" on db.internal:5432 as user "app"`: for messages, never with a password."""
-    who = f' as user "{url.username}"' if url.username else ""
-    return f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}{who}'
 
 
 def _interval(seconds: float) -> str:
@@ -218,12 +212,7 @@ class Connector:
                 continue
             # Raised outside the except block: the asyncpg error, whose frames hold the
             # password in their locals, is neither chained nor kept as context.
-            raise DatabaseUnavailableError(
-                f"Could not connect to {self.target}: {reason}",
-                host=self.url.host,
-                port=self.url.port or 5432,
-                database=self.url.database,
-            )
+            raise DatabaseUnavailableError(f"Could not connect to {self.target}: {reason}", url=self.url)
 
 
 def _reason(error: BaseException) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "MountaineerDBError",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
+    "describe_target",
     "unavailable_error_for",
 ]
 
@@ -41,6 +42,12 @@ class DatabaseConfigError(ValidationError, ConfigurationError):
     """
 
 
+def describe_target(url: URL, *, user: bool = True) -> str:
+    """`database "app" on db.internal:5432 as user "app"`: for messages, never with a password."""
+    who = f' as user "{url.username}"' if user and url.username else ""
+    return f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}{who}'
+
+
 class DatabaseUnavailableError(MountaineerDBError, HTTPException):
     """The database could not be reached, refused us, or went away mid-request.
 
@@ -52,6 +59,7 @@ class DatabaseUnavailableError(MountaineerDBError, HTTPException):
         self,
         message: str,
         *,
+        url: URL | None = None,
         host: str | None = None,
         port: int | None = None,
         database: str | None = None,
@@ -63,6 +71,8 @@ class DatabaseUnavailableError(MountaineerDBError, HTTPException):
             detail="The database is unavailable. Try again shortly.",
             headers={"Retry-After": str(retry_after)},
         )
+        if url is not None:  # the target's parts, never its password
+            host, port, database = url.host, url.port or 5432, url.database
         self.message = message
         self.host = host
         self.port = port
@@ -108,30 +118,26 @@ def unavailable_error_for(error: BaseException, *, url: URL) -> "DatabaseUnavail
     server's reason. Anything else (constraint violations, statement timeouts, bugs) is None
     and propagates unchanged. `url` names the target; its password is never used.
     """
-    where = f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}'
+    where = describe_target(url, user=False)
     if isinstance(error, sa_exc.TimeoutError):  # the client pool had no free connection in time
         reason = (
             f"{error.args[0] if error.args else error} All connections of the pool were busy for "
             "DATABASE_POOL_TIMEOUT; raise DATABASE_POOL_SIZE/DATABASE_MAX_OVERFLOW or lower the load."
         )
-        return DatabaseUnavailableError(f"No connection to {where} available: {reason}", **_parts(url))
+        return DatabaseUnavailableError(f"No connection to {where} available: {reason}", url=url)
     if isinstance(error, sa_exc.DBAPIError):
         cause = error.orig.__cause__ if error.orig is not None and error.orig.__cause__ else error.orig
         if error.connection_invalidated or isinstance(cause, _CONNECTION_LOST):
             detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
-            return DatabaseUnavailableError(f"Lost the connection to {where} mid-request: {detail}", **_parts(url))
+            return DatabaseUnavailableError(f"Lost the connection to {where} mid-request: {detail}", url=url)
         return None
     if isinstance(error, TimeoutError):  # asyncpg's command_timeout (DATABASE_COMMAND_TIMEOUT)
         return DatabaseUnavailableError(
             f"No answer from {where} within DATABASE_COMMAND_TIMEOUT; the connection was discarded. "
             "Check the network path to the server and the server's load.",
-            **_parts(url),
+            url=url,
         )
     return None
-
-
-def _parts(url: URL) -> dict[str, Any]:
-    return {"host": url.host, "port": url.port or 5432, "database": url.database}
 
 
 class ClientDisconnectedError(MountaineerDBError, HTTPException):
