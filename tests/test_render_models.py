@@ -146,7 +146,8 @@ async def test_the_rerender_after_an_action_serializes_every_loaded_field(client
         response = await client.post(f"{ACTION}/add_hero", json={"name": name, "team": team})
         assert response.status_code == 200, response.text
     rendered = response.json()["sideeffect"]
-    assert [(h["id"], h["name"], h["power"]) for h in rendered["heroes"]] == [(1, "Ada", 3), (2, "Brian", 5), (3, "Cleo", 4)]
+    heroes = [(h["id"], h["name"], h["power"]) for h in rendered["heroes"]]
+    assert heroes == [(1, "Ada", 3), (2, "Brian", 5), (3, "Cleo", 4)]
     assert rendered["heroes"][0]["team_id"] == 1, "foreign keys are fields too"
     assert rendered["newest"] == {"id": 3, "name": "Cleo", "power": 4, "team_id": 1}
     assert rendered["teams"] == [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
