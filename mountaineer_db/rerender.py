@@ -181,7 +181,8 @@ async def borrowed(state: SharedSession, *, keep: Sequence[Any] = ()) -> AsyncIt
             state.label,
         )
     await run_shielded(end_transaction(session, keep=keep))
-    await session.begin()  # no I/O: the first statement continues on the kept connection
+    if not session.in_transaction():  # attaching `keep` again may have begun one already
+        await session.begin()  # no I/O: the first statement continues on the kept connection
     try:
         yield session
     except Exception:

@@ -129,8 +129,33 @@ class ThrowawayDatabase:
         `.env` holds (a developer's POSTGRES_HOST, DATABASE_URL, MIGRATIONS_DATABASE_URI or
         DATABASE_EMBEDDED never send a test elsewhere); the app's other settings (pool
         type, timeouts, ...) are read as usual. `overrides` set further fields.
+
+        A class that registers itself (Mountaineer's `ConfigBase`) takes the place of any
+        config registered before, such as the one the app module made when tests imported
+        it: code that uses the registered config (`database_session()`) then reaches this
+        database too.
         """
-        return config_class(**{**kit_connection_settings(self.url), **overrides})
+        values = {**kit_connection_settings(self.url), **overrides}
+        with registration_replaced():
+            return config_class(**values)
+
+
+@contextlib.contextmanager
+def registration_replaced() -> Iterator[None]:
+    """Let a new Mountaineer config register in place of the current one (kept if that fails)."""
+    from mountaineer import config as mountaineer_config
+
+    previous = mountaineer_config.APP_CONFIG
+    mountaineer_config.unregister_config()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    except BaseException:
+        mountaineer_config.unregister_config()  # type: ignore[no-untyped-call]
+        if previous is not None:
+            mountaineer_config.register_config(previous)
+        raise
+    if mountaineer_config.APP_CONFIG is None and previous is not None:  # the new class does not register
+        mountaineer_config.register_config(previous)
 
 
 def kit_connection_settings(url: URL) -> dict[str, Any]:

@@ -8,7 +8,7 @@ installed. Nothing starts unless a test asks for one of these fixtures:
 | `mdb_server` | session | `$MOUNTAINEER_DB_TEST_URL`'s server, else a throwaway PostgreSQL |
 | `mdb_schema` | session | override it: a `MetaData` (default `SQLModel.metadata`) or a migrations hook |
 | `mdb_database` | session | a fresh database with the tables of `mdb_schema`, dropped at the end |
-| `mdb_config` | session | a `DatabaseConfig` for `mdb_database` |
+| `mdb_config` | session | a config for `mdb_database` (the app's config class, registered, when the app is imported) |
 | `mdb_session` | test | a session whose changes are rolled back after the test, commits included |
 | `mdb_app` | test | override it: your `AppController` |
 | `mdb_app_session` | test | `mdb_session`, handed to `mdb_app` for the test |
@@ -74,7 +74,19 @@ def mdb_database(mdb_server: "Server", mdb_schema: "Schema") -> "Iterator[Throwa
 
 @pytest.fixture(scope="session")
 def mdb_config(mdb_database: "ThrowawayDatabase") -> "DatabaseConfig":
-    """A plain `DatabaseConfig` pointing at `mdb_database`."""
+    """A config for `mdb_database`: of the app's config class when one is registered.
+
+    When the tests imported the app (whose config registered itself), the kit builds that
+    class for `mdb_database` and registers it in its place, so `database_session()` and
+    other users of the registered config reach the test database. Else a `DatabaseConfig`.
+    """
+    from mountaineer import config as mountaineer_config
+
+    from mountaineer_db.config import DatabaseConfig
+
+    registered = mountaineer_config.APP_CONFIG
+    if isinstance(registered, DatabaseConfig):
+        return mdb_database.config(type(registered))
     return mdb_database.config()
 
 
