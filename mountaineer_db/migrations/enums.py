@@ -17,6 +17,7 @@ PostgreSQL stores enum values by identity, and defaults follow), with any other 
 to the same enum after it, and the reverse in `downgrade()`.
 """
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,6 +42,8 @@ def _literal(value: str) -> str:
 
 
 def _identifier(value: str) -> str:
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", value):
+        return value  # reads as written; quoting only where PostgreSQL needs it
     return '"' + value.replace('"', '""') + '"'
 
 
@@ -70,7 +73,8 @@ class RenameEnumValueOp(MigrateOperation):
 @renderers.dispatch_for(RenameEnumValueOp)
 def _render_rename(autogen_context: AutogenContext, op: RenameEnumValueOp) -> str:
     prefix = autogen_context.opts.get("alembic_module_prefix", "op.")
-    return f"{prefix}execute({op.sql!r})"
+    text = f'"{op.sql}"' if '"' not in op.sql and "\\" not in op.sql else repr(op.sql)
+    return f"{prefix}execute({text})"
 
 
 def parse_enum_renames(specs: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -152,16 +152,24 @@ def alembic_errors() -> Iterator[None]:
     except DBAPIError as error:
         if sqlstate(error) == LOCK_NOT_AVAILABLE:
             raise  # the command reports it with the revision and the setting (see `lock_timeout_message`)
-        raise MigrationError(f"A migration failed and was rolled back: {_first_line(error)}") from error
+        raise MigrationError(_failed(error)) from error
     except ValueError as error:
-        # alembic-postgresql-enum's sync_enum_values: rows still hold a value being removed.
+        # alembic-postgresql-enum wraps some database errors of sync_enum_values in a ValueError.
         if not isinstance(error.__cause__, DBAPIError):
             raise
-        raise MigrationError(
-            f"A migration failed and was rolled back: {_first_line(error.__cause__)}. Rows still hold an enum "
-            "value this migration removes: update them first, or for a rename generate the migration with "
-            "--rename-enum-value ENUM:OLD:NEW."
-        ) from error
+        raise MigrationError(_failed(error.__cause__)) from error
+
+
+_ENUM_VALUE_IN_USE: Final = (
+    ". Rows still hold an enum value this migration removes: update them first, or for a rename generate the "
+    "migration with --rename-enum-value ENUM:OLD:NEW."
+)
+
+
+def _failed(error: DBAPIError) -> str:
+    detail = _first_line(error)
+    hint = _ENUM_VALUE_IN_USE if detail.startswith("invalid input value for enum") else ""
+    return f"A migration failed and was rolled back: {detail}{hint}"
 
 
 def _first_line(error: DBAPIError) -> str:
