@@ -82,7 +82,7 @@ def describe_difference(diff: Any) -> str:
         )
     if kind in ("add_enum_value", "change_enum_variants"):  # alembic-postgresql-enum: old, new, columns
         old, new, columns = diff[1], diff[2], diff[3]
-        used_by = ", ".join(f"{_qualified(None, c.table_name)}.{c.column_name}" for c in columns) or "no column"
+        used_by = ", ".join(f"{c.table_name}.{c.column_name}" for c in columns) or "no column"
         return f"change values of the enum used by {used_by}: {', '.join(old)} -> {', '.join(new)}"
     if kind in ("create_enum", "drop_enum"):  # alembic-postgresql-enum: name, schema, values
         return f"{'add' if kind == 'create_enum' else 'remove'} enum {diff[1]} ({', '.join(diff[3])})"
