@@ -4,7 +4,7 @@
 from mountaineer_db import admin
 
 await admin.wait_for_database(config, timeout=30)   # e.g. in a container entrypoint
-await admin.createdb(config, create_tables=True)    # quick development without migrations
+await admin.createdb(config, create_tables=True)    # tables from the models; head stamped if migrations exist
 await admin.dropdb(config)
 ```
 
@@ -32,10 +32,19 @@ from mountaineer_db.exceptions import (
     ResourceNotFoundError,
     describe_target,
 )
+from mountaineer_db.migrations.commands import stamp_new_database
 from mountaineer_db.migrations.environment import migration_engine, migration_settings
 from mountaineer_db.migrations.project import load_config, load_metadata
 
-__all__ = ["DatabaseAdminError", "createdb", "database_exists", "dropdb", "quote_identifier", "wait_for_database"]
+__all__ = [
+    "DatabaseAdminError",
+    "create_model_tables",
+    "createdb",
+    "database_exists",
+    "dropdb",
+    "quote_identifier",
+    "wait_for_database",
+]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -124,9 +133,7 @@ async def database_exists(config: DatabaseConfig | None = None) -> bool:
 async def createdb(config: DatabaseConfig | None = None, *, create_tables: bool = False) -> bool:
     """Create the configured database unless it exists; True when it was created.
 
-    With `create_tables=True`, also run `metadata.create_all()` for the app's models (quick
-    development without migrations: no revision is recorded, so do not mix the two on one
-    database).
+    With `create_tables=True`, also create the models' tables (see `create_model_tables`).
     """
     config = config if config is not None else load_config()
     url = config.migrations_url
@@ -150,8 +157,30 @@ async def createdb(config: DatabaseConfig | None = None, *, create_tables: bool 
         await connection.close()
     logger.info("%s database %s", "Created" if created else "Found", describe_target(url))
     if create_tables:
-        await create_all_tables(migration_engine(config), load_metadata(config))
+        await create_model_tables(config)
     return created
+
+
+async def create_model_tables(config: DatabaseConfig | None = None) -> list[str]:
+    """Create the models' tables (`metadata.create_all`) and stamp the migrations' head.
+
+    One transaction. When the app has migrations with revisions and the database records
+    none yet, the head revision(s) are stamped, so `migrate apply` later runs only newer
+    revisions (the tables must then match the head: keep models and revisions in step,
+    `migrate check` tells). Returns the stamped revision ids ([] when nothing was stamped).
+    """
+    config = config if config is not None else load_config()
+    metadata = load_metadata(config)
+    engine = migration_engine(config)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+            stamped: list[str] = await connection.run_sync(stamp_new_database, config)
+    finally:
+        await engine.dispose()
+    if stamped:
+        logger.info("Stamped %s at %s", describe_target(config.migrations_url), ", ".join(stamped))
+    return stamped
 
 
 async def create_all_tables(engine: AsyncEngine, metadata: MetaData) -> None:

@@ -2,7 +2,7 @@
 
 ```
 mountaineer-db [--config module:ClassName] [--debug] migrate init|generate -m MSG|apply [REV]
-               |rollback [REV | -n N]|current|history|check
+               |rollback [REV | -n N]|current|history|check|stamp REV|sql [REV]|lint [REV]
 mountaineer-db createdb [--create-tables] [--wait SECONDS]
 mountaineer-db dropdb [--yes] [--force]
 ```
@@ -123,9 +123,21 @@ def migrate_init() -> None:
 @migrate.command("generate")
 @click.option("-m", "--message", required=True, help="What the migration does, e.g. 'add todo priority'.")
 @click.option("--empty", is_flag=True, help="Write an empty revision for a hand-written migration.")
-def migrate_generate(message: str, empty: bool) -> None:
+@click.option(
+    "--rename-enum-value",
+    "renames",
+    multiple=True,
+    metavar="ENUM:OLD:NEW",
+    help="A renamed enum value (repeatable), written as ALTER TYPE ... RENAME VALUE; ENUM is the type name.",
+)
+def migrate_generate(message: str, empty: bool, renames: tuple[str, ...]) -> None:
     """Autogenerate a revision from the differences between the models and the database."""
-    revision = _run(lambda config: migrations.generate(message, config=config, empty=empty))
+
+    async def operation(config: DatabaseConfig) -> migrations.Revision | None:
+        enum_renames = migrations.parse_enum_renames(renames)
+        return await migrations.generate(message, config=config, empty=empty, enum_renames=enum_renames)
+
+    revision = _run(operation)
     if revision is None:
         click.echo("No changes between the models and the database; no revision written.")
     else:
@@ -181,23 +193,76 @@ def migrate_check() -> None:
     click.echo("The database is at the latest revision and matches the models.")
 
 
+@migrate.command("stamp")
+@click.argument("revision")
+def migrate_stamp(revision: str) -> None:
+    """Record REVISION as applied without running migrations (adopt an existing database)."""
+    stamped = _run(lambda config: migrations.stamp(revision, config=config))
+    for item in stamped:
+        click.echo(f"Stamped {item}")
+    if not stamped:
+        click.echo("Stamped base: no revision recorded.")
+
+
+@migrate.command("sql")
+@click.argument("revision", default="head")
+def migrate_sql(revision: str) -> None:
+    """Print the SQL that apply would run to reach REVISION (default: head).
+
+    From the database's current revision, or give a range FROM:TO (e.g. base:head) to
+    render it without a database.
+    """
+    text = _run(lambda config: migrations.sql(revision, config=config))
+    click.echo(text.rstrip("\n") if text else "-- Nothing to apply; the database is up to date.")
+
+
+@migrate.command("lint")
+@click.argument("revision", default="head")
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="RULE",
+    help="Also check this squawk rule (repeatable), e.g. one of those left out by default.",
+)
+def migrate_lint(revision: str, include: tuple[str, ...]) -> None:
+    """Check the SQL of `migrate sql [REVISION]` with squawk; exit 1 on unsafe operations."""
+    findings = _run(lambda config: migrations.lint(revision, config=config, include=include))
+    for finding in findings:
+        click.echo(str(finding))
+    if findings:
+        click.echo(
+            f"Error: squawk found {len(findings)} unsafe operation(s); see `mountaineer-db migrate sql` for the "
+            "lines, and https://squawkhq.com/docs/rules for safer ways.",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo("squawk found no unsafe operation.")
+
+
 @cli.command("createdb")
-@click.option("--create-tables", is_flag=True, help="Also create the models' tables (development, no migrations).")
+@click.option(
+    "--create-tables",
+    is_flag=True,
+    help="Also create the models' tables, and stamp the migrations' head when the app has migrations.",
+)
 @click.option("--wait", "wait_seconds", type=float, default=0.0, help="Wait up to this long for the server first.")
 def createdb(create_tables: bool, wait_seconds: float) -> None:
     """Create the configured database if it does not exist."""
 
-    async def operation(config: DatabaseConfig) -> bool:
+    async def operation(config: DatabaseConfig) -> tuple[bool, list[str]]:
         if wait_seconds > 0:
             await admin.wait_for_database(config, timeout=wait_seconds, database=admin.MAINTENANCE_DATABASE)
-        return await admin.createdb(config, create_tables=create_tables)
+        created = await admin.createdb(config)
+        return created, (await admin.create_model_tables(config) if create_tables else [])
 
     config = _load_config()
-    created = _run(operation, config)
+    created, stamped = _run(operation, config)
     target = describe_target(config.migrations_url)
     click.echo(f"{'Created' if created else 'Already exists:'} {target}")
     if create_tables:
         click.echo("Created the tables of the models.")
+    if stamped:
+        click.echo(f"Stamped revision {', '.join(stamped)} (head): `migrate apply` runs only newer revisions.")
 
 
 @cli.command("dropdb")

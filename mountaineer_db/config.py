@@ -160,6 +160,8 @@ class DatabaseConfig(BaseSettings):
     """Direct URL for migrations and admin commands when the app talks to PgBouncer (default: the app URL)."""
     MIGRATIONS_METADATA: str | None = None
     """`module:attribute` of the MetaData to migrate (default: SQLModel.metadata after importing PACKAGE.models)."""
+    MIGRATIONS_LOCK_TIMEOUT: float = 5.0
+    """Seconds a migration's DDL may wait for a table lock before it fails and is rolled back (default 5)."""
     DATABASE_EMBEDDED: bool = False
     """Development only: start or reuse a local PostgreSQL under the project folder."""
 
@@ -313,6 +315,11 @@ class DatabaseConfig(BaseSettings):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
+        if not self.MIGRATIONS_LOCK_TIMEOUT > 0:
+            problems.append(
+                f"MIGRATIONS_LOCK_TIMEOUT is {self.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
+                "(default 5)."
+            )
         if self.DATABASE_STATEMENT_CACHE_SIZE is not None and self.DATABASE_STATEMENT_CACHE_SIZE < 0:
             problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
         return problems

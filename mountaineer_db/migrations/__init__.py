@@ -7,6 +7,9 @@ await migrations.init()                          # <PACKAGE>/migrations/ with an
 await migrations.generate("add todo priority")   # autogenerate from the models
 await migrations.apply()                         # upgrade to head, safe with N processes at once
 await migrations.check()                         # MigrationCheckError when models and database differ
+print(await migrations.sql())                    # the SQL a deploy would run, to review
+await migrations.lint()                          # squawk's findings on that SQL
+await migrations.stamp("head")                   # adopt a database whose tables already exist
 ```
 
 The `mountaineer-db migrate ...` commands are a thin shell over these; an app's own click
@@ -15,9 +18,6 @@ metadata (unless it has its own) so later migrations can drop constraints by nam
 """
 
 from mountaineer_db.migrations.commands import (
-    MigrationCheckError,
-    MigrationError,
-    Revision,
     apply,
     check,
     current,
@@ -25,14 +25,22 @@ from mountaineer_db.migrations.commands import (
     history,
     init,
     rollback,
+    stamp,
 )
 from mountaineer_db.migrations.differences import describe_difference
+from mountaineer_db.migrations.enums import parse_enum_renames
 from mountaineer_db.migrations.environment import (
     MIGRATION_LOCK_KEY,
     migration_engine,
     migration_lock,
     migration_settings,
     render_item,
+)
+from mountaineer_db.migrations.plumbing import (
+    MigrationCheckError,
+    MigrationError,
+    MigrationLockTimeoutError,
+    Revision,
 )
 from mountaineer_db.migrations.project import (
     CONFIG_ENV_VAR,
@@ -42,12 +50,16 @@ from mountaineer_db.migrations.project import (
     migrations_directory,
     naming_convention,
 )
+from mountaineer_db.migrations.review import LINT_EXCLUDED_RULES, LintFinding, lint, sql
 
 __all__ = [
     "CONFIG_ENV_VAR",
+    "LINT_EXCLUDED_RULES",
     "MIGRATION_LOCK_KEY",
+    "LintFinding",
     "MigrationCheckError",
     "MigrationError",
+    "MigrationLockTimeoutError",
     "Revision",
     "apply",
     "apply_naming_convention",
@@ -57,6 +69,7 @@ __all__ = [
     "generate",
     "history",
     "init",
+    "lint",
     "load_config",
     "load_metadata",
     "migration_engine",
@@ -64,6 +77,9 @@ __all__ = [
     "migration_settings",
     "migrations_directory",
     "naming_convention",
+    "parse_enum_renames",
     "render_item",
     "rollback",
+    "sql",
+    "stamp",
 ]

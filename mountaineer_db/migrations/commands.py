@@ -6,31 +6,30 @@ from mountaineer_db import migrations
 await migrations.apply()                      # upgrade to head
 await migrations.generate("add todo priority")
 await migrations.check()                      # raises MigrationCheckError on drift
+await migrations.stamp("head")                # adopt a database whose tables already exist
 ```
 
 Every function takes `config=` (default: see `load_config`). Alembic gets no ini file: the
 app's `DatabaseConfig`, the target metadata and an open connection on the migrations URL
 reach `env.py` through `Config.attributes`, so a password with `%` or `@` is never parsed
-as ini text. `apply` and `rollback` hold a PostgreSQL advisory lock for the whole run, so
-N deploy processes running `apply` at once apply each revision exactly once.
+as ini text. `apply`, `rollback` and `stamp` hold a PostgreSQL advisory lock for the whole
+run, so N deploy processes running `apply` at once apply each revision exactly once.
+Each transaction they run has `lock_timeout` = MIGRATIONS_LOCK_TIMEOUT (see
+`migration_settings`), so DDL stuck behind a long transaction fails fast instead of
+queueing every request behind its lock request.
 """
 
 import logging
 import shutil
-from argparse import Namespace
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config as AlembicConfig
 from alembic.operations.ops import MigrationScript
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
-from alembic.script import Script, ScriptDirectory
+from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
@@ -38,14 +37,32 @@ from sqlalchemy.exc import DBAPIError
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import describe_target
-from mountaineer_db.exceptions import MountaineerDBError, ResourceAlreadyExistsError, ResourceNotFoundError
+from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
 from mountaineer_db.migrations.differences import describe_difference
-from mountaineer_db.migrations.environment import migration_engine, migration_lock
+from mountaineer_db.migrations.enums import EnumRenames, rename_enum_values
+from mountaineer_db.migrations.plumbing import (
+    LOCK_NOT_AVAILABLE,
+    MigrationCheckError,
+    MigrationError,
+    MigrationLockTimeoutError,
+    Revision,
+    alembic_errors,
+    applied,
+    as_tuple,
+    current_heads,
+    lineage,
+    lock_timeout_message,
+    on_connection,
+    ordered,
+    setup,
+    sqlstate,
+)
 from mountaineer_db.migrations.project import load_config, load_metadata, migrations_directory
 
 __all__ = [
     "MigrationCheckError",
     "MigrationError",
+    "MigrationLockTimeoutError",
     "Revision",
     "apply",
     "check",
@@ -54,140 +71,13 @@ __all__ = [
     "history",
     "init",
     "rollback",
+    "stamp",
+    "stamp_new_database",
 ]
 
 logger = logging.getLogger("mountaineer_db")
 
-T = TypeVar("T")
-
 TEMPLATES: Final = Path(__file__).parent / "templates"
-FILE_TEMPLATE: Final = "%%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d_%%(rev)s_%%(slug)s"
-
-
-class MigrationError(MountaineerDBError):
-    """A migration command could not do what was asked (the message says why and what to do)."""
-
-
-class MigrationCheckError(MigrationError):
-    """The database does not match the models: unapplied revisions or schema differences."""
-
-    def __init__(self, message: str, *, pending: list["Revision"], differences: list[str]) -> None:
-        super().__init__(message)
-        self.pending = pending
-        self.differences = differences
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One migration script."""
-
-    id: str
-    message: str
-    down_revisions: tuple[str, ...]
-    is_head: bool
-    path: Path
-
-    @classmethod
-    def from_script(cls, script: Script) -> "Revision":
-        return cls(
-            id=script.revision,
-            message=script.doc or "",
-            down_revisions=_as_tuple(script.down_revision),
-            is_head=script.is_head,
-            path=Path(script.path),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.id}{' (head)' if self.is_head else ''}  {self.message}".rstrip()
-
-
-def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-# -- plumbing -------------------------------------------------------------------------------
-
-
-def _alembic_config(config: DatabaseConfig, directory: Path, **attributes: Any) -> AlembicConfig:
-    # No ini file (nothing read from disk, logging untouched) and quiet: a library does not print.
-    alembic_config = AlembicConfig(cmd_opts=Namespace(quiet=True))
-    alembic_config.set_main_option("script_location", str(directory).replace("%", "%%"))
-    alembic_config.set_main_option("path_separator", "os")
-    alembic_config.set_main_option("file_template", FILE_TEMPLATE)
-    alembic_config.attributes["mountaineer_db_config"] = config
-    alembic_config.attributes.update(attributes)
-    return alembic_config
-
-
-def _setup(config: DatabaseConfig | None, **attributes: Any) -> tuple[DatabaseConfig, AlembicConfig, ScriptDirectory]:
-    config = config if config is not None else load_config()
-    directory = migrations_directory(config)
-    if not (directory / "env.py").is_file():
-        raise ResourceNotFoundError(
-            f"No migrations folder at {directory}; create it with `mountaineer-db migrate init`."
-        )
-    alembic_config = _alembic_config(config, directory, **attributes)
-    return config, alembic_config, ScriptDirectory.from_config(alembic_config)
-
-
-@contextmanager
-def _alembic_errors() -> Iterator[None]:
-    """Alembic's and the database's errors as ours, each with a message that says what to do."""
-    try:
-        yield
-    except CommandError as error:
-        message = str(error)
-        if isinstance(error.__cause__, ResolutionError) or message.startswith("Can't locate revision"):
-            raise ResourceNotFoundError(
-                f"{message}. Run `mountaineer-db migrate history` to list the revisions."
-            ) from error
-        if message == "Target database is not up to date.":
-            raise MigrationError(
-                "The database is not at the latest revision; run `mountaineer-db migrate apply` first, then generate."
-            ) from error
-        raise MigrationError(message) from error
-    except DBAPIError as error:
-        detail = str(error.orig or error).strip().splitlines()[0]
-        raise MigrationError(f"A migration failed and was rolled back: {detail}") from error
-
-
-async def _on_connection(config: DatabaseConfig, work: Callable[[Connection], T], *, lock: bool) -> T:
-    """Run `work` on a sync connection to the migrations URL (optionally under the lock)."""
-    engine = migration_engine(config)
-    try:
-        async with engine.connect() as connection:
-            if not lock:
-                return await connection.run_sync(work)
-            async with migration_lock(connection):
-                return await connection.run_sync(work)
-    finally:
-        await engine.dispose()
-
-
-def _applied(connection: Connection, script: ScriptDirectory) -> set[str]:
-    """Ids of every revision applied to the database (the current heads and their ancestors)."""
-    heads = MigrationContext.configure(connection).get_current_heads()
-    connection.commit()
-    return _lineage(script, heads)
-
-
-def _lineage(script: ScriptDirectory, heads: Iterable[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(heads)
-    while stack:
-        revision_id = stack.pop()
-        if revision_id in seen:
-            continue
-        seen.add(revision_id)
-        stack.extend(_as_tuple(script.get_revision(revision_id).down_revision))
-    return seen
-
-
-def _ordered(script: ScriptDirectory, ids: set[str], *, newest_first: bool) -> list[Revision]:
-    revisions = [Revision.from_script(item) for item in script.walk_revisions() if item.revision in ids]
-    return revisions if newest_first else revisions[::-1]
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -215,29 +105,44 @@ def _skip_empty(context: MigrationContext, revision: Any, directives: list[Migra
         directives[:] = []
 
 
-async def generate(message: str, *, config: DatabaseConfig | None = None, empty: bool = False) -> Revision | None:
+async def generate(
+    message: str,
+    *,
+    config: DatabaseConfig | None = None,
+    empty: bool = False,
+    enum_renames: EnumRenames | None = None,
+) -> Revision | None:
     """Write a new revision autogenerated from the models; None when nothing changed.
 
     With `empty=True` the revision is written without looking at the database, for a
     hand-written (data) migration. Autogenerate needs the database at the latest revision.
+    `enum_renames` ({"status": {"old": "new"}}) declares renamed enum values, written as
+    `ALTER TYPE ... RENAME VALUE` (see `mountaineer_db.migrations.enums`).
     """
     if not message.strip():
         raise MigrationError("A revision needs a message: mountaineer-db migrate generate -m 'add todo priority'.")
-    config, alembic_config, _script = _setup(config)
+    if empty and enum_renames:
+        raise MigrationError("An empty revision has nothing to rename; drop --empty or --rename-enum-value.")
+    config, alembic_config, _script = setup(config)
     if empty:
-        with _alembic_errors():
+        with alembic_errors():
             created: Any = command.revision(alembic_config, message=message)
     else:
         alembic_config.attributes["target_metadata"] = load_metadata(config)
+        rename = rename_enum_values(enum_renames or {})
+
+        def directives(context: MigrationContext, revision: Any, scripts: list[MigrationScript]) -> None:
+            rename(context, revision, scripts)
+            _skip_empty(context, revision, scripts)
 
         def work(connection: Connection) -> Any:
             alembic_config.attributes["connection"] = connection
-            with _alembic_errors():
+            with alembic_errors():
                 return command.revision(
-                    alembic_config, message=message, autogenerate=True, process_revision_directives=_skip_empty
+                    alembic_config, message=message, autogenerate=True, process_revision_directives=directives
                 )
 
-        created = await _on_connection(config, work, lock=False)
+        created = await on_connection(config, work, lock=False)
     scripts = [item for item in (created if isinstance(created, list) else [created]) if item is not None]
     if not scripts:
         return None
@@ -246,24 +151,48 @@ async def generate(message: str, *, config: DatabaseConfig | None = None, empty:
     return revision
 
 
+def _lock_timeout(
+    config: DatabaseConfig, connection: Connection, script: ScriptDirectory, *, upgrading_to: str | None
+) -> MigrationLockTimeoutError:
+    """The error for a lock timeout, naming the revision that waited and where the database stays."""
+    connection.rollback()
+    heads = current_heads(connection)
+    failing: Revision | None = None
+    try:
+        if upgrading_to is not None:
+            wanted = lineage(script, [item.revision for item in script.get_revisions(upgrading_to) if item])
+            pending = ordered(script, wanted - lineage(script, heads), newest_first=False)
+            failing = pending[0] if pending else None
+        elif len(heads) == 1:
+            failing = Revision.from_script(script.get_revision(heads[0]))
+    except (CommandError, ResolutionError, ValueError):
+        failing = None  # a relative target such as +2: the message just says "A migration"
+    return MigrationLockTimeoutError(lock_timeout_message(config, failing, list(heads)))
+
+
 async def apply(revision: str = "head", *, config: DatabaseConfig | None = None) -> list[Revision]:
     """Upgrade the database to `revision` (default: head); returns what was applied, oldest first.
 
     Holds the migration lock throughout: a process that waited for it finds the work done.
     """
-    config, alembic_config, script = _setup(config, target_metadata=None)
+    config, alembic_config, script = setup(config, target_metadata=None)
 
     def work(connection: Connection) -> list[Revision]:
-        with _alembic_errors():
-            before = _applied(connection, script)
+        with alembic_errors():
+            before = applied(connection, script)
             alembic_config.attributes["connection"] = connection
-            command.upgrade(alembic_config, revision)
-            after = _applied(connection, script)
-            return _ordered(script, after - before, newest_first=False)
+            try:
+                command.upgrade(alembic_config, revision)
+            except DBAPIError as error:
+                if sqlstate(error) != LOCK_NOT_AVAILABLE:
+                    raise
+                raise _lock_timeout(config, connection, script, upgrading_to=revision) from error
+            after = applied(connection, script)
+            return ordered(script, after - before, newest_first=False)
 
-    applied = await _on_connection(config, work, lock=True)
-    logger.info("Applied %d revision(s) to %s", len(applied), describe_target(config.migrations_url))
-    return applied
+    done = await on_connection(config, work, lock=True)
+    logger.info("Applied %d revision(s) to %s", len(done), describe_target(config.migrations_url))
+    return done
 
 
 async def rollback(
@@ -280,39 +209,88 @@ async def rollback(
     if steps is not None and steps < 1:
         raise MigrationError(f"Cannot roll back {steps} steps; use -n 1 or more.")
     target = revision if revision is not None else f"-{steps}"
-    config, alembic_config, script = _setup(config, target_metadata=None)
+    config, alembic_config, script = setup(config, target_metadata=None)
 
     def work(connection: Connection) -> list[Revision]:
-        with _alembic_errors():
+        with alembic_errors():
             if revision is not None and revision != "base":
                 script.get_revisions(revision)  # an unknown revision: ResourceNotFoundError, even with none applied
-            before = _applied(connection, script)
+            before = applied(connection, script)
             if not before:
                 raise MigrationError("Nothing to roll back: no migration has been applied to this database.")
             alembic_config.attributes["connection"] = connection
-            command.downgrade(alembic_config, target)
-            after = _applied(connection, script)
-            return _ordered(script, before - after, newest_first=True)
+            try:
+                command.downgrade(alembic_config, target)
+            except DBAPIError as error:
+                if sqlstate(error) != LOCK_NOT_AVAILABLE:
+                    raise
+                raise _lock_timeout(config, connection, script, upgrading_to=None) from error
+            after = applied(connection, script)
+            return ordered(script, before - after, newest_first=True)
 
-    return await _on_connection(config, work, lock=True)
+    return await on_connection(config, work, lock=True)
 
 
 async def current(*, config: DatabaseConfig | None = None) -> list[Revision]:
     """The revisions the database is at (empty when none is applied)."""
-    config, _alembic_config, script = _setup(config)
+    config, _alembic_config, script = setup(config)
 
     def work(connection: Connection) -> list[Revision]:
-        with _alembic_errors():
+        with alembic_errors():
             heads = MigrationContext.configure(connection).get_current_heads()
             return [Revision.from_script(script.get_revision(head)) for head in heads]
 
-    return await _on_connection(config, work, lock=False)
+    return await on_connection(config, work, lock=False)
+
+
+async def stamp(revision: str, *, config: DatabaseConfig | None = None) -> list[Revision]:
+    """Record `revision` as the database's revision without running any migration.
+
+    For adopting a database whose tables already exist (made by `createdb --create-tables`
+    or by the old `mountaineer.database`): stamp the revision its schema matches, then
+    `apply` runs only what comes after. Returns the revisions the database is now at.
+    """
+    config, alembic_config, script = setup(config, target_metadata=None)
+
+    def work(connection: Connection) -> list[Revision]:
+        with alembic_errors():
+            if revision != "base":
+                script.get_revisions(revision)  # an unknown revision: ResourceNotFoundError
+            alembic_config.attributes["connection"] = connection
+            command.stamp(alembic_config, revision)
+            return [Revision.from_script(script.get_revision(head)) for head in current_heads(connection)]
+
+    stamped = await on_connection(config, work, lock=True)
+    logger.info("Stamped %s at %s", describe_target(config.migrations_url), ", ".join(r.id for r in stamped))
+    return stamped
+
+
+def stamp_new_database(connection: Connection, config: DatabaseConfig) -> list[str]:
+    """Stamp the head revision(s) on a database that has none, in `connection`'s transaction.
+
+    For `createdb --create-tables`: tables made from the models are the head's schema.
+    Returns the stamped ids; nothing is done (and [] returned) when the app has no
+    migrations or no revisions, or the database already records a revision.
+    """
+    try:
+        directory = migrations_directory(config)
+    except ConfigurationError:
+        return []  # no PACKAGE: there is no migrations folder to stamp from
+    if not (directory / "env.py").is_file():
+        return []
+    _config, _alembic_config, script = setup(config)
+    heads = script.get_heads()
+    context = MigrationContext.configure(connection)
+    if not heads or context.get_current_heads():
+        return []
+    context.stamp(script, "heads")
+    return list(heads)
 
 
 async def history(*, config: DatabaseConfig | None = None) -> list[Revision]:
     """Every revision in the migrations folder, newest first (reads no database)."""
-    _config, _alembic_config, script = _setup(config)
-    with _alembic_errors():
+    _config, _alembic_config, script = setup(config)
+    with alembic_errors():
         return [Revision.from_script(item) for item in script.walk_revisions()]
 
 
@@ -322,24 +300,24 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
     Usable in CI and at app start. The error lists the unapplied revisions, or else every
     difference autogenerate finds, one per line.
     """
-    config, alembic_config, script = _setup(config)
+    config, alembic_config, script = setup(config)
     alembic_config.attributes["target_metadata"] = load_metadata(config)
     found: dict[str, Any] = {}
 
     def compare(heads: Any, context: MigrationContext) -> list[Any]:
-        found["heads"] = _as_tuple(heads)
+        found["heads"] = as_tuple(heads)
         found["diffs"] = compare_metadata(context, context.opts["target_metadata"])
         return []
 
     def work(connection: Connection) -> None:
         alembic_config.attributes["connection"] = connection
-        with _alembic_errors(), EnvironmentContext(alembic_config, script, fn=compare, dont_mutate=True):
+        with alembic_errors(), EnvironmentContext(alembic_config, script, fn=compare, dont_mutate=True):
             script.run_env()
 
-    await _on_connection(config, work, lock=False)
-    with _alembic_errors():
-        pending_ids = _lineage(script, script.get_heads()) - _lineage(script, found["heads"])
-    pending = _ordered(script, pending_ids, newest_first=False)
+    await on_connection(config, work, lock=False)
+    with alembic_errors():
+        pending_ids = lineage(script, script.get_heads()) - lineage(script, found["heads"])
+    pending = ordered(script, pending_ids, newest_first=False)
     if pending:
         listed = ", ".join(f"{item.id} ({item.message})" for item in pending)
         raise MigrationCheckError(

@@ -80,6 +80,14 @@ def describe_difference(diff: Any) -> str:
             f"change {_MODIFY_LABELS[kind]} of column {_qualified(schema, table_name)}.{column_name}: "
             f"{_show(old)} -> {_show(new)}"
         )
+    if kind in ("add_enum_value", "change_enum_variants"):  # alembic-postgresql-enum: old, new, columns
+        old, new, columns = diff[1], diff[2], diff[3]
+        used_by = ", ".join(f"{c.table_name}.{c.column_name}" for c in columns) or "no column"
+        return f"change values of the enum used by {used_by}: {', '.join(old)} -> {', '.join(new)}"
+    if kind in ("create_enum", "drop_enum"):  # alembic-postgresql-enum: name, schema, values
+        return f"{'add' if kind == 'create_enum' else 'remove'} enum {diff[1]} ({', '.join(diff[3])})"
+    if kind == "rename_enum_value":
+        return f"rename value {diff[3]} of enum {diff[2]} to {diff[4]}"
     if kind in ("add_table_comment", "remove_table_comment"):
         return f"{verb} comment on table {_qualified(diff[1].schema, diff[1].name)}"
     return repr(diff)

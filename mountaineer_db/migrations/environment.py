@@ -27,14 +27,20 @@ def migration_settings(config: DatabaseConfig) -> DatabaseConfig:
     """`config` as migrations and admin commands use it: no client pool, no app timeouts.
 
     A migration (or a process waiting for the migration lock) may legitimately take longer
-    than any request; DATABASE_CONNECT_TIMEOUT still bounds connecting.
+    than any request; DATABASE_CONNECT_TIMEOUT still bounds connecting. Waiting for a lock
+    is different: DDL queued behind a long transaction makes every request on that table
+    queue behind it. So each transaction gets `lock_timeout` = MIGRATIONS_LOCK_TIMEOUT
+    (sent with its BEGIN). Statements in Alembic's `autocommit_block()` (CREATE INDEX
+    CONCURRENTLY) run outside any transaction and so without it: they wait for older
+    transactions by design, without blocking the app, and a timeout would leave an
+    invalid index behind.
     """
     return config.model_copy(
         update={
             "DATABASE_POOL_TYPE": PoolType.NULL,
             "DATABASE_COMMAND_TIMEOUT": None,
             "DATABASE_STATEMENT_TIMEOUT": None,
-            "DATABASE_LOCK_TIMEOUT": None,
+            "DATABASE_LOCK_TIMEOUT": config.MIGRATIONS_LOCK_TIMEOUT,
             "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": None,
         }
     )
@@ -51,8 +57,11 @@ async def migration_lock(connection: AsyncConnection) -> AsyncIterator[None]:
 
     The lock belongs to the database session, not to a transaction: the connection comes
     out of this with no transaction open, so Alembic manages its own. If releasing fails,
-    the connection is invalidated, and closing it releases the lock on the server.
+    the connection is invalidated, and closing it releases the lock on the server. Waiting
+    for it is not bounded by MIGRATIONS_LOCK_TIMEOUT: a replica waits for the whole run of
+    another one.
     """
+    await connection.execute(text("SET LOCAL lock_timeout = 0"))
     await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     await connection.commit()
     try:

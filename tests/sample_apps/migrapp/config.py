@@ -16,3 +16,10 @@ class TablesConfig(DatabaseConfig):
 
     PACKAGE: str | None = "migrapp"
     MIGRATIONS_METADATA: str | None = "migrapp.tables:metadata"
+
+
+class TicketsConfig(DatabaseConfig):
+    """Migrates the `ticket` table with an Enum column in migrapp.tickets (MIGRAPP_ENUM_VERSION)."""
+
+    PACKAGE: str | None = "migrapp"
+    MIGRATIONS_METADATA: str | None = "migrapp.tickets:metadata"

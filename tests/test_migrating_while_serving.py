@@ -1,0 +1,196 @@
+"""Migrating while serving: `apply` adds a column and builds an index concurrently while a
+Mountaineer app (uvicorn, a separate process, real HTTP) is under load, with both pool types.
+The app runs the code deployed before the migration (it knows only `id` and `title`)."""
+
+import asyncio
+import contextlib
+import subprocess
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mountaineer_db import migrations
+from mountaineer_db.cluster import free_port
+from mountaineer_db.config import DatabaseConfig
+from tests.sample_apps import PYTHON, cli_env, fresh_database, sample_app_on_path, server_fetch, write_migrations_folder
+
+ADD_PATH = "/internal/api/items_controller/add_item"
+PEEK_PATH = "/internal/api/items_controller/peek"
+
+REVISIONS = {
+    "0001_create.py": '''
+        """create serve_item"""
+        from alembic import op
+
+        revision = "dddd00000001"
+        down_revision = None
+
+
+        def upgrade():
+            op.execute("CREATE TABLE serve_item (id serial PRIMARY KEY, title varchar NOT NULL)")
+            op.execute("INSERT INTO serve_item (title) SELECT 'seed ' || g FROM generate_series(1, 2000) g")
+
+
+        def downgrade():
+            op.execute("DROP TABLE serve_item")
+    ''',
+    "0002_note.py": '''
+        """add note, index title"""
+        import sqlalchemy as sa
+        from alembic import op
+
+        revision = "dddd00000002"
+        down_revision = "dddd00000001"
+
+
+        def upgrade():
+            op.add_column("serve_item", sa.Column("note", sa.Text(), nullable=True))
+            with op.get_context().autocommit_block():
+                op.create_index("ix_serve_item_title", "serve_item", ["title"], postgresql_concurrently=True)
+
+
+        def downgrade():
+            with op.get_context().autocommit_block():
+                op.drop_index("ix_serve_item_title", table_name="serve_item", postgresql_concurrently=True)
+            op.drop_column("serve_item", "note")
+    ''',
+}
+
+
+@dataclass
+class Load:
+    """Every request's outcome: (path, status, body start); status 0 is a transport error."""
+
+    outcomes: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def failures(self) -> list[tuple[str, int, str]]:
+        return [outcome for outcome in self.outcomes if outcome[1] != 200]
+
+
+@pytest.fixture
+def database(pg_server: Any) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="mdb_serve") as name:
+        yield name
+
+
+@contextlib.contextmanager
+def uvicorn(root: Path, env: dict[str, str], port: int) -> Iterator[Path]:
+    """`migrapp.serve` under uvicorn in its own process; yields its log file."""
+    log = root / "server.log"
+    argv = [PYTHON, "-m", "uvicorn", "migrapp.serve:create_app", "--factory", "--host", "127.0.0.1"]
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [*argv, "--port", str(port), "--log-level", "warning"], cwd=root, env=env, stdout=output, stderr=output
+        )
+    try:
+        yield log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def wait_until_serving(client: httpx.AsyncClient, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if (await client.post(PEEK_PATH, json={})).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the app did not start: {log.read_text()[-2000:]}")
+
+
+@contextlib.asynccontextmanager
+async def steady_load(client: httpx.AsyncClient, load: Load, concurrency: int = 6) -> AsyncIterator[None]:
+    """Each worker alternates an ORM insert action (with its re-render) and a raw SELECT *."""
+    stop = asyncio.Event()
+
+    async def worker(number: int) -> None:
+        sent = 0
+        while not stop.is_set():
+            sent += 1
+            path, body = (ADD_PATH, {"title": f"w{number}-{sent}"}) if sent % 2 else (PEEK_PATH, {})
+            try:
+                response = await client.post(path, json=body)
+                load.outcomes.append((path, response.status_code, response.text[:300]))
+            except httpx.HTTPError as error:
+                load.outcomes.append((path, 0, repr(error)))
+
+    tasks = [asyncio.create_task(worker(number)) for number in range(concurrency)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "pool",
+    [
+        "NULL",
+        pytest.param(
+            "FIXED_PROCESS",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="asyncpg's statement cache (FIXED_PROCESS) holds the plan of `SELECT *` from before the "
+                "column was added: the next use on each pooled connection fails with InvalidCachedStatementError "
+                "('cached plan must not change result type'), a 500, until SQLAlchemy invalidates its caches; "
+                "measured 1-2 such 500s per run here, each followed by a transport error on the keep-alive "
+                "connection uvicorn closes after an unhandled error (2-4 failed requests of ~600). NULL pools "
+                "use unnamed statements and never fail. Being fixed in the engine in another issue.",
+            ),
+        ),
+    ],
+)
+async def test_apply_while_the_app_serves(pool: str, pg_server: Any, database: str, tmp_path: Path) -> None:
+    with sample_app_on_path(tmp_path) as package:
+        versions = write_migrations_folder(package) / "versions"
+        for name, source in REVISIONS.items():
+            (versions / name).write_text(textwrap.dedent(source))
+        from migrapp.config import TablesConfig  # type: ignore[import-not-found]
+
+        config: DatabaseConfig = TablesConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(database))
+        await migrations.apply("dddd00000001", config=config)
+
+        port = free_port()
+        env = cli_env(pg_server.url(database), DATABASE_POOL_TYPE=pool)
+        load = Load()
+        with uvicorn(tmp_path, env, port) as log:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                await wait_until_serving(client, log)
+                async with steady_load(client, load):
+                    await asyncio.sleep(1.5)
+                    before = len(load.outcomes)
+                    applied = await migrations.apply(config=config)
+                    during = len(load.outcomes) - before
+                    await asyncio.sleep(1.5)
+                    after = len(load.outcomes) - before - during
+            server_log = log.read_text()
+
+    assert [revision.id for revision in applied] == ["dddd00000002"]
+    assert before > 20 and after > 20, (before, during, after)
+    failures = load.failures()
+    print(
+        f"{pool}: {len(load.outcomes)} requests ({before} before, {during} during, {after} after apply), "
+        f"{len(failures)} failed: {[(path, status) for path, status, _ in failures]}"
+    )
+    assert len(failures) <= 1 and all(status == 503 for _, status, _ in failures), (failures, server_log[-3000:])
+    columns = await server_fetch(
+        pg_server,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'serve_item'",
+        database=database,
+    )
+    assert {row[0] for row in columns} == {"id", "title", "note"}
+    valid = await server_fetch(
+        pg_server,
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = 'ix_serve_item_title'",
+        database=database,
+    )
+    assert valid == [(True,)]

@@ -1,0 +1,158 @@
+"""Enum columns against a real PostgreSQL: adding, removing and renaming values of a Python
+`Enum` autogenerate migrations (alembic-postgresql-enum, plus our RENAME VALUE support) that
+apply, keep the rows, and leave `check` clean; the reverse works too."""
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mountaineer_db import migrations
+from mountaineer_db.config import DatabaseConfig
+from tests.sample_apps import fresh_database, sample_app_on_path, server_execute, server_fetch
+
+
+@pytest.fixture
+def database(pg_server: Any) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="mdb_enum") as name:
+        yield name
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Iterator[Path]:
+    with sample_app_on_path(tmp_path) as package:
+        yield package
+
+
+def tickets_config(pg_server: Any, database: str) -> DatabaseConfig:
+    from migrapp.config import TicketsConfig  # type: ignore[import-not-found]
+
+    config: DatabaseConfig = TicketsConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(database))
+    return config
+
+
+def use_version(monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    monkeypatch.setenv("MIGRAPP_ENUM_VERSION", str(version))
+    sys.modules.pop("migrapp.tickets", None)
+
+
+async def labels(server: Any, database: str) -> list[str]:
+    rows = await server_fetch(
+        server,
+        "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid "
+        "WHERE t.typname = 'ticket_status' ORDER BY e.enumsortorder",
+        database=database,
+    )
+    return [row[0] for row in rows]
+
+
+async def rows(server: Any, database: str) -> dict[int, str]:
+    found = await server_fetch(server, "SELECT id, status::text FROM ticket ORDER BY id", database=database)
+    return {row[0]: row[1] for row in found}
+
+
+async def generate_and_apply(config: DatabaseConfig, message: str, **kwargs: Any) -> str:
+    revision = await migrations.generate(message, config=config, **kwargs)
+    assert revision is not None, f"{message}: nothing generated"
+    assert [r.id for r in await migrations.apply(config=config)] == [revision.id]
+    await migrations.check(config=config)  # models and database agree afterwards
+    return revision.path.read_text()
+
+
+async def test_add_remove_and_rename_enum_values(
+    pg_server: Any, database: str, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tickets_config(pg_server, database)
+    use_version(monkeypatch, 1)
+    await migrations.init(config=config)
+    await generate_and_apply(config, "create ticket")
+    assert await labels(pg_server, database) == ["open", "tree", "closed"]
+    await server_execute(
+        pg_server, "INSERT INTO ticket (id, status) VALUES (1, 'open'), (2, 'tree'), (3, 'closed')", database=database
+    )
+
+    # Add a value: Alembic alone sees nothing; now ALTER TYPE ... ADD VALUE, no rewrite.
+    use_version(monkeypatch, 2)
+    with pytest.raises(migrations.MigrationCheckError) as drift:
+        await migrations.check(config=config)
+    assert drift.value.differences == [
+        "change values of the enum used by ticket.status: open, tree, closed -> open, tree, closed, archived"
+    ]
+    script = await generate_and_apply(config, "add archived")
+    assert "op.add_enum_value(" in script and "new_value='archived'" in script
+    assert await labels(pg_server, database) == ["open", "tree", "closed", "archived"]
+    await server_execute(pg_server, "INSERT INTO ticket (id, status) VALUES (4, 'archived')", database=database)
+    assert await rows(pg_server, database) == {1: "open", 2: "tree", 3: "closed", 4: "archived"}
+
+    # Remove a value still in use: the migration fails, is rolled back, and says what to do.
+    use_version(monkeypatch, 3)
+    removal = await migrations.generate("remove closed", config=config)
+    assert removal is not None and "op.sync_enum_values(" in removal.path.read_text()
+    with pytest.raises(migrations.MigrationError) as in_use:
+        await migrations.apply(config=config)
+    assert str(in_use.value) == (
+        'A migration failed and was rolled back: invalid input value for enum ticket_status: "closed". Rows '
+        "still hold an enum value this migration removes: update them first, or for a rename generate the "
+        "migration with --rename-enum-value ENUM:OLD:NEW."
+    )
+    assert await labels(pg_server, database) == ["open", "tree", "closed", "archived"]
+    await server_execute(pg_server, "UPDATE ticket SET status = 'archived' WHERE id = 3", database=database)
+    assert [r.id for r in await migrations.apply(config=config)] == [removal.id]
+    await migrations.check(config=config)
+    assert await labels(pg_server, database) == ["open", "tree", "archived"]
+    assert await rows(pg_server, database) == {1: "open", 2: "tree", 3: "archived", 4: "archived"}
+
+    # Rename a value: declared at generate time, written as RENAME VALUE; rows follow.
+    use_version(monkeypatch, 4)
+    script = await generate_and_apply(config, "rename tree", enum_renames={"ticket_status": {"tree": "three"}})
+    assert "op.execute(\"ALTER TYPE public.ticket_status RENAME VALUE 'tree' TO 'three'\")" in script
+    assert "op.execute(\"ALTER TYPE public.ticket_status RENAME VALUE 'three' TO 'tree'\")" in script  # downgrade
+    assert "sync_enum_values" not in script
+    assert await labels(pg_server, database) == ["open", "three", "archived"]
+    assert await rows(pg_server, database) == {1: "open", 2: "three", 3: "archived", 4: "archived"}
+    default = await server_fetch(
+        pg_server,
+        "SELECT column_default FROM information_schema.columns WHERE table_name = 'ticket' AND column_name = 'status'",
+        database=database,
+    )
+    assert default == [("'open'::ticket_status",)]
+
+    # And back: the downgrades restore the old names and values, rows kept.
+    await migrations.rollback(steps=1, config=config)
+    assert await labels(pg_server, database) == ["open", "tree", "archived"]
+    assert await rows(pg_server, database) == {1: "open", 2: "tree", 3: "archived", 4: "archived"}
+
+
+async def test_a_rename_that_does_not_match_the_change_writes_nothing(
+    pg_server: Any, database: str, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tickets_config(pg_server, database)
+    use_version(monkeypatch, 3)
+    await migrations.init(config=config)
+    await generate_and_apply(config, "create ticket")
+    use_version(monkeypatch, 4)
+    before = sorted((app_dir / "migrations" / "versions").glob("*.py"))
+    with pytest.raises(migrations.MigrationError) as wrong_value:
+        await migrations.generate("rename", config=config, enum_renames={"ticket_status": {"nosuch": "three"}})
+    assert str(wrong_value.value) == (
+        "Cannot rename 'nosuch' in enum 'ticket_status': the database has ['open', 'tree', 'archived'] and the "
+        "models have ['open', 'three', 'archived'], so 'nosuch' is not a value being removed."
+    )
+    with pytest.raises(migrations.MigrationError, match=r"^Cannot rename values of enum 'colour': autogenerate found"):
+        await migrations.generate("rename", config=config, enum_renames={"colour": {"red": "blue"}})
+    assert sorted((app_dir / "migrations" / "versions").glob("*.py")) == before
+
+
+def test_rename_specs_are_parsed_and_checked() -> None:
+    assert migrations.parse_enum_renames(["status:tree:three", "status:a:b", "kind:x:y"]) == {
+        "status": {"tree": "three", "a": "b"},
+        "kind": {"x": "y"},
+    }
+    with pytest.raises(migrations.MigrationError) as bad:
+        migrations.parse_enum_renames(["status:tree"])
+    assert str(bad.value) == (
+        "--rename-enum-value 'status:tree' is not ENUM:OLD:NEW; for example status:tree:three (ENUM is the "
+        "PostgreSQL type name, by default the Python class name in lower case)."
+    )
