@@ -1,4 +1,4 @@
-"""Local PostgreSQL and PgBouncer processes: for the test kit and the embedded dev database.
+"""Local PostgreSQL servers: for the test kit and the embedded dev database (PgBouncer: `pgbouncer`).
 
 `PostgresCluster` initialises a data directory, starts `postgres` on a free loopback port
 and stops it again, by its own PID only. PostgreSQL refuses to run as root, so when we are
@@ -17,11 +17,9 @@ import glob
 import importlib.util
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,24 +29,13 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from mountaineer_db.exceptions import MountaineerDBError, ResourceNotFoundError
+from mountaineer_db._processes import ClusterError, as_user, chown_tree, free_port, run_user, stop_process
+from mountaineer_db.exceptions import ResourceNotFoundError
 
-__all__ = ["PgBouncer", "PostgresCluster", "find_pgbouncer", "find_postgres_bindir", "free_port"]
+__all__ = ["ClusterError", "ExternalServer", "PostgresCluster", "find_postgres_bindir", "free_port"]
 
 logger = logging.getLogger("mountaineer_db")
 
-UNPRIVILEGED_USER = os.environ.get("MOUNTAINEER_DB_SERVER_USER", "nobody")
-
-
-class ClusterError(MountaineerDBError):
-    """A local PostgreSQL or PgBouncer process could not be set up, started or stopped."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _has_server(bindir: Path) -> bool:
@@ -84,55 +71,6 @@ def find_postgres_bindir() -> Path:
     )
 
 
-def find_pgbouncer() -> Path | None:
-    """The `pgbouncer` executable, or None when it is not installed."""
-    found = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
-    )
-    return Path(found) if found else None
-
-
-def _drop_privileges_kwargs(user: str | None) -> dict[str, Any]:
-    """subprocess arguments that run the child as `user` (only when we are root)."""
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-
-    def demote() -> None:  # runs in the child between fork and exec
-        os.setgid(entry.pw_gid)
-        os.setgroups([])
-        os.setuid(entry.pw_uid)
-
-    return {"preexec_fn": demote, "env": {**os.environ, "HOME": "/tmp", "USER": user, "LOGNAME": user}}
-
-
-def _run_user() -> str | None:
-    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
-
-
-def _chown_tree(path: Path, user: str | None) -> None:
-    if user is None:
-        return
-    entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-
-
-def _stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(sig)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait(10)
-
-
 class PostgresCluster:
     """One PostgreSQL server we started, on 127.0.0.1, with a superuser `postgres`."""
 
@@ -161,7 +99,7 @@ class PostgresCluster:
         self.bindir = bindir or find_postgres_bindir()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        self._run_as = _run_user()
+        self._run_as = run_user()
 
     def __repr__(self) -> str:
         return f"PostgresCluster(127.0.0.1:{self.port}, data_dir={str(self.data_dir)!r})"
@@ -199,8 +137,8 @@ class PostgresCluster:
                     )
         pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
         pwfile.write_text(self.password + "\n")
-        _chown_tree(self.data_dir, self._run_as)
-        _chown_tree(pwfile, self._run_as)
+        chown_tree(self.data_dir, self._run_as)
+        chown_tree(pwfile, self._run_as)
         try:
             self._run(
                 str(self.bindir / "initdb"),
@@ -222,7 +160,7 @@ class PostgresCluster:
 
     def _run(self, *argv: str) -> None:
         result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, check=False, **_drop_privileges_kwargs(self._run_as)
+            argv, capture_output=True, text=True, timeout=120, check=False, **as_user(self._run_as)
         )
         if result.returncode != 0:
             raise ClusterError(f"{Path(argv[0]).name} failed: {result.stderr.strip() or result.stdout.strip()}")
@@ -254,7 +192,7 @@ class PostgresCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                **_drop_privileges_kwargs(self._run_as),
+                **as_user(self._run_as),
             )
         finally:
             log.close()
@@ -279,7 +217,7 @@ class PostgresCluster:
         if self.process is None:
             return
         sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
-        _stop_process(self.process, sig, timeout)
+        stop_process(self.process, sig, timeout)
         self.process = None
 
     def restart(self, mode: str = "fast") -> None:
@@ -309,136 +247,6 @@ class PostgresCluster:
         )
 
     def __enter__(self) -> "PostgresCluster":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _quoted(value: str) -> str:
-    """A value in PgBouncer's auth_file syntax: double quotes, inner quotes doubled."""
-    return '"' + value.replace('"', '""') + '"'
-
-
-class PgBouncer:
-    """A PgBouncer we started in front of a PostgreSQL server, transaction mode by default.
-
-    The settings shipped here are the ones we recommend (see the README):
-    `server_login_retry = 1` (PgBouncer's 15 s default turns a 0.2 s PostgreSQL restart
-    into a 15 s outage) and `query_wait_timeout` bounded so overload fails fast.
-    """
-
-    def __init__(
-        self,
-        server_host: str,
-        server_port: int,
-        users: dict[str, str],
-        *,
-        work_dir: Path,
-        port: int | None = None,
-        settings: dict[str, str] | None = None,
-        binary: Path | None = None,
-    ) -> None:
-        found = binary or find_pgbouncer()
-        if found is None:
-            raise ResourceNotFoundError("PgBouncer is not installed; install it with `apt-get install -y pgbouncer`.")
-        self.binary = found
-        self.server_host = server_host
-        self.server_port = server_port
-        self.users = users
-        self.work_dir = Path(work_dir)
-        self.port = port or free_port()
-        self.settings = {
-            "pool_mode": "transaction",
-            "default_pool_size": "5",
-            "max_client_conn": "2000",
-            "server_login_retry": "1",
-            "query_wait_timeout": "30",
-            "server_reset_query": "",
-            "ignore_startup_parameters": "extra_float_digits",
-            **(settings or {}),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self._run_as = _run_user()
-
-    def __repr__(self) -> str:
-        return f"PgBouncer(127.0.0.1:{self.port} -> {self.server_host}:{self.server_port})"
-
-    @property
-    def log_path(self) -> Path:
-        return self.work_dir / "pgbouncer.log"
-
-    def _write_files(self) -> Path:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        userlist = self.work_dir / "userlist.txt"
-        userlist.write_text("".join(f"{_quoted(user)} {_quoted(pw)}\n" for user, pw in self.users.items()))
-        os.chmod(userlist, 0o600)
-        admins = ",".join(self.users)
-        lines = [
-            "[databases]",
-            f"* = host={self.server_host} port={self.server_port}",
-            "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
-            f"listen_port = {self.port}",
-            "unix_socket_dir =",
-            "auth_type = scram-sha-256",
-            f"auth_file = {userlist}",
-            f"admin_users = {admins}",
-            f"logfile = {self.log_path}",
-            *(f"{k} = {v}" for k, v in self.settings.items()),
-        ]
-        ini = self.work_dir / "pgbouncer.ini"
-        ini.write_text("\n".join(lines) + "\n")
-        _chown_tree(self.work_dir, self._run_as)
-        return ini
-
-    def start(self, timeout: float = 15.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            return
-        ini = self._write_files()
-        self.process = subprocess.Popen(
-            [str(self.binary), str(ini)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            **_drop_privileges_kwargs(self._run_as),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ClusterError(f"PgBouncer exited during start-up; see {self.log_path}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return
-            time.sleep(0.02)
-        raise ClusterError(f"PgBouncer did not listen on port {self.port} within {timeout}s")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        _stop_process(self.process, signal.SIGINT, timeout)
-        self.process = None
-
-    def url(self, database: str, *, user: str, password: str) -> URL:
-        return URL.create(
-            "postgresql+asyncpg", username=user, password=password, host="127.0.0.1", port=self.port, database=database
-        )
-
-    async def admin(self, command: str, *, user: str, password: str) -> None:
-        """Run a console command (PAUSE, RESUME, RECONNECT, KILL db, ...) on the admin database."""
-        import asyncpg
-
-        connection = await asyncpg.connect(
-            host="127.0.0.1", port=self.port, user=user, password=password, database="pgbouncer", ssl=False,
-            statement_cache_size=0,
-        )
-        try:
-            await connection.execute(command)
-        finally:
-            await connection.close()
-
-    def __enter__(self) -> "PgBouncer":
         self.start()
         return self
 

@@ -20,7 +20,7 @@ With pytest, the same as fixtures (this module's plugin is registered automatica
 `mdb_app_session`, `mdb_client`, `mdb_pgbouncer`. See the README's "Testing your app".
 """
 
-from mountaineer_db.cluster import PgBouncer
+from mountaineer_db.pgbouncer import PgBouncer
 from mountaineer_db.testing.databases import (
     KIT_COMMENT,
     TEST_URL_ENV,

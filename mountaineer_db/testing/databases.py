@@ -27,10 +27,11 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, make_url
 
 from mountaineer_db._blocking import run_blocking, run_coroutine
-from mountaineer_db.cluster import ExternalServer, PgBouncer, PostgresCluster
+from mountaineer_db.cluster import ExternalServer, PostgresCluster
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import describe_target, engine_for
 from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
+from mountaineer_db.pgbouncer import PgBouncer
 
 __all__ = [
     "KIT_COMMENT",
@@ -128,14 +129,16 @@ class ThrowawayDatabase:
         The connection settings are the kit's whatever the environment or the project's
         `.env` holds (a developer's POSTGRES_HOST, DATABASE_URL, MIGRATIONS_DATABASE_URI or
         DATABASE_EMBEDDED never send a test elsewhere); the app's other settings (pool
-        type, timeouts, ...) are read as usual. `overrides` set further fields.
+        type, timeouts, ...) are read as usual. `overrides` set further fields; a
+        `SQLALCHEMY_DATABASE_URI` among them (say, `url_via(bouncer)`) replaces the address.
 
         A class that registers itself (Mountaineer's `ConfigBase`) takes the place of any
         config registered before, such as the one the app module made when tests imported
         it: code that uses the registered config (`database_session()`) then reaches this
         database too.
         """
-        values = {**kit_connection_settings(self.url), **overrides}
+        url = overrides.pop("SQLALCHEMY_DATABASE_URI", None) or overrides.pop("DATABASE_URL", None) or self.url
+        values = {**kit_connection_settings(make_url(url) if isinstance(url, str) else url), **overrides}
         with registration_replaced():
             return config_class(**values)
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import pytest
 
 if TYPE_CHECKING:
-    from mountaineer_db.cluster import PgBouncer
     from mountaineer_db.config import DatabaseConfig
+    from mountaineer_db.pgbouncer import PgBouncer
     from mountaineer_db.testing.databases import Schema, Server, ThrowawayDatabase
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -133,7 +133,7 @@ def mdb_pgbouncer(mdb_server: "Server") -> "Iterator[PgBouncer]":
 
     `mdb_database.url_via(mdb_pgbouncer)` is the test database's URL through it.
     """
-    from mountaineer_db.cluster import find_pgbouncer
+    from mountaineer_db.pgbouncer import find_pgbouncer
     from mountaineer_db.testing.databases import pgbouncer_for
 
     if find_pgbouncer() is None:

@@ -18,7 +18,9 @@ import pytest
 from mountaineer.config import unregister_config
 
 from mountaineer_db import dispose_engines
-from mountaineer_db.cluster import PgBouncer, PostgresCluster, _chown_tree, _run_user, find_pgbouncer
+from mountaineer_db._processes import chown_tree, run_user
+from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.pgbouncer import PgBouncer, find_pgbouncer
 
 from .app import TABLE
 from .helpers import DATABASE, admin_execute
@@ -73,7 +75,7 @@ def make_cluster(pg_template: Template) -> Iterator[Callable[..., PostgresCluste
         os.chmod(root, 0o755)
         roots.append(root)
         shutil.copytree(pg_template.data_dir, root / "data", symlinks=True)
-        _chown_tree(root / "data", _run_user())  # the server runs as this user when we are root
+        chown_tree(root / "data", run_user())  # the server runs as this user when we are root
         cluster = PostgresCluster(root / "data", password=pg_template.password, settings=settings)
         clusters.append(cluster)
         cluster.start()

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import database_session
-from mountaineer_db.cluster import PgBouncer, PostgresCluster
+from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.pgbouncer import PgBouncer
 
 from .app import TABLE, UNCOMMITTED_PATH
 from .helpers import (

@@ -21,8 +21,9 @@ from mountaineer.config import register_config, unregister_config
 from sqlalchemy import text
 
 from mountaineer_db import database_session
-from mountaineer_db.cluster import PgBouncer, PostgresCluster, free_port
+from mountaineer_db.cluster import PostgresCluster, free_port
 from mountaineer_db.engine import engine_for
+from mountaineer_db.pgbouncer import PgBouncer
 
 from .app import TABLE
 from .helpers import (

@@ -17,7 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mountaineer_db import DatabaseUnavailableError, database_session
-from mountaineer_db.cluster import PgBouncer, PostgresCluster
+from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.pgbouncer import PgBouncer
 
 from .app import TABLE
 from .helpers import (
