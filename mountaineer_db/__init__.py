@@ -3,6 +3,7 @@
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db import dependencies as DatabaseDependencies
+from mountaineer_db.commit_hooks import on_commit
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.dependencies import SessionDep
 from mountaineer_db.engine import dispose_engines
@@ -32,4 +33,5 @@ __all__ = [
     "SessionDep",
     "database_session",
     "dispose_engines",
+    "on_commit",
 ]
