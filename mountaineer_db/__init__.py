@@ -16,6 +16,7 @@ from mountaineer_db.exceptions import (
     ResourceAlreadyExistsError,
     ResourceNotFoundError,
 )
+from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "database_session",
     "dispose_engines",
     "on_commit",
+    "run_in_transaction",
 ]
