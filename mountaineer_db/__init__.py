@@ -15,6 +15,7 @@ from mountaineer_db.exceptions import (
     MountaineerDBError,
     ResourceAlreadyExistsError,
     ResourceNotFoundError,
+    SchemaChangedError,
 )
 from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
@@ -31,6 +32,7 @@ __all__ = [
     "PoolType",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
+    "SchemaChangedError",
     "SessionDep",
     "database_session",
     "dispose_engines",

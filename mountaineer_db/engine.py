@@ -31,6 +31,7 @@ from sqlalchemy.util import await_
 
 from mountaineer_db.config import DatabaseConfig, PoolType, SSLMode
 from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
+from mountaineer_db.stale_statements import install_stale_statement_recovery
 
 __all__ = ["Connector", "describe_target", "dispose_engines", "engine_for"]
 
@@ -279,6 +280,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> AsyncEngine:
     # The URL only names the dialect and is shown in logs and reprs: no password in it.
     engine = create_async_engine(url.set(password=None), **kwargs)
     engine_holder.append(engine)
+    install_stale_statement_recovery(engine)  # issue 13: stale cached statements after a migration
     if fixed:
         event.listen(engine.sync_engine.pool, "checkout", _discard_if_closed)
     return engine

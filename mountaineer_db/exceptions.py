@@ -20,6 +20,7 @@ __all__ = [
     "MountaineerDBError",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
+    "SchemaChangedError",
     "describe_target",
     "unavailable_error_for",
 ]
@@ -93,6 +94,22 @@ def _rebuild_unavailable(
     message: str, host: str | None, port: int | None, database: str | None
 ) -> DatabaseUnavailableError:
     return DatabaseUnavailableError(message, host=host, port=port, database=database)
+
+
+class SchemaChangedError(DatabaseUnavailableError):
+    """A statement prepared and cached before a schema change (a migration) could not run.
+
+    An HTTP 503 like its base class, with its own detail: the request was rolled back, the
+    connections holding stale statements are being replaced, and a retry will succeed. See
+    `mountaineer_db.stale_statements`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=0)
+        self.detail = "The database schema changed while this request ran. Try again."
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message,))
 
 
 # Server errors after which the connection is gone (or never became usable), whatever SQLAlchemy
