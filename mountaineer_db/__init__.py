@@ -14,9 +14,11 @@ from mountaineer_db.exceptions import (
     DatabaseUnavailableError,
     MountaineerDBError,
     ResourceAlreadyExistsError,
+    ResourceConflictError,
     ResourceNotFoundError,
     SchemaChangedError,
 )
+from mountaineer_db.http_errors import get_or_404, map_integrity_errors
 from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
 
@@ -31,11 +33,14 @@ __all__ = [
     "MountaineerDBError",
     "PoolType",
     "ResourceAlreadyExistsError",
+    "ResourceConflictError",
     "ResourceNotFoundError",
     "SchemaChangedError",
     "SessionDep",
     "database_session",
     "dispose_engines",
+    "get_or_404",
+    "map_integrity_errors",
     "on_commit",
     "run_in_transaction",
 ]
