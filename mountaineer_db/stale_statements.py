@@ -23,7 +23,10 @@ that met the stale statement fails with `SchemaChangedError`, a 503 asking the c
 retry. Requests already running a stale statement on other connections at that moment fail
 the same way; every request that starts after the first failure gets a fresh connection.
 
-The default `NULL` pool uses unnamed statements (no cache), so it never meets a stale plan.
+The default `NULL` pool opens a connection per request and uses unnamed statements, so it
+never meets a stale statement. A `FIXED_PROCESS` pool with `DATABASE_STATEMENT_CACHE_SIZE=0`
+has no stale statements either, but its connections still cache type codecs, which a changed
+composite type outdates (`OutdatedSchemaCacheError`, handled the same way).
 """
 
 import logging

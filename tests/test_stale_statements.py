@@ -95,6 +95,22 @@ async def test_the_failure_is_logged_once_with_the_cause_and_no_parameters(
     ]
 
 
+async def test_with_the_statement_cache_off_only_type_codecs_can_go_stale(
+    pg_server: Any, test_database: str, schema: None, tmp_path: Path
+) -> None:
+    """DATABASE_STATEMENT_CACHE_SIZE=0 on a fixed pool: unnamed statements never go stale, but each
+    connection still caches type codecs, which a changed composite type outdates."""
+    config = fixed_pool_config(pg_server.url(test_database), DATABASE_STATEMENT_CACHE_SIZE=0)
+    async with app_client(config, tmp_path / "views") as client:
+        for name, scenario in SCENARIOS.items():
+            outcomes = await run_load(client, pg_server, test_database, *scenario, rounds_before=2, rounds_after=3)
+            failed = _failed(outcomes)
+            if name == "composite_type":
+                assert 1 <= len(failed) <= POOL_SIZE and all(o.body == DETAIL for o in failed)
+            else:
+                assert failed == [], f"{name}: unnamed statements are never cached, so never stale"
+
+
 async def test_canary_without_the_recovery_a_changed_composite_type_fails_until_restart(
     fixed_client: Any, pg_server: Any, test_database: str
 ) -> None:
