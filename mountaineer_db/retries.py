@@ -13,7 +13,9 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.commit_hooks import describe_callback
@@ -62,6 +64,18 @@ def _delay(retry: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def _watch_commits(session: AsyncSession) -> list[bool]:
+    """A list that becomes non-empty (true) once `session` commits its outermost transaction."""
+    committed: list[bool] = []
+
+    def after_commit(sync_session: Session) -> None:
+        if sync_session.get_nested_transaction() is None:  # not a savepoint release
+            committed.append(True)
+
+    event.listen(session.sync_session, "after_commit", after_commit)
+    return committed
+
+
 async def run_in_transaction(
     work: Callable[[AsyncSession], Awaitable[T]],
     *,
@@ -88,7 +102,9 @@ async def run_in_transaction(
     statement or by the COMMIT) the attempt is rolled back and, up to `retries` more times,
     run again after a jittered exponential backoff (25 ms doubling, at most 1 s per wait);
     each retry is logged as a WARNING without parameters. Every other error propagates at
-    once, as does the last one when the retries are used up. Returns what `work` returned.
+    once, as does the last one when the retries are used up, and so does any error once the
+    attempt has committed something (if `work` commits part-way, or a hook's own transaction
+    fails): running it again would apply that twice. Returns what `work` returned.
 
     `isolation_level`: "SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED" or "READ UNCOMMITTED"
     for these transactions (default: the server's, normally READ COMMITTED). `work` must be
@@ -104,6 +120,7 @@ async def run_in_transaction(
         attempt += 1
         retryable: DBAPIError | None = None
         async with database_session(config) as session:
+            committed = _watch_commits(session)
             if level is not None:
                 # Before the first statement: the transaction begins at this isolation level.
                 await session.connection(execution_options={"isolation_level": level})
@@ -112,6 +129,11 @@ async def run_in_transaction(
                 await session.commit()
             except DBAPIError as error:
                 if sqlstate_of(error) not in RETRYABLE_SQLSTATES:
+                    raise
+                if committed:
+                    # Raised after something was committed (by `work` itself, or by an on_commit
+                    # hook's own transaction): running `work` again would apply it twice.
+                    error.add_note(f"run_in_transaction: not retried, {name} had already committed.")
                     raise
                 if attempt > retries:
                     error.add_note(f"run_in_transaction: gave up on {name} after {attempt} attempts.")

@@ -193,6 +193,37 @@ async def test_when_the_retries_are_used_up_the_last_error_propagates(
     assert len(errors) == 1, "the final failure is logged once, like any failed transaction"
 
 
+async def test_nothing_is_retried_once_the_attempt_has_committed(direct: DatabaseConfig) -> None:
+    attempts: list[str] = []
+
+    async def commits_then_conflicts(session: AsyncSession) -> None:
+        attempts.append("commits then conflicts")
+        await session.exec(text("UPDATE retry_counter SET n = n + 1 WHERE id = 1"))  # type: ignore[call-overload]
+        await session.commit()
+        await session.exec(text(FORCED_SERIALIZATION_FAILURE))  # type: ignore[call-overload]
+
+    async def hook_conflicts(session: AsyncSession) -> None:
+        attempts.append("hook conflicts")
+        await session.exec(text("UPDATE retry_counter SET n = n + 1 WHERE id = 1"))  # type: ignore[call-overload]
+
+        async def hook() -> None:
+            await run_in_transaction(
+                lambda other: other.exec(text(FORCED_SERIALIZATION_FAILURE)), retries=0, config=direct
+            )
+
+        on_commit(session, hook)
+
+    with pytest.raises(DBAPIError) as partly_committed:
+        await run_in_transaction(commits_then_conflicts, config=direct)
+    with pytest.raises(DBAPIError) as failed_hook:
+        await run_in_transaction(hook_conflicts, config=direct)
+    assert attempts == ["commits then conflicts", "hook conflicts"], "each ran once"
+    assert partly_committed.value.__notes__[-1].startswith("run_in_transaction: not retried, ")
+    assert failed_hook.value.__notes__[-1].endswith("hook_conflicts had already committed.")
+    async with engine_for(direct).connect() as connection:
+        assert (await connection.execute(text("SELECT n FROM retry_counter WHERE id = 1"))).scalar_one() == 2
+
+
 async def test_other_errors_propagate_at_once(direct: DatabaseConfig, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="mountaineer_db")
     attempts: list[str] = []
