@@ -251,7 +251,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         os.environ.update(fixed_env)
         try:
             app = bench_app._build_ours()
-            from mountaineer_db.session import registered_config
+            from mountaineer_db.appconfig import registered_config
 
             engine = engine_for(registered_config())
             event.listen(engine.sync_engine.pool, "checkin", lambda *_: CHECKINS.append(now()))

@@ -24,12 +24,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.engine import Connector, describe_target
+from mountaineer_db.connections import Connector
 from mountaineer_db.exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
     MountaineerDBError,
     ResourceNotFoundError,
+    describe_target,
 )
 from mountaineer_db.migrations.environment import migration_engine, migration_settings
 from mountaineer_db.migrations.project import load_config, load_metadata

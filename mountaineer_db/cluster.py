@@ -292,6 +292,11 @@ class PostgresCluster:
         return ""
 
     # -- addresses --------------------------------------------------------------------
+    @property
+    def socket_dir(self) -> Path:
+        """The directory of the server's Unix socket (local connections are trusted)."""
+        return self.data_dir
+
     def url(self, database: str = "postgres", *, user: str | None = None, password: str | None = None) -> URL:
         """A SQLAlchemy URL (asyncpg driver) for `database` on this server."""
         return URL.create(

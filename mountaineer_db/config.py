@@ -14,32 +14,32 @@ config does no I/O beyond reading those; it validates every value and raises
 `DatabaseConfigError` naming the field and the fix.
 """
 
-import ipaddress
+import contextvars
+import os
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any, Self
 
 from pydantic import (
     AliasChoices,
     Field,
-    PlainSerializer,
-    PlainValidator,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import URL
 
 from mountaineer_db.exceptions import DatabaseConfigError
+from mountaineer_db.urls import DatabaseURL, SSLMode, is_loopback
 
 __all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "SSLMode"]
 
-_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
-_URL_QUERY_KEYS = {"sslmode", "ssl", "application_name"}
+_CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
 
 
 class PoolType(StrEnum):
@@ -51,68 +51,40 @@ class PoolType(StrEnum):
     """A fixed-size pool in each process, sized by the DATABASE_POOL_* settings."""
 
 
-class SSLMode(StrEnum):
-    """libpq's sslmode values."""
-
-    DISABLE = "disable"
-    ALLOW = "allow"
-    PREFER = "prefer"
-    REQUIRE = "require"
-    VERIFY_CA = "verify-ca"
-    VERIFY_FULL = "verify-full"
+# Where each field's value came from while a config is being built: for error messages.
+_origins: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("mountaineer_db_origins", default=None)
 
 
-def _parse_url(value: Any) -> URL:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if isinstance(value, URL):
-        url = value
-    elif isinstance(value, str):
-        try:
-            url = make_url(value.strip())
-        except (ArgumentError, ValueError):
-            raise ValueError(
-                "is not a database URL; expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
-                "(percent-encode special characters in the user and password)"
-            ) from None
-    else:
-        raise ValueError("must be a postgresql:// URL string")
-    if url.drivername not in _POSTGRES_SCHEMES:
-        raise ValueError(
-            f"uses the scheme {url.drivername!r}; mountaineer_db needs a PostgreSQL URL "
-            "starting with postgresql://, postgres:// or postgresql+asyncpg://"
-        )
-    unknown = set(url.query) - _URL_QUERY_KEYS
-    if unknown:
-        raise ValueError(
-            f"has unsupported query parameters {sorted(unknown)}; supported: "
-            f"{sorted(_URL_QUERY_KEYS)}. Use the DATABASE_* settings for the rest"
-        )
-    try:
-        url.port  # noqa: B018 - make_url parses the port lazily; surface errors now
-    except ValueError:
-        raise ValueError("has a port that is not a number") from None
-    return url.set(drivername="postgresql+asyncpg")
+class _RecordingSource(PydanticBaseSettingsSource):
+    """A settings source that notes which fields it supplied, then hands its values on."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, origin: str) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+        self._origin = origin
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._inner()
+        origins = _origins.get()
+        if origins is not None:
+            for key in values:  # some pydantic-settings versions key values by alias
+                origins.setdefault(_ALIASES.get(key, key), self._origin)
+        return values
 
 
-DatabaseURL = Annotated[
-    URL,
-    PlainValidator(_parse_url),
-    # Dumped (and shown) with the password masked; use `render_as_string(hide_password=False)`
-    # on the URL object when the real value is needed.
-    PlainSerializer(lambda url: url.render_as_string(hide_password=True), return_type=str),
-    WithJsonSchema({"type": "string", "format": "uri"}),
-]
-"""A PostgreSQL URL, validated and normalised to the asyncpg driver (a SQLAlchemy `URL`)."""
+def _env_origin(name: str) -> str:
+    """`the environment variable DATABASE_URL`: which alias of a field the environment set."""
+    names = {"SQLALCHEMY_DATABASE_URI": ("SQLALCHEMY_DATABASE_URI", "DATABASE_URL")}.get(name, (name,))
+    present = {key.upper() for key in os.environ}
+    found = next((alias for alias in names if alias in present), name)
+    return f"from the environment variable {found}"
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None or host.startswith("/") or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_FROM_ENVIRONMENT = "from the environment"
+_ALIASES = {"DATABASE_URL": "SQLALCHEMY_DATABASE_URI"}
 
 
 class DatabaseConfig(BaseSettings):
@@ -191,11 +163,13 @@ class DatabaseConfig(BaseSettings):
     DATABASE_EMBEDDED: bool = False
     """Development only: start or reuse a local PostgreSQL under the project folder."""
 
+    _url_from_parts_: bool = PrivateAttr(default=False)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # pydantic merges model_config from the bases in order, so in
+        # Runs before pydantic builds the subclass's fields and schema, on the very dicts it
+        # builds them from. pydantic merges model_config from the bases in order, so in
         # `class AppConfig(DatabaseConfig, ConfigBase)` BaseSettings' defaults (no .env,
-        # extra="forbid") inherited through ConfigBase would override ours. This runs before
-        # pydantic builds the subclass's schema, on the very dict it builds from.
+        # extra="forbid") inherited through ConfigBase would override ours.
         super().__init_subclass__(**kwargs)
         merged = cls.model_config
         if merged.get("env_file") is None:
@@ -205,8 +179,35 @@ class DatabaseConfig(BaseSettings):
             merged["extra"] = "ignore"
         merged["hide_input_in_errors"] = True
         merged["populate_by_name"] = True
+        # `POSTGRES_PASSWORD: str = "..."`, as mountaineer.database's docs taught: kept secret anyway.
+        # The class's own annotations dict, which pydantic reads next (inspect.get_annotations copies).
+        annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+        if "POSTGRES_PASSWORD" in annotations and "SecretStr" not in str(annotations["POSTGRES_PASSWORD"]):
+            annotations["POSTGRES_PASSWORD"] = SecretStr | None
+            default = cls.__dict__.get("POSTGRES_PASSWORD")
+            if isinstance(default, str):
+                cls.POSTGRES_PASSWORD = SecretStr(default)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources in its order, noting where each value came from (for errors)."""
+        env_file = settings_cls.model_config.get("env_file") or ".env"
+        return (
+            _RecordingSource(init_settings, f"passed to {settings_cls.__name__}()"),
+            _RecordingSource(env_settings, _FROM_ENVIRONMENT),
+            _RecordingSource(dotenv_settings, f"from the file {env_file}"),
+            _RecordingSource(file_secret_settings, "from the secrets directory"),
+        )
 
     def __init__(self, **values: Any) -> None:
+        token = _origins.set({})
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -215,6 +216,8 @@ class DatabaseConfig(BaseSettings):
                 exc.errors(),  # type: ignore[arg-type]
                 hide_input=True,
             ) from None
+        finally:
+            _origins.reset(token)
 
     @field_validator("DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", mode="before")
     @classmethod
@@ -231,24 +234,55 @@ class DatabaseConfig(BaseSettings):
         if problems:
             raise ValueError("\n  ".join(problems))
         if self.SQLALCHEMY_DATABASE_URI is None and self.POSTGRES_HOST is not None:
-            # Frozen model: fill in the derived URL once, the way `mountaineer.database` did.
+            # Frozen model: fill in the derived URL, the way `mountaineer.database` did;
+            # `model_copy` derives it again from the copy's parts.
             object.__setattr__(self, "SQLALCHEMY_DATABASE_URI", self._url_from_parts())
+            self._url_from_parts_ = True
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's `model_copy`; a URL derived from the POSTGRES_* parts follows the copy's parts."""
+        copy = super().model_copy(update=update, deep=deep)
+        if "SQLALCHEMY_DATABASE_URI" in (update or {}) or "DATABASE_URL" in (update or {}):
+            copy._url_from_parts_ = False
+        elif self._url_from_parts_:
+            object.__setattr__(copy, "SQLALCHEMY_DATABASE_URI", copy._url_from_parts())
+        return copy
+
+    def _named(self, name: str) -> str:
+        """`POSTGRES_HOST (from the file .env)`: a field and where its value came from, when known."""
+        origins = _origins.get() or {}
+        origin = origins.get(name)
+        if origin == _FROM_ENVIRONMENT:
+            origin = _env_origin(name)
+        return f"{name} ({origin})" if origin else name
 
     def _problems(self) -> list[str]:
         problems: list[str] = []
         explicit = self.model_fields_set
         url = self.SQLALCHEMY_DATABASE_URI
-        parts = [
-            name
-            for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
-            if name in explicit and getattr(self, name) is not None
-        ]
-        if url is not None and "SQLALCHEMY_DATABASE_URI" in explicit and parts:
-            problems.append(
-                f"SQLALCHEMY_DATABASE_URI (or DATABASE_URL) and {', '.join(parts)} are both set. "
-                "Set either SQLALCHEMY_DATABASE_URI or POSTGRES_HOST/POSTGRES_DB, not both."
-            )
+        if url is not None and "SQLALCHEMY_DATABASE_URI" in explicit:
+            parts = [
+                self._named(name)
+                for name in _CONNECTION_PARTS
+                if name in explicit and getattr(self, name) is not None
+            ]
+            if parts:
+                problems.append(
+                    f"{self._named('SQLALCHEMY_DATABASE_URI')} and {', '.join(parts)} are both set. "
+                    "Set either SQLALCHEMY_DATABASE_URI or POSTGRES_HOST/POSTGRES_DB, not both. "
+                    "(The URL carries the port, user and password too.)"
+                )
+            url_sslmode = url.query.get("sslmode") or url.query.get("ssl")
+            if (
+                url_sslmode
+                and self.POSTGRES_SSLMODE is not None
+                and str(url_sslmode).lower() != self.POSTGRES_SSLMODE.value
+            ):
+                problems.append(
+                    f"{self._named('POSTGRES_SSLMODE')} is {self.POSTGRES_SSLMODE.value} but the URL says "
+                    f"sslmode={url_sslmode}. Keep one of them."
+                )
         if url is None and not self.DATABASE_EMBEDDED:
             missing = [n for n in ("POSTGRES_HOST", "POSTGRES_DB") if not getattr(self, n)]
             if missing:
@@ -309,7 +343,8 @@ class DatabaseConfig(BaseSettings):
         return problems
 
     def _url_from_parts(self) -> URL:
-        password = self.POSTGRES_PASSWORD.get_secret_value() if self.POSTGRES_PASSWORD else None
+        secret: Any = self.POSTGRES_PASSWORD  # a str too, in a subclass built without our hook
+        password = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         return URL.create(
             "postgresql+asyncpg",
             username=self.POSTGRES_USER,
@@ -377,4 +412,4 @@ class DatabaseConfig(BaseSettings):
                 ) from None
         if self.POSTGRES_SSLMODE is not None:
             return self.POSTGRES_SSLMODE
-        return SSLMode.DISABLE if _is_loopback(url.host) else SSLMode.PREFER
+        return SSLMode.DISABLE if is_loopback(url.host) else SSLMode.PREFER

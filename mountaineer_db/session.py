@@ -24,40 +24,90 @@ from typing import Any
 import anyio
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, unavailable_error_for
 
-__all__ = ["AsyncSession", "DisconnectGuard", "database_session", "registered_config", "session_scope"]
+__all__ = [
+    "AsyncSession",
+    "DisconnectGuard",
+    "RequestSyncSession",
+    "database_session",
+    "run_shielded",
+    "session_scope",
+]
 
 logger = logging.getLogger("mountaineer_db")
 
 
-def registered_config() -> DatabaseConfig:
-    """The Mountaineer app config registered in this process, checked to be a `DatabaseConfig`."""
-    from mountaineer import config as mountaineer_config
 
-    from mountaineer_db.exceptions import ConfigurationError
+class RequestSyncSession(Session):
+    """SQLModel's `Session`, keeping the connection it took across commits until it is closed.
 
-    config = mountaineer_config.APP_CONFIG
-    if config is None:
-        raise ConfigurationError(
-            "No app config is registered. Instantiate your AppConfig (a subclass of DatabaseConfig "
-            "and mountaineer.ConfigBase) before the first request, or pass config= explicitly."
-        )
-    if not isinstance(config, DatabaseConfig):
-        raise ConfigurationError(
-            f"The registered config {type(config).__name__} does not inherit from DatabaseConfig; "
-            f"declare it as `class {type(config).__name__}(DatabaseConfig, ConfigBase)`."
-        )
-    return config
+    A plain session gives its connection back at every commit, so with the default `NULL`
+    pool a handler that commits and then queries again (an action and its re-render) opens
+    a second connection. This one takes a connection lazily, on the first statement, and
+    keeps it until `close()`, `reset()` or `invalidate()`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept: dict[Engine, Connection] = {}
+
+    def get_bind(self, mapper: Any = None, **kwargs: Any) -> Engine | Connection:
+        """The kept connection for the engine the statement goes to (opened on first use)."""
+        bind = super().get_bind(mapper, **kwargs)
+        if not isinstance(bind, Engine) or not in_greenlet():
+            # Asked from plain async code (no I/O possible there), or the user bound a
+            # connection themselves: answer as SQLAlchemy would.
+            return bind
+        kept = self._kept.get(bind)
+        if kept is None or kept.closed:
+            kept = self._kept[bind] = bind.connect()
+        return kept
+
+    def holds_transaction(self) -> bool:
+        """True while a kept connection is inside a transaction (between a statement and its end)."""
+        return any(connection.in_transaction() for connection in self._kept.values())
+
+    def _release_kept(self, *, invalidate: bool) -> None:
+        kept = list(self._kept.values())
+        self._kept.clear()
+        for connection in kept:
+            if invalidate and not connection.invalidated:
+                connection.invalidate()
+            connection.close()
+
+    def close(self) -> None:
+        """Close as SQLAlchemy does (rolling back), then give the kept connection back."""
+        try:
+            super().close()
+        finally:
+            self._release_kept(invalidate=False)
+
+    def reset(self) -> None:
+        """Reset as SQLAlchemy does, then give the kept connection back."""
+        try:
+            super().reset()
+        finally:
+            self._release_kept(invalidate=False)
+
+    def invalidate(self) -> None:
+        """Invalidate as SQLAlchemy does, then discard the kept connection too."""
+        try:
+            super().invalidate()
+        finally:
+            self._release_kept(invalidate=True)
 
 
-async def _shielded(work: Awaitable[None]) -> None:
+async def run_shielded(work: Awaitable[None]) -> None:
     """Run `work` to completion even if the caller is cancelled meanwhile (then re-raise)."""
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
@@ -120,18 +170,18 @@ async def session_scope(
         unavailable = unavailable_error_for(error, url=engine.url)
         if unavailable is None:
             _log_failure(error)
-            await _shielded(_release(session, invalidate=False))
+            await run_shielded(_release(session, invalidate=False))
             raise
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
         logger.error("Rolled back the request's transaction: %s", unavailable.message)
-        await _shielded(_release(session, invalidate=True))
+        await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
     except BaseException:
-        await _shielded(_release(session, invalidate=True))
+        await run_shielded(_release(session, invalidate=True))
         raise
     else:
-        await _shielded(_release(session, invalidate=False))
+        await run_shielded(_release(session, invalidate=False))
 
 
 class DisconnectGuard:
@@ -189,10 +239,9 @@ class DisconnectGuard:
 
 
 def _holds_transaction(session: AsyncSession) -> bool:
-    """True while a server connection of `session` is inside a transaction."""
-    transaction = session.sync_session.get_transaction()
-    connections = getattr(transaction, "_connections", {}) if transaction is not None else {}
-    return any(entry[0].in_transaction() for entry in connections.values())
+    """True while `session` holds a server connection inside a transaction."""
+    sync_session = session.sync_session
+    return isinstance(sync_session, RequestSyncSession) and sync_session.holds_transaction()
 
 
 @asynccontextmanager

@@ -190,3 +190,94 @@ def test_migrations_url_defaults_to_the_app_url() -> None:
         MIGRATIONS_DATABASE_URI="postgresql://u:p@primary:5432/d",
     )
     assert direct.migrations_url.host == "primary"
+
+
+# -- Issue 10: shapes users write ------------------------------------------------------
+
+
+def test_a_copy_with_other_parts_gets_a_url_that_follows_them() -> None:
+    """`model_copy(update=...)` (the library copies configs this way) re-derives the URL."""
+    config = DatabaseConfig(POSTGRES_HOST="h", POSTGRES_DB="first", POSTGRES_USER="u", POSTGRES_PASSWORD="pw")
+    other = config.model_copy(update={"POSTGRES_DB": "other", "POSTGRES_PORT": 6432})
+    assert (other.database_url.database, other.database_url.port) == ("other", 6432)
+    assert other.database_url == other.SQLALCHEMY_DATABASE_URI
+    assert (config.database_url.database, config.database_url.port) == ("first", 5432), "the original is unchanged"
+    assert other.database_url.password == "pw"
+    explicit = config.model_copy(update={"SQLALCHEMY_DATABASE_URI": make_url("postgresql+asyncpg://x@y/z")})
+    assert explicit.model_copy(update={"POSTGRES_DB": "ignored"}).database_url.database == "z", "an explicit URL stays"
+
+
+class PlainPasswordConfig(DatabaseConfig, ConfigBase):
+    """The shape mountaineer.database's docs taught: the password re-declared as a plain str."""
+
+    POSTGRES_HOST: str = "db"
+    POSTGRES_DB: str = "app"
+    POSTGRES_PASSWORD: str = SECRET  # type: ignore[assignment]
+
+
+def test_a_password_redeclared_as_str_works_and_stays_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = PlainPasswordConfig()
+    assert config.database_url.password == SECRET
+    for shown in (repr(config), str(config), config.model_dump_json(), str(config.model_dump())):
+        assert SECRET not in shown
+    mountaineer_config.unregister_config()
+    monkeypatch.setenv("POSTGRES_PASSWORD", "from-env")
+    from_env = PlainPasswordConfig()
+    assert from_env.database_url.password == "from-env"
+    assert "from-env" not in repr(from_env)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param(
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u@h/d?sslmode=requir"},
+            "has ?sslmode=requir, which is not an sslmode; use one of disable, allow, prefer, require, verify-ca, "
+            "verify-full",
+            id="bad_sslmode_in_the_url",
+        ),
+        pytest.param(
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u@h/d", "POSTGRES_PORT": 6432},
+            "SQLALCHEMY_DATABASE_URI (passed to DatabaseConfig()) and POSTGRES_PORT (passed to DatabaseConfig()) "
+            "are both set. Set either SQLALCHEMY_DATABASE_URI or POSTGRES_HOST/POSTGRES_DB, not both.",
+            id="url_and_port",
+        ),
+        pytest.param(
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u@h/d?sslmode=require", "POSTGRES_SSLMODE": "disable"},
+            "POSTGRES_SSLMODE (passed to DatabaseConfig()) is disable but the URL says sslmode=require. "
+            "Keep one of them.",
+            id="url_sslmode_and_setting_disagree",
+        ),
+        pytest.param(
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u@h/d?host=/var/run/postgresql"},
+            "give the socket directory as an absolute path and leave the host part empty",
+            id="socket_with_a_host",
+        ),
+    ],
+)
+def test_url_contradictions_are_caught_when_the_config_is_built(values: dict[str, Any], expected: str) -> None:
+    assert expected in _error_text(**values)
+
+
+def test_postgres_sslmode_applies_to_a_url_that_does_not_say() -> None:
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://u@db.example.com/d", POSTGRES_SSLMODE="require")
+    assert config.sslmode_for(config.database_url).value == "require"
+
+
+def test_a_unix_socket_url_is_accepted() -> None:
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://app@/appdb?host=/var/run/postgresql")
+    assert config.database_url.query["host"] == "/var/run/postgresql"
+    assert config.database_url.database == "appdb"
+    assert config.sslmode_for(config.database_url).value == "disable"
+
+
+def test_conflicts_say_where_each_value_came_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_HOST=localhost\nPOSTGRES_USER=myapp\n")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/d")
+    with pytest.raises(DatabaseConfigError) as caught:
+        DbFirstConfig()
+    assert (
+        "SQLALCHEMY_DATABASE_URI (from the environment variable DATABASE_URL) and POSTGRES_HOST (from the file "
+        ".env), POSTGRES_USER (from the file .env) are both set. Set either SQLALCHEMY_DATABASE_URI or "
+        "POSTGRES_HOST/POSTGRES_DB, not both."
+    ) in str(caught.value)

@@ -176,3 +176,32 @@ async def test_server_refusing_connections_is_one_clear_error(pg_server: Any, te
     config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database, user="nologin_role", password="x"))
     error, _ = await _connect_error(config)
     assert 'role "nologin_role" is not permitted to log in' in str(error)
+
+
+async def test_a_unix_socket_url_connects(pg_server: Any, test_database: str) -> None:
+    """The form SQLAlchemy documents and Cloud SQL uses: no host, the socket directory as ?host=."""
+    if not hasattr(pg_server, "socket_dir"):
+        pytest.skip("MOUNTAINEER_DB_TEST_URL names a server whose socket directory is unknown")
+    url = f"postgresql://postgres@:{pg_server.port}/{test_database}?host={pg_server.socket_dir}"
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=url)
+    async with database_session(config) as session:
+        address = (await session.exec(text("SELECT inet_client_addr()"))).one()[0]  # type: ignore[call-overload]
+    assert address is None, "connected through the socket, not TCP"
+
+
+async def test_get_db_without_arguments_uses_the_registered_config(make_config: ConfigFactory) -> None:
+    from mountaineer import ConfigBase
+
+    from mountaineer_db.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="No app config is registered"):
+        await DatabaseDependencies.get_db()
+
+    class AppConfig(DatabaseConfig, ConfigBase):
+        pass
+
+    config = AppConfig(SQLALCHEMY_DATABASE_URI=make_config().database_url)
+    engine = await DatabaseDependencies.get_db()
+    assert engine is await DatabaseDependencies.get_db(config=config)
+    with pytest.raises(ConfigurationError, match=r"config= must be a DatabaseConfig, not str"):
+        await DatabaseDependencies.get_db(config="postgresql://nope")  # type: ignore[arg-type]

@@ -102,7 +102,7 @@ def load_config(spec: str | None = None) -> DatabaseConfig:
                 "No app config found. Pass --config module:ClassName (for example myapp.config:AppConfig) "
                 f"or set {CONFIG_ENV_VAR}=module:ClassName."
             )
-        from mountaineer_db.session import registered_config
+        from mountaineer_db.appconfig import registered_config
 
         return registered_config()
     config_class = import_string(spec, source)

@@ -40,6 +40,7 @@ __all__ = [
     "ThrowawayDatabase",
     "apply_migrations",
     "create_schema",
+    "kit_connection_settings",
     "pgbouncer_for",
     "postgres_server",
     "throwaway_database",
@@ -54,6 +55,7 @@ KIT_COMMENT = "made by mountaineer_db.testing"
 """The comment the kit puts on the databases it creates; it drops no other database."""
 
 _T = TypeVar("_T")
+ConfigT = TypeVar("ConfigT", bound=DatabaseConfig)
 
 Schema = MetaData | Callable[[DatabaseConfig], Awaitable[None] | None]
 """How the tables are made: a `MetaData` (create_all), or a hook `hook(config)`, sync or
@@ -120,10 +122,32 @@ class ThrowawayDatabase:
         """Its URL through `bouncer` (see `pgbouncer_for`)."""
         return bouncer.url(self.name, user=self.server.user, password=self.server.password)
 
-    def config(self, config_class: type[DatabaseConfig] = DatabaseConfig, **overrides: Any) -> DatabaseConfig:
-        """A config pointing at this database; `config_class` may be the app's own config class."""
-        values: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": self.url, **overrides}
-        return config_class(**values)
+    def config(self, config_class: type[ConfigT] = DatabaseConfig, **overrides: Any) -> ConfigT:  # type: ignore[assignment]
+        """A config pointing at this database; `config_class` may be the app's own config class.
+
+        The connection settings are the kit's whatever the environment or the project's
+        `.env` holds (a developer's POSTGRES_HOST, DATABASE_URL, MIGRATIONS_DATABASE_URI or
+        DATABASE_EMBEDDED never send a test elsewhere); the app's other settings (pool
+        type, timeouts, ...) are read as usual. `overrides` set further fields.
+        """
+        return config_class(**{**kit_connection_settings(self.url), **overrides})
+
+
+def kit_connection_settings(url: URL) -> dict[str, Any]:
+    """Every connection setting of a config, set explicitly to reach `url` and nothing else."""
+    socket_dir = url.query.get("host")
+    sslmode = url.query.get("sslmode")
+    return {
+        "SQLALCHEMY_DATABASE_URI": None,
+        "POSTGRES_HOST": socket_dir if isinstance(socket_dir, str) else url.host,
+        "POSTGRES_PORT": url.port or 5432,
+        "POSTGRES_USER": url.username,
+        "POSTGRES_PASSWORD": url.password,
+        "POSTGRES_DB": url.database,
+        "POSTGRES_SSLMODE": sslmode if isinstance(sslmode, str) else None,
+        "MIGRATIONS_DATABASE_URI": None,
+        "DATABASE_EMBEDDED": False,
+    }
 
 
 async def _connect(server: Server) -> Any:

@@ -18,16 +18,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.dependencies import (
-    _borrowed,
-    _end_transaction,
-    _shared,
-    get_db_session,
-    offer_to_rerender,
-    track_writes,
-)
+from mountaineer_db.dependencies import get_db_session
 from mountaineer_db.engine import engine_for
-from mountaineer_db.session import _shielded
+from mountaineer_db.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
+from mountaineer_db.session import run_shielded
 
 __all__ = ["override_app_session", "render_controller", "rollback_session", "session_provider"]
 
@@ -53,9 +47,9 @@ async def rollback_session(config_or_engine: DatabaseConfig | AsyncEngine) -> As
         try:
             yield session
         finally:
-            await _shielded(session.close())
+            await run_shielded(session.close())
             if outer.is_active:
-                await _shielded(outer.rollback())
+                await run_shielded(outer.rollback())
 
 
 def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[AsyncSession]]:
@@ -68,24 +62,30 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
     committed (inside the test's transaction) first, so the handler sees it and it stays.
     """
 
+    outlives_request: list[Any] = []
+
     async def provide_test_session(
         request: HTTPConnection = None,  # type: ignore[assignment] # as in get_db_session
     ) -> AsyncIterator[AsyncSession]:
-        state = _shared.get()
+        state = shared_session()
         if state is not None and state.session is session and state.serves(request, None):
-            async with _borrowed(state) as borrowed:
-                yield borrowed
+            async with borrowed(state, keep=outlives_request) as borrowed_session:
+                yield borrowed_session
             return
         if session.in_transaction():
             # What the test itself wrote before the request stays: a request starts from a
             # clean slate in production too. (Releases a savepoint; the test's transaction stays.)
             await session.commit()
+        # The test's own instances outlive the request: attached again when it ends, with
+        # what they hold (a request's own instances end up detached, as in production).
+        outlives_request[:] = list(session.identity_map.values())
         await session.begin()
-        async with offer_to_rerender(session, request):
-            try:
+        try:
+            async with offer_to_rerender(session, request):
                 yield session
-            finally:
-                await _shielded(_end_transaction(session))
+        finally:
+            await run_shielded(end_transaction(session, keep=outlives_request))
+            outlives_request.clear()
 
     return provide_test_session
 

@@ -148,3 +148,32 @@ async def test_tables_can_come_from_the_apps_migrations(mdb_server: Server, tmp_
         with throwaway_database(mdb_server) as database:
             create_schema(database.config(), apply_migrations(TablesConfig))
             assert await _tables(database.config()) == {"alembic_version", "author", "note"}
+
+
+class KitAppConfig(DatabaseConfig):
+    """An app's config: its class default database name, as in the README Quickstart."""
+
+    POSTGRES_DB: str = "myapp"
+
+
+async def test_the_kit_takes_over_the_connection_whatever_the_project_env_says(
+    mdb_server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A project's `.env` and environment name a developer database; tests must never reach it."""
+    (tmp_path / ".env").write_text(
+        "POSTGRES_HOST=localhost\nPOSTGRES_USER=myapp\nPOSTGRES_PASSWORD=change-me\nPOSTGRES_SSLMODE=require\n"
+        "MIGRATIONS_DATABASE_URI=postgresql://owner@dev-primary/myapp\nDATABASE_EMBEDDED=true\n"
+        "DATABASE_STATEMENT_TIMEOUT=7\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone@production-host/myapp")
+    with throwaway_database(mdb_server) as database:
+        config = database.config(KitAppConfig)
+        assert isinstance(config, KitAppConfig)
+        assert config.database_url.database == database.name
+        assert config.migrations_url == config.database_url, "migrations go to the kit's database too"
+        assert not config.DATABASE_EMBEDDED
+        assert config.DATABASE_STATEMENT_TIMEOUT == 7, "the app's other settings are still read"
+        async with engine_for(config).connect() as connection:
+            assert await connection.scalar(text("SELECT current_database()")) == database.name
+            assert await connection.scalar(text("SHOW statement_timeout")) == "7s"

@@ -1,0 +1,100 @@
+"""PostgreSQL URLs: parsed, checked and normalised to the asyncpg driver when a config is built."""
+
+import ipaddress
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import PlainSerializer, PlainValidator, SecretStr, WithJsonSchema
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["DatabaseURL", "SSLMode", "is_loopback", "parse_url"]
+
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+_URL_QUERY_KEYS = {"sslmode", "ssl", "application_name", "host"}
+
+
+class SSLMode(StrEnum):
+    """libpq's sslmode values."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+_SSL_MODES = tuple(mode.value for mode in SSLMode)
+
+
+def parse_url(value: Any) -> URL:
+    """A SQLAlchemy URL for PostgreSQL with the asyncpg driver, from a string or URL; else ValueError."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, URL):
+        url = value
+    elif isinstance(value, str):
+        try:
+            url = make_url(value.strip())
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "is not a database URL; expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
+                "(percent-encode special characters in the user and password)"
+            ) from None
+    else:
+        raise ValueError("must be a postgresql:// URL string")
+    if url.drivername not in _POSTGRES_SCHEMES:
+        raise ValueError(
+            f"uses the scheme {url.drivername!r}; mountaineer_db needs a PostgreSQL URL "
+            "starting with postgresql://, postgres:// or postgresql+asyncpg://"
+        )
+    unknown = set(url.query) - _URL_QUERY_KEYS
+    if unknown:
+        raise ValueError(
+            f"has unsupported query parameters {sorted(unknown)}; supported: "
+            f"{sorted(_URL_QUERY_KEYS)}. Use the DATABASE_* settings for the rest"
+        )
+    try:
+        url.port  # noqa: B018 - make_url parses the port lazily; surface errors now
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+    for key in ("sslmode", "ssl"):
+        if key in url.query and _query_value(url, key).lower() not in _SSL_MODES:
+            raise ValueError(
+                f"has ?{key}={_query_value(url, key)}, which is not an sslmode; use one of {', '.join(_SSL_MODES)}"
+            )
+    socket_dir = _query_value(url, "host") if "host" in url.query else None
+    if socket_dir is not None and (url.host or not socket_dir.startswith("/")):
+        raise ValueError(
+            "has ?host= for a Unix socket: give the socket directory as an absolute path and leave the "
+            "host part empty, e.g. postgresql://USER@/DBNAME?host=/var/run/postgresql"
+        )
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def _query_value(url: URL, key: str) -> str:
+    value = url.query[key]
+    return str(value[-1] if isinstance(value, tuple) else value)
+
+
+DatabaseURL = Annotated[
+    URL,
+    PlainValidator(parse_url),
+    # Dumped (and shown) with the password masked; use `render_as_string(hide_password=False)`
+    # on the URL object when the real value is needed.
+    PlainSerializer(lambda url: url.render_as_string(hide_password=True), return_type=str),
+    WithJsonSchema({"type": "string", "format": "uri"}),
+]
+"""A PostgreSQL URL, validated and normalised to the asyncpg driver (a SQLAlchemy `URL`)."""
+
+
+def is_loopback(host: str | None) -> bool:
+    if host is None or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
