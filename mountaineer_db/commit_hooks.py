@@ -43,11 +43,11 @@ from typing import Any
 import sqlalchemy.util
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-__all__ = ["CommitHook", "on_commit"]
+__all__ = ["CommitHook", "capturing", "describe_callback", "on_commit"]
 
 logger = logging.getLogger("mountaineer_db")
 

@@ -107,6 +107,15 @@ async def test_async_with_begin_and_an_explicit_transaction_commit_run_the_hooks
         await session.close()
 
 
+async def test_a_plain_sqlalchemy_async_session_works_too(config: DatabaseConfig) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession as SQLAlchemyAsyncSession
+
+    async with SQLAlchemyAsyncSession(engine_for(config)) as session:
+        on_commit(session, _recorder("plain sqlalchemy"))
+        await session.commit()
+    assert RAN == ["plain sqlalchemy"]
+
+
 async def test_a_released_savepoint_hands_its_hooks_to_the_outer_transaction(config: DatabaseConfig) -> None:
     async with database_session(config) as session:
         on_commit(session, _recorder("outer"))
