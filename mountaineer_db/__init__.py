@@ -3,6 +3,7 @@
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db import dependencies as DatabaseDependencies
+from mountaineer_db.commit_hooks import on_commit
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.dependencies import SessionDep
 from mountaineer_db.engine import dispose_engines
@@ -13,8 +14,12 @@ from mountaineer_db.exceptions import (
     DatabaseUnavailableError,
     MountaineerDBError,
     ResourceAlreadyExistsError,
+    ResourceConflictError,
     ResourceNotFoundError,
+    SchemaChangedError,
 )
+from mountaineer_db.http_errors import get_or_404, map_integrity_errors
+from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
 
 __all__ = [
@@ -28,8 +33,14 @@ __all__ = [
     "MountaineerDBError",
     "PoolType",
     "ResourceAlreadyExistsError",
+    "ResourceConflictError",
     "ResourceNotFoundError",
+    "SchemaChangedError",
     "SessionDep",
     "database_session",
     "dispose_engines",
+    "get_or_404",
+    "map_integrity_errors",
+    "on_commit",
+    "run_in_transaction",
 ]

@@ -37,6 +37,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.stale_statements import install_stale_statement_recovery
 
 __all__ = ["describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
 
@@ -101,6 +102,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     holder.append(engine)
     retirement = _Retirement()
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
+    install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
     if fixed:

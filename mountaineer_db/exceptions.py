@@ -19,7 +19,9 @@ __all__ = [
     "DatabaseUnavailableError",
     "MountaineerDBError",
     "ResourceAlreadyExistsError",
+    "ResourceConflictError",
     "ResourceNotFoundError",
+    "SchemaChangedError",
     "describe_target",
     "unavailable_error_for",
 ]
@@ -95,6 +97,22 @@ def _rebuild_unavailable(
     return DatabaseUnavailableError(message, host=host, port=port, database=database)
 
 
+class SchemaChangedError(DatabaseUnavailableError):
+    """A statement prepared and cached before a schema change (a migration) could not run.
+
+    An HTTP 503 like its base class, with its own detail: the request was rolled back, the
+    connections holding stale statements are being replaced, and a retry will succeed. See
+    `mountaineer_db.stale_statements`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=0)
+        self.detail = "The database schema changed while this request ran. Try again."
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message,))
+
+
 # Server errors after which the connection is gone (or never became usable), whatever SQLAlchemy
 # made of them. Deliberately not QueryCanceledError (57014: statement timeout, cancel requests),
 # which shares their SQLSTATE class 57 but leaves the connection usable and is the caller's doing.
@@ -157,9 +175,61 @@ class ClientDisconnectedError(MountaineerDBError, HTTPException):
         return self.message
 
 
-class ResourceNotFoundError(MountaineerDBError, LookupError):
-    """Something that was asked for (a database, a revision, a row) does not exist."""
+class _HTTPError(MountaineerDBError, HTTPException):
+    """A library error that is also an HTTP error: `str()` is the message for logs and
+    developers, `detail` the short text a client sees (never the message, which may name
+    hosts, paths or tables)."""
+
+    status: int = 500
+    default_detail: str = "Internal Server Error"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        HTTPException.__init__(self, status_code=self.status, detail=detail or self.default_detail)
+        self.message = message
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message,), dict(self.__dict__))
 
 
-class ResourceAlreadyExistsError(MountaineerDBError):
-    """Something that was to be created (a database, a migrations folder) already exists."""
+class ResourceNotFoundError(_HTTPError, LookupError):
+    """Something that was asked for (a database, a revision, a row) does not exist.
+
+    Also an HTTP 404 for FastAPI and Mountaineer (`get_or_404` raises it for a missing row);
+    clients see `detail`, "Not found." unless the raiser says otherwise.
+    """
+
+    status = 404
+    default_detail = "Not found."
+
+
+class ResourceConflictError(_HTTPError):
+    """The change conflicts with what the database holds: an HTTP 409.
+
+    `map_integrity_errors()` raises it for foreign-key violations (a reference to a missing
+    row, or a delete of a row still referred to), and its subclass
+    `ResourceAlreadyExistsError` for unique violations. `constraint` names the constraint.
+    """
+
+    status = 409
+    default_detail = "This conflicts with the current state of the data."
+
+    def __init__(self, message: str, *, detail: str | None = None, constraint: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.constraint = constraint
+
+
+class ResourceAlreadyExistsError(ResourceConflictError):
+    """Something that was to be created (a database, a migrations folder, a row) already exists.
+
+    An HTTP 409; `map_integrity_errors()` raises it for unique violations, naming the
+    constraint, never the values.
+    """
+
+    default_detail = "This already exists."

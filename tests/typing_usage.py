@@ -13,10 +13,20 @@ from mountaineer_db import (
     DatabaseDependencies,
     MountaineerDBError,
     PoolType,
+    ResourceAlreadyExistsError,
+    ResourceConflictError,
+    ResourceNotFoundError,
+    SchemaChangedError,
     SessionDep,
     database_session,
     dispose_engines,
+    get_or_404,
+    map_integrity_errors,
+    on_commit,
+    run_in_transaction,
 )
+from mountaineer_db.stale_statements import install_stale_statement_recovery
+from mountaineer_db.testing import captured_on_commit
 
 
 class TypedConfig(DatabaseConfig, ConfigBase):
@@ -64,3 +74,42 @@ async def typed_job(config: DatabaseConfig) -> int:
     finally:
         await dispose_engines()
     return count if engine is not None else 0
+
+
+async def notify(todo_id: int) -> None: ...
+
+
+class TypedDetailController(ControllerBase):  # type: ignore[type-arg]
+    url = "/typed/{todo_id}"
+    view_path = "/app/typed_detail/page.tsx"
+
+    async def render(self, todo_id: int, session: SessionDep) -> TodoList:
+        todo: TypedTodo = await get_or_404(session, TypedTodo, todo_id, with_for_update=True)
+        return TodoList(descriptions=[todo.description])
+
+    @sideeffect
+    @map_integrity_errors({"uq_typed_todo_description": "Already on the list."})
+    async def add(self, payload: NewTodo, session: SessionDep) -> None:
+        todo = TypedTodo(description=payload.description)
+        session.add(todo)
+        on_commit(session, lambda: None)
+        on_commit(session, lambda: notify(1), robust=True)
+        with map_integrity_errors():
+            await session.commit()
+
+
+async def typed_transactions(config: DatabaseConfig) -> int:
+    async def count_todos(session: AsyncSession) -> int:
+        return len((await session.exec(select(TypedTodo))).all())
+
+    count: int = await run_in_transaction(count_todos, retries=5, isolation_level="SERIALIZABLE", config=config)
+    install_stale_statement_recovery(await DatabaseDependencies.get_db(config=config))
+    try:
+        with captured_on_commit(execute=True) as callbacks:
+            async with database_session(config) as session:
+                on_commit(session, lambda: notify(count))
+                await session.commit()
+    except (ResourceNotFoundError, ResourceConflictError, ResourceAlreadyExistsError, SchemaChangedError) as error:
+        status: int = error.status_code
+        return -status
+    return count + len(callbacks)

@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from mountaineer import AppController
+from mountaineer import APIException, AppController
 
-from mountaineer_db import dispose_engines
+from mountaineer_db import ResourceNotFoundError, dispose_engines
 from mountaineer_db.embedded import ensure_embedded_database
 from todo_app.config import AppConfig
 from todo_app.controllers.detail import DetailController
@@ -44,10 +44,12 @@ def build_app(config: AppConfig) -> AppController:
     controller.register(NotFoundController())
 
     @controller.app.exception_handler(TodoNotFound)
-    async def todo_not_found(request: Request, error: TodoNotFound) -> Response:
+    @controller.app.exception_handler(ResourceNotFoundError)
+    async def todo_not_found(request: Request, error: TodoNotFound | ResourceNotFoundError) -> Response:
         """An unknown id: the 404 page for a page request, the JSON error for an action."""
         if request.method != "GET" or request.url.path.startswith(controller.internal_api_prefix):
-            return JSONResponse(status_code=error.status_code, content=error.internal_model.model_dump())
+            content = error.internal_model.model_dump() if isinstance(error, APIException) else {"detail": error.detail}
+            return JSONResponse(status_code=error.status_code, content=content)
         # Render the NotFoundController's page (it takes no arguments) and send it as a 404.
         definition = controller.graph.get_definitions_for_cls(NotFoundController)[0]
         assert definition.route is not None

@@ -17,10 +17,12 @@ with postgres_server() as server, throwaway_database(server) as database:
 
 With pytest, the same as fixtures (this module's plugin is registered automatically):
 `mdb_server`, `mdb_database`, `mdb_schema`, `mdb_config`, `mdb_session`, `mdb_app`,
-`mdb_app_session`, `mdb_client`, `mdb_pgbouncer`. See the README's "Testing your app".
+`mdb_app_session`, `mdb_client`, `mdb_pgbouncer`, `mdb_captured_on_commit`. See the README's
+"Testing your app" and docs/transactions.md.
 """
 
 from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.testing.commit_hooks import captured_on_commit
 from mountaineer_db.testing.databases import (
     KIT_COMMENT,
     TEST_URL_ENV,
@@ -48,6 +50,7 @@ __all__ = [
     "Server",
     "ThrowawayDatabase",
     "apply_migrations",
+    "captured_on_commit",
     "create_schema",
     "override_app_session",
     "pgbouncer_for",

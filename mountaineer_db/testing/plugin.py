@@ -14,6 +14,7 @@ installed. Nothing starts unless a test asks for one of these fixtures:
 | `mdb_app_session` | test | `mdb_session`, handed to `mdb_app` for the test |
 | `mdb_client` | test | an `httpx.AsyncClient` on `mdb_app`, with `mdb_app_session` in place |
 | `mdb_pgbouncer` | session | a PgBouncer (transaction mode) in front of `mdb_server` |
+| `mdb_captured_on_commit` | test | `captured_on_commit`: `with mdb_captured_on_commit(execute=True) as hooks:` |
 """
 
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -140,3 +141,19 @@ def mdb_pgbouncer(mdb_server: "Server") -> "Iterator[PgBouncer]":
         pytest.skip("PgBouncer is not installed (apt-get install pgbouncer); the mdb_pgbouncer tests cannot run")
     with pgbouncer_for(mdb_server) as bouncer:
         yield bouncer
+
+
+@pytest.fixture
+def mdb_captured_on_commit() -> Callable[..., Any]:
+    """`mountaineer_db.testing.captured_on_commit`, for tests that prefer a fixture:
+
+    ```python
+    async def test_it(mdb_client, mdb_captured_on_commit):
+        with mdb_captured_on_commit(execute=True) as callbacks:
+            await mdb_client.post(...)
+        assert len(callbacks) == 1
+    ```
+    """
+    from mountaineer_db.testing.commit_hooks import captured_on_commit
+
+    return captured_on_commit

@@ -6,9 +6,10 @@ Each test's changes (the actions' commits included) are rolled back afterwards.
 from typing import Any
 
 import httpx
+import pytest
 from sqlmodel import func, select
 
-from mountaineer_db import AsyncSession
+from mountaineer_db import AsyncSession, ResourceNotFoundError
 from mountaineer_db.testing import render_controller
 from tests.example_app._require import require_example_app
 
@@ -151,3 +152,54 @@ async def test_rename_to_empty_is_refused_and_keeps_the_old_name(
     assert response.status_code == 400
     assert response.json()["detail"] == "Write something first: the description is empty."
     assert (await _fetch(mdb_app_session, todo_id)).description == "stays"
+
+
+async def test_an_unknown_id_on_the_detail_page_is_a_404(mdb_session: AsyncSession) -> None:
+    with pytest.raises(ResourceNotFoundError) as caught:
+        await render_controller(DetailController(), mdb_session, path="/todos/424242")
+    assert (caught.value.status_code, caught.value.detail) == (404, "Todo not found.")
+
+
+DUPLICATE = "An open todo with this description already exists."
+
+
+async def test_the_same_open_todo_twice_is_refused_with_a_409(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    assert _listed(await mdb_client.post(f"{HOME}/add_todo", json={"description": "call mum"}))
+    response = await mdb_client.post(f"{HOME}/add_todo", json={"description": "  call mum "})
+
+    assert (response.status_code, response.json()) == (409, {"detail": DUPLICATE})
+    assert await _count(mdb_app_session) == 1
+
+
+async def test_a_done_todo_may_be_added_again_but_not_reopened_beside_its_twin(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    (done_id,) = await _seed(mdb_app_session, "water the plants")
+    assert (await mdb_client.post(f"{HOME}/toggle_todo", json={"id": done_id})).status_code == 200
+    again = await mdb_client.post(f"{HOME}/add_todo", json={"description": "water the plants"})
+    assert [(t["description"], t["done"]) for t in _listed(again)] == [
+        ("water the plants", True),
+        ("water the plants", False),
+    ]
+
+    reopen = await mdb_client.post(f"{HOME}/toggle_todo", json={"id": done_id})
+
+    assert (reopen.status_code, reopen.json()) == (409, {"detail": DUPLICATE})
+    assert (await _fetch(mdb_app_session, done_id)).done is True
+
+
+async def test_renaming_onto_another_open_todo_is_a_409(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    _, second = await _seed(mdb_app_session, "first", "second")
+
+    response = await mdb_client.post(
+        f"{DETAIL}/rename_todo",
+        json={"id": second, "description": "first"},
+        headers={"referer": f"http://testserver/todos/{second}"},
+    )
+
+    assert (response.status_code, response.json()) == (409, {"detail": DUPLICATE})
+    assert (await _fetch(mdb_app_session, second)).description == "second"

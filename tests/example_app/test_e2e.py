@@ -161,6 +161,11 @@ def test_todo_lifecycle_in_a_real_browser(app_url: str) -> None:
             page.get_by_role("button", name="Add").click()
             expect(page.get_by_role("alert")).to_have_text("Write something first: the description is empty.")
             expect(page.locator("li")).to_have_count(1)
+            # The same open todo twice: the 409 of map_integrity_errors, shown in the page.
+            page.get_by_label("New todo").fill("Buy milk")
+            page.get_by_role("button", name="Add").click()
+            expect(page.get_by_role("alert")).to_have_text("An open todo with this description already exists.")
+            expect(page.locator("li")).to_have_count(1)
 
             page.reload()
             expect(item).to_be_visible()

@@ -1,12 +1,12 @@
-"""One todo (`/todos/{todo_id}`): rename it, toggle it. Unknown ids get the 404 page."""
+"""One todo (`/todos/{todo_id}`): rename it, toggle it. Unknown ids get the 404 page (`get_or_404`)."""
 
 from datetime import datetime
 
 from mountaineer import ControllerBase, Depends, Metadata, RenderBase, sideeffect
 from pydantic import BaseModel
 
-from mountaineer_db import AsyncSession, DatabaseDependencies
-from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description
+from mountaineer_db import AsyncSession, DatabaseDependencies, get_or_404
+from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description, open_todo_conflicts
 from todo_app.controllers.home import TodoItem, TodoRef, get_todo, toggle_done
 from todo_app.models import DESCRIPTION_MAX_LENGTH, Todo
 
@@ -31,10 +31,10 @@ class DetailController(ControllerBase):
         todo_id: int,
         session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
     ) -> DetailRender:
-        todo = await session.get(Todo, todo_id)
-        if todo is None or todo.id is None:
-            # Turned into the 404 page by the handler in `todo_app.app`.
-            raise TodoNotFound(detail=f"Todo #{todo_id} does not exist.")
+        # An unknown id raises ResourceNotFoundError (a 404), turned into the 404 page by the
+        # handler in `todo_app.app`.
+        todo = await get_or_404(session, Todo, todo_id)
+        assert todo.id is not None  # loaded rows have their primary key
         return DetailRender(
             todo=TodoItem(id=todo.id, description=todo.description, done=todo.done),
             created_at=todo.created_at,
@@ -51,7 +51,8 @@ class DetailController(ControllerBase):
         description = clean_description(payload.description)
         todo = await get_todo(session, payload.id)
         todo.description = description
-        await session.commit()
+        with open_todo_conflicts:
+            await session.commit()
 
     @sideeffect(exception_models=[TodoNotFound])
     async def toggle_todo(

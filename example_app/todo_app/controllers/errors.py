@@ -2,7 +2,8 @@
 
 from mountaineer import APIException
 
-from todo_app.models import DESCRIPTION_MAX_LENGTH
+from mountaineer_db import map_integrity_errors
+from todo_app.models import DESCRIPTION_MAX_LENGTH, OPEN_DESCRIPTION_CONSTRAINT
 
 
 class InvalidDescription(APIException):
@@ -29,3 +30,10 @@ def clean_description(raw: str) -> str:
             detail=f"That description has {len(description):,} characters; the limit is {DESCRIPTION_MAX_LENGTH:,}."
         )
     return description
+
+
+open_todo_conflicts = map_integrity_errors(
+    {OPEN_DESCRIPTION_CONSTRAINT: "An open todo with this description already exists."}
+)
+"""`with open_todo_conflicts:` around a commit that may duplicate an open todo: a 409 with that text
+(adding one, renaming one, or reopening a done one), instead of an `IntegrityError`."""

@@ -5,7 +5,7 @@ from pydantic import BaseModel
 from sqlmodel import col, select
 
 from mountaineer_db import AsyncSession, DatabaseDependencies
-from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description
+from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description, open_todo_conflicts
 from todo_app.models import DESCRIPTION_MAX_LENGTH, Todo
 
 
@@ -40,10 +40,14 @@ async def get_todo(session: AsyncSession, todo_id: int) -> Todo:
 
 
 async def toggle_done(session: AsyncSession, todo_id: int) -> None:
-    """Flip the todo's done flag and commit (the `toggle_todo` action of both pages)."""
+    """Flip the todo's done flag and commit (the `toggle_todo` action of both pages).
+
+    Reopening a done todo while an open one has the same description is a 409.
+    """
     todo = await get_todo(session, todo_id)
     todo.done = not todo.done
-    await session.commit()
+    with open_todo_conflicts:
+        await session.commit()
 
 
 class HomeController(ControllerBase):
@@ -70,7 +74,8 @@ class HomeController(ControllerBase):
         session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
     ) -> None:
         session.add(Todo(description=clean_description(payload.description)))
-        await session.commit()
+        with open_todo_conflicts:  # the same open todo twice: 409 "An open todo with this description..."
+            await session.commit()
 
     @sideeffect(exception_models=[TodoNotFound])
     async def toggle_todo(

@@ -1,8 +1,19 @@
 import React, { useState } from "react";
 
-/** The message of an error thrown by an action (an APIException's `detail`). */
+/**
+ * The message of an error thrown by an action: the `detail` of the JSON error body. Declared
+ * errors (APIException) arrive parsed; others, such as mountaineer_db's 409 for a duplicate,
+ * arrive as text.
+ */
 export const errorMessage = (error: unknown): string => {
-  const body = (error as { body?: unknown } | null)?.body;
+  let body = (error as { body?: unknown } | null)?.body;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      body = null;
+    }
+  }
   if (body && typeof body === "object" && "detail" in body && typeof body.detail === "string") {
     return body.detail;
   }
