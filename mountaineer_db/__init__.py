@@ -6,7 +6,7 @@ from mountaineer_db import dependencies as DatabaseDependencies
 from mountaineer_db.commit_hooks import on_commit
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.dependencies import SessionDep
-from mountaineer_db.engine import dispose_engines
+from mountaineer_db.engine import database_lifespan, dispose_engines
 from mountaineer_db.exceptions import (
     ClientDisconnectedError,
     ConfigurationError,
@@ -37,6 +37,7 @@ __all__ = [
     "ResourceNotFoundError",
     "SchemaChangedError",
     "SessionDep",
+    "database_lifespan",
     "database_session",
     "dispose_engines",
     "get_or_404",

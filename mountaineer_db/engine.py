@@ -4,9 +4,12 @@ Lifecycle, as deploys actually run (many `asyncio.run()` calls, forks, reloads):
 
 - An engine belongs to the process and the event loop that made it; `engine_for` never
   hands it to another loop or to a forked child.
-- When its loop shuts down through `asyncio.run()` / `asyncio.Runner` (uvicorn, gunicorn's
-  uvicorn workers, pytest-asyncio and CLI commands all do), the loop's engines are disposed
+- When its loop shuts down through `asyncio.run()` / `asyncio.Runner` (scripts, CLI commands,
+  job runners, pytest-asyncio, uvicorn stopped with Ctrl-C), the loop's engines are disposed
   while the loop still runs: their connections are closed properly, with no hook to write.
+  Servers stopped with SIGTERM (uvicorn, gunicorn's uvicorn workers, so every deploy and
+  worker restart) exit right after the app's lifespan ends, before that: pass
+  `database_lifespan` as the app's lifespan, or await `dispose_engines()` at the end of yours.
 - Engines of a loop that was closed some other way are released at the latest by the next
   `engine_for` or `dispose_engines()`, without the dead loop: their sockets are closed.
 - A forked child never closes, terminates or uses its parent's connections: closing them
@@ -39,7 +42,7 @@ from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 
-__all__ = ["describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
+__all__ = ["database_lifespan", "describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -338,6 +341,23 @@ async def dispose_engines() -> None:
             except RuntimeError:  # closed meanwhile
                 work.close()
                 _release_without_loop(entry)
+
+
+@contextlib.asynccontextmanager
+async def database_lifespan(app: Any) -> AsyncIterator[None]:
+    """An app lifespan that closes this process's engines when the server shuts down.
+
+    ```python
+    controller = AppController(config=AppConfig(), fastapi_args={"lifespan": database_lifespan})
+    ```
+
+    Servers stopped with SIGTERM (uvicorn, gunicorn) exit as soon as the lifespan has ended,
+    before their event loop could dispose the engines itself; pooled connections would be
+    dropped rather than closed. An app with a lifespan of its own awaits `dispose_engines()`
+    at its end instead.
+    """
+    yield
+    await dispose_engines()
 
 
 def engines_on_this_loop() -> list[AsyncEngine]:

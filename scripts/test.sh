@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone, in one command: bash scripts/test.sh [pytest args]
+# The whole test suite, from a fresh clone, in one command:
+#
+#   bash scripts/test.sh [pytest args]
+#
 # Installs what the suite needs when it is missing (PgBouncer and Chromium from Debian's
-# packages, a virtualenv with the package and its dev extra), then runs pytest.
+# packages; a virtualenv with the package, its dev extra and the example app), runs ruff and
+# mypy --strict, then pytest twice: on the newest releases of our dependencies (.venv), and on
+# the lowest versions pyproject.toml declares (.venv-lowest, pinned by constraints/lowest.txt).
+# MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 
 missing=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${missing[*]} (Debian packages)"
@@ -20,13 +26,32 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "==> creating .venv"
-  "$PYTHON" -m venv .venv
+versions=${MOUNTAINEER_DB_VERSIONS:-both}
+
+quiet_pip() {
+  "$@" 2>&1 | grep -v -e '^WARNING: Location' -e 'ignored: it is neither' || true
+}
+
+# make_venv DIR [pip constraint args...]: the package with its dev extra, and the example app.
+make_venv() {
+  local venv=$1
+  shift
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "==> creating $venv"
+    "$PYTHON" -m venv "$venv"
+  fi
+  echo "==> installing Python packages into $venv $*"
+  quiet_pip "$venv/bin/python" -m pip install -q --upgrade pip
+  quiet_pip "$venv/bin/python" -m pip install -q "$@" -e '.[dev]' -e ./example_app
+  "$venv/bin/python" -m pip check >/dev/null || { "$venv/bin/python" -m pip check; exit 1; }
+}
+
+make_venv .venv
+if [ "$versions" != newest ]; then
+  make_venv .venv-lowest -c constraints/lowest.txt
+  # The floors must be what is installed, not merely allowed.
+  .venv-lowest/bin/python scripts/check_lowest.py constraints/lowest.txt
 fi
-echo "==> installing Python packages"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -e '^WARNING: Location' -e 'ignored: it is neither' || true
 
 if [ -f scripts/prepare_example.sh ]; then
   bash scripts/prepare_example.sh
@@ -36,5 +61,13 @@ echo "==> linters"
 .venv/bin/ruff check mountaineer_db tests bench
 .venv/bin/mypy
 
-echo "==> pytest"
-exec .venv/bin/python -m pytest "$@"
+status=0
+if [ "$versions" != lowest ]; then
+  echo "==> pytest (newest releases)"
+  .venv/bin/python -m pytest "$@" || status=$?
+fi
+if [ "$versions" != newest ]; then
+  echo "==> pytest (lowest declared versions: constraints/lowest.txt)"
+  .venv-lowest/bin/python -m pytest "$@" || status=$?
+fi
+exit $status

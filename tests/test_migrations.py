@@ -309,18 +309,20 @@ def test_naming_convention_names_constraints_of_tables_defined_before_it() -> No
         Index(None, "code"),
     )
     assert child.primary_key.name is None
-    migrations.apply_naming_convention(metadata)
-    assert metadata.naming_convention == migrations.naming_convention
-    names = {constraint.name for constraint in (*child.constraints, *child.indexes)}
+    named = migrations.apply_naming_convention(metadata)
+    assert named.naming_convention == migrations.naming_convention
+    named_child = named.tables["child"]
+    names = {constraint.name for constraint in (*named_child.constraints, *named_child.indexes)}
     assert names == {"pk_child", "fk_child_parent_id_parent", "uq_child_code", "my_own_name", "ix_child_code"}
-    assert parent.primary_key.name == "pk_parent"
+    assert named.tables["parent"].primary_key.name == "pk_parent"
+    assert child.primary_key.name is None and parent.primary_key.name is None, "the app's metadata is left alone"
 
 
 def test_naming_convention_keeps_an_apps_own_convention() -> None:
     own = {"pk": "primary_%(table_name)s"}
     metadata = MetaData(naming_convention=own)
     table = Table("thing", metadata, Column("id", Integer, primary_key=True))
-    migrations.apply_naming_convention(metadata)
+    assert migrations.apply_naming_convention(metadata) is metadata
     assert metadata.naming_convention == own
     assert table.primary_key.name == "primary_thing"
 

@@ -16,11 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Constraint, Index, MetaData
-from sqlalchemy.sql import naming as sqlalchemy_naming
-from sqlalchemy.sql.base import _NONE_NAME
-from sqlalchemy.sql.elements import conv
-from sqlalchemy.sql.schema import DEFAULT_NAMING_CONVENTION
+from sqlalchemy import MetaData
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.exceptions import ConfigurationError
@@ -180,28 +176,17 @@ def load_metadata(config: DatabaseConfig) -> MetaData:
 
 
 def apply_naming_convention(metadata: MetaData) -> MetaData:
-    """Give `metadata` the `naming_convention` unless it has its own, and name existing constraints.
+    """`metadata` with the `naming_convention` applied, unless it has a convention of its own.
 
-    SQLAlchemy names a constraint when it is attached to its table, so tables defined before
-    the convention was set still have unnamed constraints; they are named here too, by the
-    rule SQLAlchemy applies at attach time: explicit names are kept, except a named check
-    constraint, which becomes `ck_<table>_<name>`. Returns `metadata` (changed in place).
+    SQLAlchemy names a constraint when it is attached to its table, so the tables of a
+    metadata whose convention is set afterwards keep unnamed constraints. Instead of
+    changing the app's metadata, this returns a copy whose tables were attached under the
+    convention (`Table.to_metadata`), so SQLAlchemy's own rule names them: explicit names
+    are kept, except a named check constraint, which becomes `ck_<table>_<name>`.
     """
-    if dict(metadata.naming_convention) == dict(DEFAULT_NAMING_CONVENTION):
-        metadata.naming_convention = dict(naming_convention)
-    for table in metadata.tables.values():
-        items: list[Constraint | Index] = [*table.constraints, *table.indexes]
-        for item in items:
-            # Mirrors SQLAlchemy's own rule at attach time (sqlalchemy.sql.naming).
-            if isinstance(item.name, conv) or item.name is _NONE_NAME:
-                continue
-            convention = sqlalchemy_naming._get_convention(metadata.naming_convention, type(item))  # type: ignore[no-untyped-call]
-            if not isinstance(convention, str):
-                continue
-            if item.name is None and "%(constraint_name)s" in convention:
-                continue  # an unnamed CheckConstraint: PostgreSQL's default name stays
-            if item.name is None or "%(constraint_name)s" in convention:
-                name = sqlalchemy_naming._constraint_name_for_table(item, table)  # type: ignore[no-untyped-call]
-                if name:
-                    item.name = name
-    return metadata
+    if dict(metadata.naming_convention) != dict(MetaData().naming_convention):
+        return metadata  # the app chose its own convention
+    named = MetaData(naming_convention=dict(naming_convention), schema=metadata.schema)
+    for table in metadata.sorted_tables:
+        table.to_metadata(named)
+    return named

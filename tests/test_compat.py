@@ -1,0 +1,193 @@
+"""Canaries: what we rely on in other libraries beyond their documented APIs.
+
+Each test names the upstream change that would break us; docs/compatibility.md lists them.
+When one fails after an upgrade, the message says what moved and what of ours depends on it.
+"""
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from mountaineer import AppController, ConfigBase, ControllerBase, Depends, RenderBase, sideeffect
+from sqlalchemy import text
+from sqlalchemy.util import greenlet_spawn
+from sqlmodel import Field, SQLModel, select
+
+from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, database_session
+from mountaineer_db.connections import MountaineerConnection
+from mountaineer_db.engine import engine_for
+from tests.core_app import write_stub_views
+
+
+async def test_canary_sqlalchemy_begins_asyncpg_transactions_through_connection_transaction(
+    make_config: Any,
+) -> None:
+    """Upstream: `AsyncAdapt_asyncpg_connection._start_transaction` (sqlalchemy/dialects/postgresql/asyncpg.py)
+    calling `connection.transaction(isolation=, readonly=, deferrable=).start()`. Ours: the
+    per-transaction timeouts ride on that BEGIN (`MountaineerConnection.transaction`)."""
+    config = make_config(DATABASE_STATEMENT_TIMEOUT=1.5)
+    async with database_session(config) as session:
+        connection = await session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        timeout = (await session.exec(text("SHOW statement_timeout"))).one()[0]  # type: ignore[call-overload]
+        assert isinstance(driver, MountaineerConnection), "SQLAlchemy no longer wraps the connection our creator opens"
+        assert driver._mdb_open_transaction, (
+            "SQLAlchemy's asyncpg adapter no longer starts transactions with asyncpg's Connection.transaction(); "
+            "DATABASE_*_TIMEOUT settings are not applied at BEGIN any more"
+        )
+        assert timeout == "1500ms"
+
+
+async def test_canary_sqlalchemy_asyncpg_dbapi_takes_adapter_arguments_with_async_creator_fn(
+    make_config: Any,
+) -> None:
+    """Upstream: `AsyncAdapt_asyncpg_dbapi.connect(async_creator_fn=, prepared_statement_cache_size=,
+    prepared_statement_name_func=)`, the form SQLAlchemy's `async_creator` docs point to. Ours: every
+    connection, unnamed prepared statements (PgBouncer-safe) by default."""
+    config = make_config()
+    dbapi = engine_for(config).sync_engine.dialect.dbapi
+    parameters = inspect.getsource(type(dbapi).connect)  # type: ignore[arg-type]
+    for argument in ("async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func"):
+        assert argument in parameters, f"SQLAlchemy's asyncpg DBAPI connect() no longer takes {argument}"
+    async with database_session(config) as session:
+        await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        left = (await session.exec(text("SELECT count(*) FROM pg_prepared_statements"))).one()[0]  # type: ignore[call-overload]
+    assert left == 0, "named prepared statements were left on the server connection"
+
+
+async def test_canary_sqlalchemy_in_greenlet() -> None:
+    """Upstream: `sqlalchemy.util.concurrency.in_greenlet`. Ours: `RequestSyncSession.get_bind` opens its
+    kept connection only where I/O is possible (inside SQLAlchemy's greenlet)."""
+    from sqlalchemy.util.concurrency import in_greenlet
+
+    assert in_greenlet() is False
+    assert await greenlet_spawn(in_greenlet) is True
+
+
+def test_canary_starlette_keeps_a_read_body_in_request_body_attribute() -> None:
+    """Upstream: Starlette's `Request.body()` caching the body as `Request._body`. Ours: `DisconnectGuard`
+    listens for a client disconnect only once the body has been read, so it never takes a message a
+    handler waits for; without `_body` it would never listen (no cancellation on disconnect)."""
+    app = FastAPI()
+    seen: list[bool] = []
+
+    @app.post("/")
+    async def handler(request: Request) -> dict[str, bool]:
+        before = hasattr(request, "_body")
+        await request.body()
+        seen.extend([before, hasattr(request, "_body")])
+        return {}
+
+    import asyncio
+
+    async def call() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            await client.post("/", content=b"x")
+
+    asyncio.run(call())
+    assert seen == [False, True], "Starlette no longer keeps the read body in Request._body"
+
+
+def test_canary_mountaineer_di_reads_the_callable_override_attribute() -> None:
+    """Upstream: mountaineer_di's overrides module reading `__mountaineer_dependency_overrides__` on a
+    callable. Ours: `mountaineer_db.testing.override_app_session` reaches the @sideeffect re-render
+    through it."""
+    from mountaineer_di import overrides
+
+    from mountaineer_db.testing.sessions import _OVERRIDES_ATTR
+
+    assert overrides._DEPENDENCY_OVERRIDES_ATTR == _OVERRIDES_ATTR, (
+        "mountaineer_di renamed its callable-level override attribute; the test kit's session no longer "
+        "reaches render() re-run after a @sideeffect"
+    )
+
+
+# -- Mountaineer's re-render ---------------------------------------------------------------
+
+
+class CompatConfig(DatabaseConfig, ConfigBase):
+    """The test app is not pip-installed: it passes view_root instead of PACKAGE."""
+
+
+class CompatNote(SQLModel, table=True):
+    __tablename__ = "compat_note"
+
+    id: int | None = Field(default=None, primary_key=True)
+    text: str
+
+
+class NotesRender(RenderBase):
+    notes: list[CompatNote]
+    has_app_in_scope: bool
+    backend_pid: int
+
+
+SCOPES: list[dict[str, Any]] = []
+
+
+class NotesController(ControllerBase):
+    url = "/"
+    view_path = "/app/notes/page.tsx"
+
+    async def render(
+        self, request: Request, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)
+    ) -> NotesRender:
+        notes = (await session.exec(select(CompatNote).order_by(CompatNote.id))).all()  # type: ignore[arg-type]
+        pid = (await session.exec(text("SELECT pg_backend_pid()"))).one()[0]  # type: ignore[call-overload]
+        return NotesRender(notes=list(notes), has_app_in_scope="app" in request.scope, backend_pid=pid)
+
+    @sideeffect
+    async def add(self, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)) -> None:
+        session.add(CompatNote(text="committed"))
+        await session.commit()
+        session.add(CompatNote(text="left uncommitted"))
+        await session.flush()
+
+
+@pytest.fixture
+async def client(make_config: Any, tmp_path: Path) -> Any:
+    config = CompatConfig(SQLALCHEMY_DATABASE_URI=make_config().database_url)
+    async with engine_for(config).begin() as connection:
+        await connection.run_sync(lambda sync: CompatNote.__table__.drop(sync, checkfirst=True))  # type: ignore[attr-defined]
+        await connection.run_sync(lambda sync: CompatNote.__table__.create(sync))  # type: ignore[attr-defined]
+    write_stub_views(tmp_path, "compat-views", "notes")
+    app = AppController(view_root=tmp_path, config=config)
+    app.register(NotesController())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver") as http:
+        yield http
+
+
+async def test_canary_mountaineer_rerenders_on_a_request_without_app_in_its_scope(client: httpx.AsyncClient) -> None:
+    """Upstream: `get_render_parameters` in mountaineer/actions/sideeffect_dec.py building the re-render's
+    Request from a plain dict (no `app`). Ours: `mountaineer_db.rerender` recognises the re-render
+    that way and hands it the action's session (one connection per request); if this changes, the
+    re-render falls back to a session of its own (see the next test)."""
+    response = await client.post("/internal/api/notes_controller/add")
+    assert response.status_code == 200, response.text
+    assert response.json()["sideeffect"]["has_app_in_scope"] is False, (
+        "Mountaineer's re-render request now carries `app` in its scope: the re-render no longer shares "
+        "the action's session (still correct, one more connection per @sideeffect request)"
+    )
+
+
+async def test_if_mountaineer_changes_its_rerender_the_fallback_is_a_correct_second_session(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulates the upstream change above: the re-render gets its own session and connection, and
+    shows committed data only, never the action's uncommitted row."""
+    import mountaineer.actions.sideeffect_dec as sideeffect_module
+    from starlette.requests import Request as StarletteRequest
+
+    class RequestWithApp(StarletteRequest):
+        def __init__(self, scope: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            super().__init__({**scope, "app": "a future Mountaineer puts the app here"}, *args, **kwargs)
+
+    monkeypatch.setattr(sideeffect_module, "Request", RequestWithApp)
+    response = await client.post("/internal/api/notes_controller/add")
+    assert response.status_code == 200, response.text
+    rendered = response.json()["sideeffect"]
+    assert rendered["has_app_in_scope"] is True, "the simulation did not take effect"
+    assert [note["text"] for note in rendered["notes"]] == ["committed"]
