@@ -397,7 +397,8 @@ def main() -> int:
         if passed:
             survived.append(mutant.name)
             print(f"         {tail}")
-    print(f"\n{len(chosen) - len(survived)} of {len(chosen)} mutants killed" + (f"; survived: {', '.join(survived)}" if survived else ""))
+    summary = f"\n{len(chosen) - len(survived)} of {len(chosen)} mutants killed"
+    print(summary + (f"; survived: {', '.join(survived)}" if survived else ""))
     return 1 if survived else 0
 
 
