@@ -24,8 +24,10 @@ from typing import Any
 import anyio
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -33,7 +35,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
-from mountaineer_db.exceptions import ClientDisconnectedError, unavailable_error_for
+from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
 
 __all__ = [
     "AsyncSession",
@@ -77,6 +79,16 @@ class RequestSyncSession(Session):
         """True while a kept connection is inside a transaction (between a statement and its end)."""
         return any(connection.in_transaction() for connection in self._kept.values())
 
+    def server_transaction_open(self) -> bool:
+        """True once a statement of the current transaction has reached the server."""
+        for connection in self._kept.values():
+            if connection.closed or connection.invalidated:
+                continue
+            driver = connection.connection.driver_connection
+            if driver is not None and driver.is_in_transaction():
+                return True
+        return False
+
     def _release_kept(self, *, invalidate: bool) -> None:
         kept = list(self._kept.values())
         self._kept.clear()
@@ -105,6 +117,38 @@ class RequestSyncSession(Session):
             super().invalidate()
         finally:
             self._release_kept(invalidate=True)
+
+
+def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
+    """Run the first statement of a transaction again if it met a schema change (a migration).
+
+    A `SchemaChangedError` (see `mountaineer_db.stale_statements`) on the first statement of
+    a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
+    back and the statement runs once more on a fresh connection, so the request goes on.
+    Later statements of a transaction are never replayed; their request gets the 503.
+    """
+    session = state.session
+    if (
+        not isinstance(session, RequestSyncSession)
+        or session.new
+        or session.dirty
+        or session.deleted
+        or session.server_transaction_open()
+    ):
+        return None
+    try:
+        return state.invoke_statement()
+    except SchemaChangedError:
+        logger.info("A statement met a schema change before anything else in its transaction; running it again.")
+    kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
+    session.expunge_all()
+    session.rollback()
+    for instance in kept:
+        session.add(instance)
+    return state.invoke_statement()
+
+
+event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_statement)
 
 
 async def run_shielded(work: Awaitable[None]) -> None:

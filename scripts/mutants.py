@@ -212,6 +212,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "    pass",
         ("tests/test_stale_statements.py",),
     ),
+    M(
+        "no-first-statement-replay",
+        "after a migration, a stale first statement runs again instead of failing the request",
+        "mountaineer_db/session.py",
+        "        or session.server_transaction_open()\n    ):",
+        "        or True\n    ):",
+        ("tests/test_stale_statements.py", "tests/test_migrating_while_serving.py"),
+    ),
     # -- config ---------------------------------------------------------------------------------
     M(
         "password-shown",
