@@ -60,12 +60,14 @@ class SharedSession:
     def serves(self, request: HTTPConnection | None, engine: AsyncEngine | None) -> bool:
         """True for Mountaineer's re-render of this request (see the module docstring)."""
         return (
-            request is not None
-            and self.is_open
-            and request.scope is not self.scope
-            and "app" not in request.scope
+            self.nested(request)
+            and "app" not in request.scope  # type: ignore[union-attr]
             and (self.engine is None or engine is None or engine is self.engine)
         )
+
+    def nested(self, request: HTTPConnection | None) -> bool:
+        """True for a resolution inside this request's handling, on a request of its own."""
+        return request is not None and self.is_open and request.scope is not self.scope
 
 
 _shared: contextvars.ContextVar[SharedSession | None] = contextvars.ContextVar(

@@ -148,7 +148,7 @@ class NotesController(ControllerBase):
 
 
 @pytest.fixture
-async def client(make_config: Any, tmp_path: Path) -> Any:
+async def notes_app(make_config: Any, tmp_path: Path) -> tuple[AppController, CompatConfig]:
     config = CompatConfig(SQLALCHEMY_DATABASE_URI=make_config().database_url)
     async with engine_for(config).begin() as connection:
         await connection.run_sync(lambda sync: CompatNote.__table__.drop(sync, checkfirst=True))  # type: ignore[attr-defined]
@@ -156,8 +156,29 @@ async def client(make_config: Any, tmp_path: Path) -> Any:
     write_stub_views(tmp_path, "compat-views", "notes")
     app = AppController(view_root=tmp_path, config=config)
     app.register(NotesController())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver") as http:
+    return app, config
+
+
+def _client(app: AppController) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver")
+
+
+@pytest.fixture
+async def client(notes_app: tuple[AppController, CompatConfig]) -> Any:
+    async with _client(notes_app[0]) as http:
         yield http
+
+
+def _rerender_with_app_in_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a future Mountaineer might do: build the re-render's request with `app` in its scope."""
+    import mountaineer.actions.sideeffect_dec as sideeffect_module
+    from starlette.requests import Request as StarletteRequest
+
+    class RequestWithApp(StarletteRequest):
+        def __init__(self, scope: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            super().__init__({**scope, "app": "a future Mountaineer puts the app here"}, *args, **kwargs)
+
+    monkeypatch.setattr(sideeffect_module, "Request", RequestWithApp)
 
 
 async def test_canary_mountaineer_rerenders_on_a_request_without_app_in_its_scope(client: httpx.AsyncClient) -> None:
@@ -178,16 +199,29 @@ async def test_if_mountaineer_changes_its_rerender_the_fallback_is_a_correct_sec
 ) -> None:
     """Simulates the upstream change above: the re-render gets its own session and connection, and
     shows committed data only, never the action's uncommitted row."""
-    import mountaineer.actions.sideeffect_dec as sideeffect_module
-    from starlette.requests import Request as StarletteRequest
-
-    class RequestWithApp(StarletteRequest):
-        def __init__(self, scope: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            super().__init__({**scope, "app": "a future Mountaineer puts the app here"}, *args, **kwargs)
-
-    monkeypatch.setattr(sideeffect_module, "Request", RequestWithApp)
+    _rerender_with_app_in_scope(monkeypatch)
     response = await client.post("/internal/api/notes_controller/add")
     assert response.status_code == 200, response.text
     rendered = response.json()["sideeffect"]
     assert rendered["has_app_in_scope"] is True, "the simulation did not take effect"
     assert [note["text"] for note in rendered["notes"]] == ["committed"]
+
+
+async def test_if_mountaineer_changes_its_rerender_the_kit_still_reaches_it(
+    notes_app: tuple[AppController, CompatConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test kit hands its session to the re-render through mountaineer_di's callable-level override
+    as well, so its tests keep seeing their own (never committed) data even if the re-render is
+    not recognised as one."""
+    from mountaineer_db.testing import override_app_session, rollback_session
+
+    app, config = notes_app
+    _rerender_with_app_in_scope(monkeypatch)
+    async with rollback_session(config) as session, _client(app) as http:
+        session.add(CompatNote(text="seeded by the test"))
+        await session.commit()  # inside the test's transaction only
+        with override_app_session(app, session):
+            response = await http.post("/internal/api/notes_controller/add")
+    assert response.status_code == 200, response.text
+    texts = [note["text"] for note in response.json()["sideeffect"]["notes"]]
+    assert texts == ["seeded by the test", "committed"]
