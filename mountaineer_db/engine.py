@@ -40,6 +40,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.origins import enable_tagging
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 
 __all__ = ["database_lifespan", "describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
@@ -61,6 +62,8 @@ _ENGINE_FIELDS = (
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
     "POSTGRES_SSLMODE",
+    "DATABASE_TAG_REQUESTS",
+    "DATABASE_SLOW_QUERY_THRESHOLD",
 )
 """Every setting `_build_engine` reads; two configs differing in any of them get two engines."""
 
@@ -105,6 +108,8 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     holder.append(engine)
     retirement = _Retirement()
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
+    if connector.tag_prefix is not None:
+        enable_tagging(engine.sync_engine)
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
