@@ -41,6 +41,7 @@ from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
 from mountaineer_db.origins import enable_tagging
+from mountaineer_db.slow_queries import install_slow_query_log
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 
 __all__ = ["database_lifespan", "describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
@@ -110,6 +111,8 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
     if connector.tag_prefix is not None:
         enable_tagging(engine.sync_engine)
+    if config.DATABASE_SLOW_QUERY_THRESHOLD is not None:  # no listeners (no cost) without a threshold
+        install_slow_query_log(engine, config.DATABASE_SLOW_QUERY_THRESHOLD)
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
