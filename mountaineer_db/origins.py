@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from starlette.requests import HTTPConnection
 
 __all__ = [
+    "INTERNAL_STATEMENT",
     "MAX_APPLICATION_NAME_BYTES",
     "application_name_suffix",
     "current_origin",
@@ -35,6 +36,9 @@ __all__ = [
 
 MAX_APPLICATION_NAME_BYTES: Final = 63
 """PostgreSQL keeps at most NAMEDATALEN - 1 bytes of an application_name."""
+
+INTERNAL_STATEMENT: Final = "mountaineer_db_internal"
+"""Execution option on the library's own bookkeeping statements (query counts skip them)."""
 
 # The endpoint (or a ready label) of the request being served in this context.
 _origin: contextvars.ContextVar[Any] = contextvars.ContextVar("mountaineer_db_origin", default=None)
