@@ -9,7 +9,8 @@
 3. an exception rolls back, is logged once (no SQL parameters, no secrets) and propagates
    unchanged, except that a lost connection (terminated backend, restarting server, PgBouncer
    dropping us), an exhausted pool or a client-side command timeout becomes a
-   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`;
+   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`, and a
+   missing table (migrations not applied) becomes `DatabaseNotSetUpError` (`setup_errors`);
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -35,6 +36,7 @@ from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, unavailable_error_for
 from mountaineer_db.origins import current_origin, tags_requests
+from mountaineer_db.setup_errors import not_set_up_error_for
 
 __all__ = [
     "AsyncSession",
@@ -176,6 +178,12 @@ async def session_scope(
         yield session
     except Exception as error:
         unavailable = unavailable_error_for(error, url=engine.url)
+        not_set_up = not_set_up_error_for(error) if unavailable is None else None
+        if not_set_up is not None:
+            # A missing table: the migrations were not applied. One line naming the fix.
+            logger.error("%s", not_set_up.message)
+            await run_shielded(_release(session, invalidate=False))
+            raise not_set_up from error
         if unavailable is None:
             _log_failure(error, engine)
             await run_shielded(_release(session, invalidate=False))

@@ -1,5 +1,6 @@
 """The example app's readiness probe: `GET /healthz/ready` over `check_database()`, with its migrations."""
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,3 +76,21 @@ async def test_a_database_migrated_by_a_newer_deploy_stays_ready(empty_database:
     result = await check_database(config)
     assert (result.ok, result.status) == (True, DatabaseStatus.DATABASE_AHEAD)
     assert result.database_revisions == ("f00dfeedcafe",)
+
+
+async def test_an_unmigrated_database_shows_the_setup_page_in_development(
+    empty_database: ThrowawayDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build_app(empty_database.config(AppConfig, ENVIRONMENT="development"))
+    caplog.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver") as client:
+        response = await client.get("/")
+    assert response.status_code == 500
+    assert "<h1>The database is not set up yet</h1>" in response.text
+    assert "relation &quot;todo&quot; does not exist" in response.text
+    logged = [r.getMessage() for r in caplog.records if r.name != "httpx" and r.levelno >= logging.INFO]
+    assert logged == [
+        'The database is not set up yet: relation "todo" does not exist (SQLSTATE 42P01). Apply the migrations '
+        "with `mountaineer-db migrate apply` (or, for an app without migrations, create the tables with "
+        "`mountaineer-db createdb --create-tables`)."
+    ]
