@@ -35,16 +35,24 @@ from typing import Any
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
 from mountaineer_db.origins import enable_tagging
 from mountaineer_db.slow_queries import install_slow_query_log
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 
-__all__ = ["database_lifespan", "describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
+__all__ = [
+    "cached_engines",
+    "database_lifespan",
+    "describe_target",
+    "dispose_engines",
+    "engine_for",
+    "engines_on_this_loop",
+]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -86,11 +94,13 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
             prepared_statement_name_func=None if cache_size else _unnamed_statement,
         )
 
+    stats = EngineStats(config.DATABASE_POOL_TYPE, config.application_name)
     kwargs: dict[str, Any] = {
         "echo": config.DATABASE_ECHO,
         "hide_parameters": True,
-        "creator": creator,
-        "poolclass": AsyncAdaptedQueuePool if fixed else NullPool,
+        "creator": stats.timed_creator(creator),  # connect latency (mountaineer_db.metrics)
+        # SQLAlchemy's pools, measured: checkouts, waits, timeouts.
+        "poolclass": MeasuredQueuePool if fixed else MeasuredNullPool,
     }
     if fixed:
         # Forward only what the user set; SQLAlchemy's defaults stay in force otherwise.
@@ -108,6 +118,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     engine = create_async_engine(url.set(password=None), **kwargs)
     holder.append(engine)
     retirement = _Retirement()
+    install_metrics(engine, stats)
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
     if connector.tag_prefix is not None:
         enable_tagging(engine.sync_engine)
@@ -372,3 +383,10 @@ def engines_on_this_loop() -> list[AsyncEngine]:
     """The engines cached for the running loop (for tests and diagnostics)."""
     entry = _registry.get(id(asyncio.get_running_loop()))
     return [engine for engine, _ in entry.engines.values()] if entry is not None else []
+
+
+def cached_engines() -> list[AsyncEngine]:
+    """Every engine cached in this process, on any event loop (for metrics and instrumentation)."""
+    with _registry_lock:
+        entries = list(_registry.values())
+    return [engine for entry in entries for engine, _ in list(entry.engines.values())]
