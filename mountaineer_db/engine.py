@@ -32,9 +32,10 @@ from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy.ext.asyncio as sqlalchemy_asyncio
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from mountaineer_db.config import DatabaseConfig, PoolType
@@ -44,6 +45,7 @@ from mountaineer_db.metrics import EngineStats, MeasuredNullPool, MeasuredQueueP
 from mountaineer_db.origins import enable_tagging
 from mountaineer_db.slow_queries import install_slow_query_log
 from mountaineer_db.stale_statements import install_stale_statement_recovery
+from mountaineer_db.tracing import instrument_new_engine
 
 __all__ = [
     "cached_engines",
@@ -115,10 +117,12 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
             if value is not None:
                 kwargs[argument] = value
     # The URL only names the dialect and is shown in logs and reprs: no password in it.
-    engine = create_async_engine(url.set(password=None), **kwargs)
+    # Through the module attribute: OpenTelemetry's SQLAlchemy instrumentation hooks it (`tracing`).
+    engine = sqlalchemy_asyncio.create_async_engine(url.set(password=None), **kwargs)
     holder.append(engine)
     retirement = _Retirement()
     install_metrics(engine, stats)
+    instrument_new_engine(engine)  # OpenTelemetry, when it is on
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
     if connector.tag_prefix is not None:
         enable_tagging(engine.sync_engine)
