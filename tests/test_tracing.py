@@ -86,10 +86,11 @@ async def test_without_suppression_asyncpg_would_double_every_statement(
     """The control: asyncpg's instrumentation alone traces SQLAlchemy's statements (from its 0.64b0,
     which wraps prepared statements), so with both on and nothing done, each would have two spans."""
     import asyncpg
+    import wrapt
 
     spans, provider = exporter
     AsyncPGInstrumentor().instrument(tracer_provider=provider)
-    wraps_prepared = hasattr(asyncpg.prepared_stmt.PreparedStatement.fetch, "__wrapped__")
+    wraps_prepared = isinstance(asyncpg.prepared_stmt.PreparedStatement.__dict__["fetch"], wrapt.FunctionWrapper)
     await _run(make_config(), "SELECT 'asyncpg alone'")
     found = _statement_spans(spans, "SELECT 'asyncpg alone'")
     assert len(found) == (1 if wraps_prepared else 0)
