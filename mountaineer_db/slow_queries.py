@@ -69,7 +69,9 @@ def install_slow_query_log(engine: AsyncEngine, threshold: float) -> None:
 def _log(elapsed: float, threshold: float, statement: str, error: BaseException | None) -> None:
     origin = current_origin()
     where = f" in {origin}" if origin else ""
-    outcome = f"failed ({type(error).__name__}) after" if error is not None else ""
+    # The driver's own error class (QueryCanceledError), not SQLAlchemy's adapter wrapper.
+    cause = (error.__cause__ or error) if error is not None else None
+    outcome = f"failed ({type(cause).__name__}) after" if cause is not None else ""
     logger.warning(
         "Slow query: %s%.3f s (DATABASE_SLOW_QUERY_THRESHOLD=%g s)%s: %s",
         f"{outcome} " if outcome else "",

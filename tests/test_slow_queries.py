@@ -66,7 +66,7 @@ async def test_a_statement_that_fails_after_the_threshold_is_logged_with_its_err
         async with database_session(config) as session:
             await session.exec(text("SELECT pg_sleep(2)"))  # type: ignore[call-overload]
     (line,) = _slow_lines(caplog)
-    assert line.startswith("Slow query: failed (")
+    assert line.startswith("Slow query: failed (QueryCanceledError) after 0.")
     assert line.endswith(" s (DATABASE_SLOW_QUERY_THRESHOLD=0.1 s): SELECT pg_sleep(2)"), line
 
 
