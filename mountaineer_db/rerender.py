@@ -38,6 +38,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from mountaineer_db.origins import INTERNAL_STATEMENT
 from mountaineer_db.session import RequestSyncSession, run_shielded
 
 __all__ = ["SharedSession", "borrowed", "end_transaction", "offer_to_rerender", "shared_session", "track_writes"]
@@ -144,7 +145,8 @@ async def has_uncommitted_changes(session: AsyncSession) -> bool:
         return False  # nothing reached the server since the last commit
     # An xid is assigned on the first write of a transaction; reads never get one.
     connection = await session.connection()
-    return bool(await connection.scalar(text("SELECT txid_current_if_assigned() IS NOT NULL")))
+    query = text("SELECT txid_current_if_assigned() IS NOT NULL").execution_options(**{INTERNAL_STATEMENT: True})
+    return bool(await connection.scalar(query))
 
 
 async def end_transaction(session: AsyncSession, *, keep: Sequence[Any] = ()) -> None:

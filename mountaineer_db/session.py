@@ -9,7 +9,8 @@
 3. an exception rolls back, is logged once (no SQL parameters, no secrets) and propagates
    unchanged, except that a lost connection (terminated backend, restarting server, PgBouncer
    dropping us), an exhausted pool or a client-side command timeout becomes a
-   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`;
+   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`, and a
+   missing table (migrations not applied) becomes `DatabaseNotSetUpError` (`setup_errors`);
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -36,6 +37,8 @@ from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.origins import current_origin, tags_requests
+from mountaineer_db.setup_errors import not_set_up_error_for
 
 __all__ = [
     "AsyncSession",
@@ -187,12 +190,19 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
             logger.warning("Discarding the connection failed too: %s", type(second).__name__)
 
 
-def _log_failure(error: Exception) -> None:
+def _log_failure(error: Exception, engine: AsyncEngine) -> None:
     # Bad client input (4xx, request validation) is routine: INFO. Everything else: ERROR.
     client_error = isinstance(error, HTTPException) and error.status_code < 500
     expected = client_error or isinstance(error, RequestValidationError)
     level = logging.INFO if expected else logging.ERROR
-    logger.log(level, "Rolled back the request's transaction after %s: %s", type(error).__name__, error)
+    where = _origin_note(engine)
+    logger.log(level, "Rolled back the request's transaction%s after %s: %s", where, type(error).__name__, error)
+
+
+def _origin_note(engine: AsyncEngine) -> str:
+    """` in HomeController.add_todo` when the engine tags requests (DATABASE_TAG_REQUESTS)."""
+    origin = current_origin() if tags_requests(engine.sync_engine) else None
+    return f" in {origin}" if origin else ""
 
 
 @asynccontextmanager
@@ -212,13 +222,19 @@ async def session_scope(
         yield session
     except Exception as error:
         unavailable = unavailable_error_for(error, url=engine.url)
+        not_set_up = not_set_up_error_for(error) if unavailable is None else None
+        if not_set_up is not None:
+            # A missing table: the migrations were not applied. One line naming the fix.
+            logger.error("%s", not_set_up.message)
+            await run_shielded(_release(session, invalidate=False))
+            raise not_set_up from error
         if unavailable is None:
-            _log_failure(error)
+            _log_failure(error, engine)
             await run_shielded(_release(session, invalidate=False))
             raise
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
-        logger.error("Rolled back the request's transaction: %s", unavailable.message)
+        logger.error("Rolled back the request's transaction%s: %s", _origin_note(engine), unavailable.message)
         await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
     except BaseException:

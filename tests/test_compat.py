@@ -225,3 +225,45 @@ async def test_if_mountaineer_changes_its_rerender_the_kit_still_reaches_it(
     assert response.status_code == 200, response.text
     texts = [note["text"] for note in response.json()["sideeffect"]["notes"]]
     assert texts == ["seeded by the test", "committed"]
+
+
+async def test_canary_starlette_exposes_the_apps_exception_handlers_in_the_request_scope() -> None:
+    """Upstream: `ExceptionMiddleware.__call__` (starlette/middleware/exceptions.py) putting
+    `(exception_handlers, status_handlers)` in `scope["starlette.exception_handlers"]`, read when the
+    route's exception is handled (starlette/_exception_handler.py). Ours: the "not set up yet" page is
+    installed there when a request first meets a missing table (`setup_errors.install_setup_page`);
+    without it, that error is FastAPI's generic JSON 500."""
+    from fastapi.responses import PlainTextResponse
+
+    class Late(Exception):
+        pass
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def route(request: Request) -> None:
+        handlers = request.scope.get("starlette.exception_handlers")
+        assert isinstance(handlers, tuple) and isinstance(handlers[0], dict), "the scope no longer holds the handlers"
+        handlers[0].setdefault(Late, lambda request, error: PlainTextResponse("handled late", 500))
+        raise Late()
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.get("/")
+    assert (response.status_code, response.text) == (500, "handled late")
+
+
+def test_canary_mountaineer_routes_name_their_controller(tmp_path: Path) -> None:
+    """Upstream: `AppController.register` (mountaineer/app.py) routing a page to
+    `functools.wraps(controller.render)(partial(...))` and an action to the controller's bound method.
+    Ours: `origins.origin_label` names a request's work `Controller.action` from its route endpoint."""
+    from mountaineer.config import unregister_config
+
+    from mountaineer_db.origins import origin_label
+    from tests.observed_app import NotesController, ObservedConfig, build_app
+
+    unregister_config()
+    app = build_app(tmp_path / "views", ObservedConfig(POSTGRES_HOST="h", POSTGRES_DB="d"))
+    (notes,) = app.graph.get_definitions_for_cls(NotesController)
+    assert notes.route is not None
+    assert origin_label(notes.route.view_route) == "NotesController.render"
+    assert [origin_label(route.endpoint) for route in notes.route.router.routes] == ["NotesController.add_note"]
