@@ -35,9 +35,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import URL
 
 from mountaineer_db.exceptions import DatabaseConfigError
-from mountaineer_db.urls import DatabaseURL, SSLMode, is_loopback
+from mountaineer_db.urls import (
+    DatabaseURL,
+    SSLMode,
+    is_loopback,
+    plain_text_lists,
+    resolve_replica_urls,
+    split_url_list,
+)
 
-__all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "SSLMode"]
+__all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "ReadRouting", "SSLMode"]
 
 _CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
 
@@ -49,6 +56,15 @@ class PoolType(StrEnum):
     """No client-side pool: a connection per session, for use behind PgBouncer (default)."""
     FIXED_PROCESS = "FIXED_PROCESS"
     """A fixed-size pool in each process, sized by the DATABASE_POOL_* settings."""
+
+
+class ReadRouting(StrEnum):
+    """Which requests read from a replica (DATABASE_READ_ROUTING)."""
+
+    PRIMARY = "primary"
+    """Every session is on the primary; only `get_db_read_session` reads from a replica (default)."""
+    RENDERS = "renders"
+    """GET requests (page renders) read from a replica too; actions and re-renders stay on the primary."""
 
 
 # Where each field's value came from while a config is being built: for error messages.
@@ -159,6 +175,19 @@ class DatabaseConfig(BaseSettings):
     DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: float | None = None
     """Server idle_in_transaction_session_timeout, set per transaction (default none)."""
 
+    # -- Read replicas (docs/replicas.md) -------------------------------------------
+    DATABASE_REPLICA_URLS: list[DatabaseURL] = []
+    """Streaming replicas to read from: comma-separated or a JSON list of URLs; user, password and
+    database default to the primary's (default: none, every read goes to the primary)."""
+    DATABASE_READ_ROUTING: ReadRouting = ReadRouting.PRIMARY
+    """`primary` (default): only get_db_read_session reads from replicas. `renders`: GET requests too."""
+    DATABASE_REPLICA_MAX_LAG: float = 5.0
+    """Seconds a replica may fall behind the primary before reads skip it until it catches up (default 5)."""
+    DATABASE_REPLICA_MAX_WAIT: float = 0.2
+    """Seconds a read may wait for a replica to replay the client's last write, else it reads the primary (0.2)."""
+    DATABASE_READ_YOUR_WRITES_SECRET: SecretStr | None = None
+    """Key signing the read-your-writes cookie; the same in every process (default: derived from the password)."""
+
     # -- Migrations and development ------------------------------------------------
     MIGRATIONS_DATABASE_URI: DatabaseURL | None = None
     """Direct URL for migrations and admin commands when the app talks to PgBouncer (default: the app URL)."""
@@ -207,8 +236,8 @@ class DatabaseConfig(BaseSettings):
         env_file = settings_cls.model_config.get("env_file") or ".env"
         return (
             _RecordingSource(init_settings, f"passed to {settings_cls.__name__}()"),
-            _RecordingSource(env_settings, _FROM_ENVIRONMENT),
-            _RecordingSource(dotenv_settings, f"from the file {env_file}"),
+            _RecordingSource(plain_text_lists(env_settings), _FROM_ENVIRONMENT),
+            _RecordingSource(plain_text_lists(dotenv_settings), f"from the file {env_file}"),
             _RecordingSource(file_secret_settings, "from the secrets directory"),
         )
 
@@ -225,7 +254,12 @@ class DatabaseConfig(BaseSettings):
         finally:
             _origins.reset(token)
 
-    @field_validator("DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", mode="before")
+    @field_validator("DATABASE_REPLICA_URLS", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return split_url_list(value)
+
+    @field_validator("DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", "DATABASE_READ_ROUTING", mode="before")
     @classmethod
     def _enum_any_case(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and info.field_name == "DATABASE_POOL_TYPE":
@@ -244,6 +278,9 @@ class DatabaseConfig(BaseSettings):
             # `model_copy` derives it again from the copy's parts.
             object.__setattr__(self, "SQLALCHEMY_DATABASE_URI", self._url_from_parts())
             self._url_from_parts_ = True
+        if self.SQLALCHEMY_DATABASE_URI is not None and self.DATABASE_REPLICA_URLS:
+            replicas = resolve_replica_urls(self.DATABASE_REPLICA_URLS, self.SQLALCHEMY_DATABASE_URI)
+            object.__setattr__(self, "DATABASE_REPLICA_URLS", replicas)
         return self
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -320,6 +357,16 @@ class DatabaseConfig(BaseSettings):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
+        if not self.DATABASE_REPLICA_MAX_LAG > 0:
+            problems.append(
+                f"DATABASE_REPLICA_MAX_LAG is {self.DATABASE_REPLICA_MAX_LAG}; use a number of seconds greater than 0 "
+                "(default 5)."
+            )
+        if not self.DATABASE_REPLICA_MAX_WAIT >= 0:
+            problems.append(
+                f"DATABASE_REPLICA_MAX_WAIT is {self.DATABASE_REPLICA_MAX_WAIT}; use 0 (never wait) or more seconds "
+                "(default 0.2)."
+            )
         if not self.MIGRATIONS_LOCK_TIMEOUT > 0:
             problems.append(
                 f"MIGRATIONS_LOCK_TIMEOUT is {self.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
