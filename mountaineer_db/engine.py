@@ -344,6 +344,9 @@ async def dispose_engines() -> None:
     disposed on their own loop; those of closed loops are released without I/O. Sessions
     still in flight finish normally, and their connections are closed when they come back.
     """
+    from mountaineer_db.replicas import forget_replicas  # it imports this module
+
+    forget_replicas()  # what this process knew of replicas, and their background probes
     try:
         current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
