@@ -106,7 +106,8 @@ def _translate_read_only(context: ExceptionContext) -> BaseException | None:
         return None
     original = context.original_exception
     server = original.__cause__ if original.__cause__ is not None else original
-    return ReadOnlySessionError(f"{str(server).capitalize()}. {_WHY[label]}")
+    what = str(server)
+    return ReadOnlySessionError(f"{what[:1].upper()}{what[1:]}. {_WHY[label]}")
 
 
 def _read_only(connection: Connection, label: str) -> Connection:

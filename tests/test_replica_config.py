@@ -1,5 +1,6 @@
 """The replica settings: how they are read, normalised, checked, and kept secret."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,10 @@ def test_the_test_kit_never_reaches_a_developers_replicas(monkeypatch: pytest.Mo
     assert DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY).DATABASE_REPLICA_URLS != []
     kit = DatabaseConfig(**kit_connection_settings(make_url("postgresql://kit:pw@127.0.0.1:5999/kitdb")))
     assert kit.DATABASE_REPLICA_URLS == []
+
+
+def test_the_replica_docs_name_only_real_settings() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "replicas.md").read_text()
+    named = set(re.findall(r"`((?:DATABASE|MIGRATIONS)_[A-Z_]+)`", docs))
+    assert {"DATABASE_REPLICA_URLS", "DATABASE_READ_ROUTING", "DATABASE_REPLICA_MAX_LAG"} <= named
+    assert named <= set(DatabaseConfig.model_fields) | {"DATABASE_URL"}

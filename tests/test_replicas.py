@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlmodel import Field, SQLModel, select
 
+from bench.wire import CountingProxy
 from mountaineer_db import (
     AsyncSession,
     DatabaseConfig,
@@ -33,7 +34,9 @@ from mountaineer_db import (
     ReadSessionDep,
     SessionDep,
     database_session,
+    dispose_engines,
 )
+from mountaineer_db import replicas as replicas_module
 from mountaineer_db.cluster import PostgresCluster
 from mountaineer_db.engine import engine_for
 from mountaineer_db.migrations.environment import migration_engine
@@ -529,6 +532,50 @@ async def test_a_replica_refusing_the_password_is_skipped_and_no_password_is_sho
     assert secret not in shown and replicated.primary.password not in shown
 
 
+async def test_a_routed_read_costs_no_extra_round_trip_and_a_commit_one(
+    replicated: Replicated,
+    make_config: Callable[..., ReplicaAppConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted on the wire (pooled connections, after warm-up, replica status already known)."""
+    monkeypatch.setattr(replicas_module, "REFRESH_INTERVAL", 3600.0)
+    servers = [replicated.primary, *replicated.replicas]
+    async with contextlib.AsyncExitStack() as stack:
+        proxies = [await stack.enter_async_context(CountingProxy("127.0.0.1", server.port)) for server in servers]
+        via = [server.url(DB).set(port=proxy.port) for server, proxy in zip(servers, proxies, strict=True)]
+
+        async def per_request(replica_urls: list[Any], request: Callable[[httpx.AsyncClient], Any]) -> list[int]:
+            """Round trips of one request, per server (primary first)."""
+            config = make_config(
+                SQLALCHEMY_DATABASE_URI=via[0], DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_REPLICA_URLS=replica_urls
+            )
+            async with client(config, tmp_path) as http:
+                for _ in range(4):
+                    await request(http)
+                for proxy in proxies:
+                    proxy.reset()
+                for _ in range(6):
+                    await request(http)
+            counts = [sum(log.round_trips for log in proxy.connections) for proxy in proxies]
+            await dispose_engines()
+            return [count // 6 for count in counts]
+
+        plain: list[Any] = []
+        routed = via[1:]
+        reads_plain, reads_routed = await per_request(plain, get), await per_request(routed, get)
+        assert reads_plain[1:] == [0, 0] and reads_routed[0] == 0
+        assert sum(reads_routed) == reads_plain[0], f"a replica read costs what a primary read did: {reads_routed}"
+
+        async def write(http: httpx.AsyncClient) -> None:
+            await add_note(http, "counted")
+
+        writes_plain, writes_routed = await per_request(plain, write), await per_request(routed, write)
+        assert writes_routed == [writes_plain[0] + 1, 0, 0], "one statement after COMMIT: the WAL position"
+    print(f"\nround trips per request [primary, replica1, replica2]: GET render {reads_plain} without replicas, "
+          f"{reads_routed} routed; action {writes_plain} without, {writes_routed} with replicas")
+
+
 # -- Writes on read sessions ----------------------------------------------------------------
 
 EXPLICIT_WHY = (
@@ -545,7 +592,7 @@ RENDERS_WHY = (
     ("how", "expected"),
     [
         ("orm", f"Cannot write 1 new, 0 changed and 0 deleted object(s). {EXPLICIT_WHY}"),
-        ("sql", f"Cannot execute insert in a read-only transaction. {EXPLICIT_WHY}"),
+        ("sql", f"Cannot execute INSERT in a read-only transaction. {EXPLICIT_WHY}"),
     ],
 )
 @pytest.mark.parametrize("replicas", ["with_replicas", "without_replicas"])
@@ -563,7 +610,7 @@ async def test_a_write_on_a_read_session_fails_clearly(
     ("how", "expected"),
     [
         ("orm", f"Cannot write 1 new, 0 changed and 0 deleted object(s). {RENDERS_WHY}"),
-        ("sql", f"Cannot execute insert in a read-only transaction. {RENDERS_WHY}"),
+        ("sql", f"Cannot execute INSERT in a read-only transaction. {RENDERS_WHY}"),
     ],
 )
 async def test_a_write_in_a_render_routed_to_a_replica_fails_clearly(
