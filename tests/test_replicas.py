@@ -169,10 +169,28 @@ class KindController(ControllerBase):
         return ExplicitRender(metadata=Metadata(explicit_response=JSONResponse(await _seen(session))))
 
 
+class TaggedController(ControllerBase):
+    """GET /tagged: the application_name the serving backend shows for this transaction."""
+
+    url = "/tagged"
+    view_path = "/app/tagged/page.tsx"
+
+    async def render(self, session: ReadSessionDep) -> ExplicitRender:
+        connection = await session.connection()
+        row = (await connection.execute(text("SELECT pg_is_in_recovery(), current_setting('application_name')"))).one()
+        return ExplicitRender(metadata=Metadata(explicit_response=JSONResponse({"in_recovery": row[0], "tag": row[1]})))
+
+
 def build_app(view_root: Path, config: ReplicaAppConfig) -> AppController:
-    write_stub_views(view_root, "replica-app-views", "notes", "explicit", "writing", "kind")
+    write_stub_views(view_root, "replica-app-views", "notes", "explicit", "writing", "kind", "tagged")
     app = AppController(view_root=view_root, config=config)
-    for controller in (NotesController(), ExplicitController(), WritingRenderController(), KindController()):
+    for controller in (
+        NotesController(),
+        ExplicitController(),
+        WritingRenderController(),
+        KindController(),
+        TaggedController(),
+    ):
         app.register(controller)
     return app
 
@@ -315,6 +333,15 @@ async def test_routing_primary_keeps_renders_on_the_primary_but_read_sessions_us
         assert (await get(http, "/"))["port"] == replicated.primary.port
         explicit = await get(http, "/explicit")
     assert explicit["in_recovery"] and explicit["port"] in {r.port for r in replicated.replicas}
+
+
+async def test_request_tags_reach_the_replica_with_the_early_begin(
+    make_config: Callable[..., ReplicaAppConfig], tmp_path: Path
+) -> None:
+    config = make_config(DATABASE_TAG_REQUESTS=True, DATABASE_APPLICATION_NAME="replica_app")
+    async with client(config, tmp_path) as http:
+        tagged = await get(http, "/tagged")
+    assert tagged == {"in_recovery": True, "tag": "replica_app:TaggedController.render"}
 
 
 async def test_migrations_and_scripts_use_the_primary(
