@@ -232,7 +232,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "port-validation",
         "a port outside 1-65535 is refused when the config is built",
-        "mountaineer_db/config.py",
+        "mountaineer_db/config_checks.py",
         "            if not 1 <= port <= 65535:",
         "            if False:",
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
