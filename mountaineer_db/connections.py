@@ -39,6 +39,10 @@ logger = logging.getLogger("mountaineer_db")
 _TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.CannotConnectNowError,)
 
 
+_CLIENT_CHECK_INTERVAL = "500ms"
+"""How often PostgreSQL (14+) checks, during a statement, that the client is still connected."""
+
+
 def _interval(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
@@ -61,6 +65,11 @@ class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
     __slots__ = ("_mdb_begin_suffix", "_mdb_close_timeout", "_mdb_idle_timeout", "_mdb_open_transaction")
 
     def _mdb_setup(self, *, begin_suffix: str, close_timeout: float, idle_timeout: float | None) -> None:
+        if self.get_server_version() >= (14,):
+            # The server checks that the client is still there while a statement runs, and
+            # cancels the statement if not: a client that drops the connection (a cancelled
+            # task, a killed worker) does not leave a statement running on the server.
+            begin_suffix += f"; SET LOCAL client_connection_check_interval = '{_CLIENT_CHECK_INTERVAL}'"
         self._mdb_begin_suffix = begin_suffix
         self._mdb_close_timeout = close_timeout
         self._mdb_idle_timeout = idle_timeout
