@@ -84,7 +84,7 @@ async def get_db_session(
         session_scope(engine, sync_session_class=RequestSyncSession) as session,
         offer_to_rerender(session, request, engine=engine),
     ):
-        guard.watch(session)  # a client disconnect cancels the work in flight (README: Failure behaviour)
+        guard.watch(session)  # a client disconnect cancels the work in flight (docs/request-sessions.md)
         yield session
 
 

@@ -131,7 +131,7 @@ async def test_detail_page_renders_one_todo(mdb_session: AsyncSession) -> None:
 
     rendered = await render_controller(DetailController(), mdb_session, path=f"/todos/{todo_id}")
 
-    assert isinstance(rendered.todo, Todo)  # the table model itself, as the README shows
+    assert isinstance(rendered.todo, Todo)  # the table model itself, as the README's Quickstart does
     assert rendered.todo.id == todo_id
     assert rendered.todo.description == "call the plumber"
     assert rendered.todo.created_at == (await _fetch(mdb_session, todo_id)).created_at
