@@ -13,6 +13,7 @@ from mountaineer_db.exceptions import (
     ConfigurationError,
     DatabaseAdminError,
     DatabaseConfigError,
+    DatabaseNotSetUpError,
     DatabaseUnavailableError,
     MigrationCheckError,
     MigrationError,
@@ -23,6 +24,7 @@ from mountaineer_db.exceptions import (
     ResourceNotFoundError,
     SchemaChangedError,
 )
+from mountaineer_db.health import DatabaseCheck, DatabaseStatus, check_database
 from mountaineer_db.http_errors import get_or_404, map_integrity_errors
 from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
@@ -33,9 +35,12 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "DatabaseAdminError",
+    "DatabaseCheck",
     "DatabaseConfig",
     "DatabaseConfigError",
     "DatabaseDependencies",
+    "DatabaseNotSetUpError",
+    "DatabaseStatus",
     "DatabaseUnavailableError",
     "MigrationCheckError",
     "MigrationError",
@@ -47,6 +52,7 @@ __all__ = [
     "ResourceNotFoundError",
     "SchemaChangedError",
     "SessionDep",
+    "check_database",
     "database_lifespan",
     "database_session",
     "dispose_engines",

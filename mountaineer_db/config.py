@@ -142,6 +142,10 @@ class DatabaseConfig(BaseSettings):
     """Log every SQL statement (parameters are never logged)."""
     DATABASE_APPLICATION_NAME: str | None = None
     """application_name shown in pg_stat_activity (default: the app's PACKAGE)."""
+    DATABASE_TAG_REQUESTS: bool = False
+    """Show each request's controller and action in pg_stat_activity.application_name (default off)."""
+    DATABASE_SLOW_QUERY_THRESHOLD: float | None = None
+    """Seconds after which a statement is logged as slow, one WARNING each (default: no slow-query log)."""
 
     # -- Timeouts (seconds) --------------------------------------------------------
     DATABASE_CONNECT_TIMEOUT: float = 5.0
@@ -311,6 +315,7 @@ class DatabaseConfig(BaseSettings):
             "DATABASE_STATEMENT_TIMEOUT",
             "DATABASE_LOCK_TIMEOUT",
             "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+            "DATABASE_SLOW_QUERY_THRESHOLD",
         ):
             value = getattr(self, name)
             if value is not None and not value > 0:

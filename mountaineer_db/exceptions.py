@@ -21,6 +21,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseAdminError",
     "DatabaseConfigError",
+    "DatabaseNotSetUpError",
     "DatabaseUnavailableError",
     "MigrationCheckError",
     "MigrationError",
@@ -266,3 +267,15 @@ class MigrationCheckError(MigrationError):
 
 class MigrationLockTimeoutError(MigrationError):
     """A migration waited longer than MIGRATIONS_LOCK_TIMEOUT for a table lock and was rolled back."""
+
+
+class DatabaseNotSetUpError(_HTTPError):
+    """A statement met a table that does not exist (SQLSTATE 42P01): the migrations were not applied.
+
+    Raised by request sessions in place of the driver's error, with one log line naming the
+    fix. In development (Mountaineer's ENVIRONMENT is not "production") the app answers with
+    a page (JSON for actions) saying what to run; in production with the usual 500, whose
+    detail names nothing.
+    """
+
+    default_detail = "Internal Server Error"

@@ -101,8 +101,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "named-statements",
         "unnamed prepared statements by default (PgBouncer in transaction mode)",
         "mountaineer_db/engine.py",
-        "prepared_statement_name_func=None if cache_size else _unnamed_statement,",
-        "prepared_statement_name_func=None,",
+        "        cache_size = 100 if fixed else 0",
+        "        cache_size = 100",
         ("tests/test_pgbouncer.py::test_default_config_through_pgbouncer_has_zero_errors",),
     ),
     M(
@@ -212,6 +212,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "    pass",
         ("tests/test_stale_statements.py",),
     ),
+    M(
+        "no-first-statement-replay",
+        "after a migration, a stale first statement runs again instead of failing the request",
+        "mountaineer_db/session.py",
+        "        or session.server_transaction_open()\n    ):",
+        "        or True\n    ):",
+        ("tests/test_stale_statements.py", "tests/test_migrating_while_serving.py"),
+    ),
     # -- config ---------------------------------------------------------------------------------
     M(
         "password-shown",
@@ -301,7 +309,10 @@ CATALOGUE: tuple[Mutant, ...] = (
         "mountaineer_db/testing/sessions.py",
         "        setattr(render, _OVERRIDES_ATTR, {**(existing or {}), get_db_session: provider})",
         "        pass",
-        ("tests/sample_apps/kit_app/test_kit_app.py",),
+        (
+            "tests/sample_apps/kit_app/test_kit_app.py",
+            "tests/test_compat.py::test_if_mountaineer_changes_its_rerender_the_kit_still_reaches_it",
+        ),
     ),
     M(
         "kit-uses-project-env",
