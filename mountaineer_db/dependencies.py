@@ -136,7 +136,7 @@ async def get_db_session(
     ):
         if replicas is not None:  # note where commits went, for this client's next reads
             session.sync_session._mdb_positions = Positions(replicas.signer, request, response)  # type: ignore[attr-defined]
-        guard.watch(session)  # a client disconnect cancels the work in flight (README: Failure behaviour)
+        guard.watch(session)  # a client disconnect cancels the work in flight (docs/request-sessions.md)
         yield session
 
 

@@ -39,7 +39,7 @@ def _quoted(value: str) -> str:
 class PgBouncer:
     """A PgBouncer we started in front of a PostgreSQL server, transaction mode by default.
 
-    The settings shipped here are the ones we recommend (see the README):
+    The settings shipped here are the ones we recommend (docs/deployment.md):
     `server_login_retry = 1` (PgBouncer's 15 s default turns a 0.2 s PostgreSQL restart
     into a 15 s outage) and `query_wait_timeout` bounded so overload fails fast.
     """
