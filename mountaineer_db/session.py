@@ -200,7 +200,16 @@ def _log_failure(error: Exception, engine: AsyncEngine) -> None:
     expected = client_error or isinstance(error, RequestValidationError)
     level = logging.INFO if expected else logging.ERROR
     where = _origin_note(engine)
-    logger.log(level, "Rolled back the request's transaction%s after %s: %s", where, type(error).__name__, error)
+    summary = _summary(error)
+    logger.log(level, "Rolled back the request's transaction%s after %s: %s", where, type(error).__name__, summary)
+
+
+def _summary(error: Exception) -> str:
+    """What went wrong, without the server's DETAIL lines (`Key (email)=(...) already exists`)
+    or anything else that may carry row values: the message, and the statement for SQL errors."""
+    lines = str(error).splitlines()
+    kept = [line for line in lines[1:] if line.startswith("[SQL")]  # the statement and "parameters hidden"
+    return "\n".join(lines[:1] + kept)
 
 
 def _origin_note(engine: AsyncEngine) -> str:
