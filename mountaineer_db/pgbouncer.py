@@ -160,7 +160,9 @@ class PgBouncer:
                     try:
                         await connection.execute(command)
                     finally:
-                        await connection.close()
+                        # Not close(): after KILL a console connection's graceful close was seen to
+                        # wait for PgBouncer for seconds; there is nothing to finish on it.
+                        connection.terminate()
                 return
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
                 if time.monotonic() > deadline - 0.2:
