@@ -40,6 +40,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.scram import clear_scram_cache
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 
 __all__ = ["database_lifespan", "describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
@@ -61,6 +62,7 @@ _ENGINE_FIELDS = (
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
     "POSTGRES_SSLMODE",
+    "DATABASE_SCRAM_CACHE",
 )
 """Every setting `_build_engine` reads; two configs differing in any of them get two engines."""
 
@@ -315,7 +317,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def dispose_engines() -> None:
-    """Close every cached engine of this process. Call on shutdown, and in tests.
+    """Close every cached engine of this process (and forget its SCRAM cache). Call on shutdown, and in tests.
 
     Engines of the running loop are disposed here; those of other running loops are
     disposed on their own loop; those of closed loops are released without I/O. Sessions
@@ -328,6 +330,7 @@ async def dispose_engines() -> None:
     with _registry_lock:
         entries = list(_registry.values())
         _registry.clear()
+    clear_scram_cache()
     for entry in entries:
         loop = entry.loop()
         if loop is None or loop.is_closed():

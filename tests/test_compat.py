@@ -191,3 +191,27 @@ async def test_if_mountaineer_changes_its_rerender_the_fallback_is_a_correct_sec
     rendered = response.json()["sideeffect"]
     assert rendered["has_app_in_scope"] is True, "the simulation did not take effect"
     assert [note["text"] for note in rendered["notes"]] == ["committed"]
+
+
+async def test_canary_asyncpg_derives_the_scram_key_through_its_protocol_modules_hashlib(make_config: Any) -> None:
+    """Upstream: asyncpg 0.32's `SCRAMAuthentication._generate_salted_password` (asyncpg/protocol/scram.pyx,
+    compiled into `asyncpg.protocol.protocol`) calling `hashlib.pbkdf2_hmac` through that module's global
+    `hashlib`. Ours: the SCRAM cache (`mountaineer_db.scram`) replaces that one global. If asyncpg derives the
+    key another way, connections still work but pay ~1 ms of CPU each again: this fails to say so."""
+    import hashlib
+
+    from asyncpg.protocol import protocol
+
+    from mountaineer_db.scram import _HashlibForAsyncpg, cache_info, clear_scram_cache
+
+    found = getattr(protocol, "hashlib", None)
+    assert found is hashlib or isinstance(found, _HashlibForAsyncpg), (
+        "asyncpg.protocol.protocol has no module global `hashlib` any more; the SCRAM cache is bypassed"
+    )
+    clear_scram_cache()
+    config = make_config()  # the suite's server authenticates TCP connections with scram-sha-256
+    for _ in range(2):
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    assert cache_info().misses == 1, "asyncpg no longer derives the SCRAM key through `protocol.hashlib`"
+    assert cache_info().hits == 1, "the second connection derived the SCRAM key again"
