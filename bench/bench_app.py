@@ -121,6 +121,14 @@ async def _raw_select_1() -> int:
     return value
 
 
+async def _close_raw_pool() -> None:
+    """Close this process's raw pool (profile_http.py runs the app in-process)."""
+    global _raw_pool
+    if _raw_pool is not None:
+        pool, _raw_pool = _raw_pool, None
+        await pool.close()
+
+
 def _build_raw() -> FastAPI:
     pool: asyncpg.Pool | None = None
 

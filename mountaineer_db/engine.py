@@ -35,11 +35,12 @@ from typing import Any
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
 
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool
 from mountaineer_db.scram import clear_scram_cache
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 
@@ -88,7 +89,8 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
         "echo": config.DATABASE_ECHO,
         "hide_parameters": True,
         "creator": creator,
-        "poolclass": AsyncAdaptedQueuePool if fixed else NullPool,
+        # FIXED_PROCESS: SQLAlchemy's queue pool, with waiters served in order (fair_pool.py).
+        "poolclass": FairAsyncAdaptedQueuePool if fixed else NullPool,
     }
     if fixed:
         # Forward only what the user set; SQLAlchemy's defaults stay in force otherwise.
