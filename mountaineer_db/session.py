@@ -47,7 +47,6 @@ __all__ = [
 logger = logging.getLogger("mountaineer_db")
 
 
-
 class RequestSyncSession(Session):
     """SQLModel's `Session`, keeping the connection it took across commits until it is closed.
 
@@ -108,9 +107,21 @@ class RequestSyncSession(Session):
 
 
 async def run_shielded(work: Awaitable[None]) -> None:
-    """Run `work` to completion even if the caller is cancelled meanwhile (then re-raise)."""
+    """Run `work` to completion even if the caller is cancelled meanwhile (then re-raise).
+
+    `work` runs in a task of its own that the caller's cancellation does not reach. Only once a
+    cancellation has arrived does the caller wait inside an anyio shield too (so a cancelled
+    anyio scope, as FastAPI's and Starlette's, stops re-delivering it): the common path pays
+    for the task alone.
+    """
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError as error:
+        if task.done() and task.cancelled():
+            raise
+        cancelled = error
     while not task.done():
         try:
             with anyio.CancelScope(shield=True):
