@@ -10,7 +10,8 @@ Each request is `SELECT 1` in a transaction, committed:
 Comparisons, each at concurrency 1 and 16:
 
 1. default config (NULL pool) via PgBouncer  vs  raw connect-per-request via PgBouncer
-   (ssl=False, statement_cache_size=0: the best raw settings for a pooler);
+   (ssl=False, statement_cache_size=0: the best raw settings for a pooler); [1u] the same
+   through PgBouncer's Unix-domain socket (`postgresql://user@:PORT/db?host=/socket/dir`);
 2. FIXED_PROCESS direct (pool 10, no overflow)  vs  raw `asyncpg.create_pool` of 10, direct;
 3. FIXED_PROCESS via PgBouncer (DATABASE_STATEMENT_CACHE_SIZE=0)  vs  raw pool of 10 via
    PgBouncer (statement_cache_size=0).
@@ -51,6 +52,12 @@ COMPARISONS = {
         "[1] default config (NULL pool) via PgBouncer",
         "get_db_session, NULL pool, via PgBouncer",
         "asyncpg connect-per-request, via PgBouncer",
+        1.0,
+    ),
+    "default-socket": (
+        "[1u] default config (NULL pool) via PgBouncer's Unix socket",
+        "get_db_session, NULL pool, PgBouncer Unix socket",
+        "asyncpg connect-per-request, PgBouncer Unix socket",
         1.0,
     ),
     "fixed-direct": (
@@ -103,13 +110,15 @@ async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
             if setup not in selected:
                 continue
             pool = None
-            if setup == "default":
-                raw = raw_connect_request(stack)
+            if setup in ("default", "default-socket"):
+                raw = raw_connect_request(stack, socket=setup == "default-socket")
             else:
                 pool = await raw_pool(stack.url_for(setup), via_bouncer=setup == "fixed-bouncer")
                 raw = raw_pool_request(pool)
             peers = [
-                build_peer(name, stack.url_for(setup), connect_per_request=setup == "default", pool_size=POOL_SIZE)
+                build_peer(
+                    name, stack.url_for(setup), connect_per_request=setup.startswith("default"), pool_size=POOL_SIZE
+                )
                 for name in peer_names
             ]
             try:
@@ -149,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison (default 9)")
     parser.add_argument("--requests", type=int, default=400, help="requests per round at concurrency 1 (x2 at 16)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    parser.add_argument("--only", default="", help="comma list of: default, fixed-direct, fixed-bouncer")
+    parser.add_argument("--only", default="", help="comma list of: " + ", ".join(SETUPS))
     parser.add_argument(
         "--peers", default=",".join(PEERS), help=f"comma list of: {', '.join(PEERS)}; or none (default: all)"
     )

@@ -93,10 +93,10 @@ def configure(stack: Stack, setup: str) -> None:
     """bench_app reads its settings from the environment, as under uvicorn in bench_http.py."""
     url = stack.url_for(setup)
     os.environ["SQLALCHEMY_DATABASE_URI"] = url.render_as_string(hide_password=False)
-    raw = stack.bouncer_url() if setup != "fixed-direct" else stack.direct_url()
+    raw = stack.url_for(setup) if setup != "default" else stack.bouncer_url()
     os.environ["RAW_DSN"] = raw.set(drivername="postgresql").render_as_string(hide_password=False)
     os.environ["RAW_POOL_SIZE"] = str(POOL_SIZE)
-    if setup != "default":
+    if not setup.startswith("default"):
         os.environ.update(
             {"DATABASE_POOL_TYPE": "FIXED_PROCESS", "DATABASE_POOL_SIZE": str(POOL_SIZE), "DATABASE_MAX_OVERFLOW": "0"}
         )
