@@ -9,7 +9,7 @@ connection on, the derivation is a lookup. The rules this cache keeps:
 
 - process-local: a bounded dict in this module, never written anywhere, never shown;
 - keyed by everything that determines the result (hash name, key length, iterations, salt,
-  password) through an HMAC under a random per-process key, so a key reveals nothing;
+  password) through a keyed BLAKE2b under a random per-process key, so a key reveals nothing;
 - the value is the one `hashlib.pbkdf2_hmac` returns, byte for byte; a value computed
   during a connection attempt is kept only once that attempt succeeded, so a wrong password
   is never cached, and a password change (a new salt on the server, or a new password in the
@@ -31,7 +31,6 @@ still work, at the old cost): `tests/test_compat.py` has the canary.
 import contextlib
 import contextvars
 import hashlib
-import hmac
 import logging
 import secrets
 import threading
@@ -58,7 +57,7 @@ class CacheInfo(NamedTuple):
 
 
 class _SaltedPasswords:
-    """The cache proper: HMAC of the inputs -> salted password; least recently used dropped first."""
+    """The cache proper: keyed hash of the inputs -> salted password; least recently used dropped first."""
 
     __slots__ = ("_entries", "_lock", "hits", "misses")
 
@@ -98,12 +97,10 @@ _cache = _SaltedPasswords()
 
 
 def _key(hash_name: Any, password: bytes, salt: bytes, iterations: int, dklen: int | None) -> bytes:
-    """An HMAC of every input of the derivation, each length-prefixed (no two inputs collide)."""
-    digest = hmac.new(_PROCESS_KEY, digestmod="sha256")
-    for part in (str(hash_name).encode(), str(dklen).encode(), str(iterations).encode(), salt, password):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.digest()
+    """A keyed BLAKE2b of every input of the derivation, each length-prefixed (no two inputs collide)."""
+    parts = (str(hash_name).encode(), str(dklen).encode(), str(iterations).encode(), salt, password)
+    data = b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    return hashlib.blake2b(data, key=_PROCESS_KEY, digest_size=32).digest()
 
 
 class ScramAttempt:
