@@ -8,7 +8,9 @@ rounds, at `--concurrency` requests in flight:
 
 - `render`: `GET /` through `get_db_session` vs the same controller on a raw asyncpg pool
   (`GET /rawpool`): what mountaineer_db adds to Mountaineer's own cost;
-- `action`: the `@passthrough` action (commits), both ways.
+- `action`: the `@passthrough` action (commits), both ways;
+- and each with the peers' session dependencies (bench_app.py: a plain SQLModel session as
+  the docs show, the old `mountaineer.database`), same URL and pool settings.
 
 `--profile NAME` prints a cProfile of one variant instead (its CPU time, by function);
 `--spin NAME` just runs it, for a sampling profiler:
@@ -36,8 +38,12 @@ RAW_ACTION = "/internal/api/raw_pool_controller/ping"
 VARIANTS = {
     "ours-render": ("GET", "/"),
     "rawpool-render": ("GET", "/rawpool"),
+    "sqlmodel-docs-render": ("GET", "/peer/sqlmodel-docs"),
+    "mountaineer-database-render": ("GET", "/peer/mountaineer-database"),
     "ours-action": ("POST", ACTION),
     "rawpool-action": ("POST", RAW_ACTION),
+    "sqlmodel-docs-action": ("POST", "/internal/api/peer_docs_controller/ping"),
+    "mountaineer-database-action": ("POST", "/internal/api/peer_old_controller/ping"),
 }
 
 
@@ -112,9 +118,31 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
     unregister_config()
     app = bench_app._build_ours()
     requests = {name: asgi_request(app, method, path) for name, (method, path) in VARIANTS.items()}
-    for request in requests.values():  # warm up: engines, pools, first-use imports
-        for _ in range(50):
-            await request()
+    failures: dict[str, list[str]] = {name: [] for name in requests}
+    attempts: dict[str, int] = dict.fromkeys(requests, 0)
+
+    def counted(name: str, request: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A peer's request with its failures counted (peers fail behind PgBouncer), ours and raw's raised."""
+        if name.startswith(("ours", "rawpool")):
+            return request
+
+        async def attempt() -> None:
+            attempts[name] += 1
+            try:
+                await request()
+            except Exception as error:  # noqa: BLE001 - a failing peer is reported as an error rate
+                failures[name].append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+
+        return attempt
+
+    requests = {name: counted(name, request) for name, request in requests.items()}
+    for request in requests.values():  # warm up (engines, pools, first-use imports) and find failing peers
+        await run_concurrent(request, args.probe, args.concurrency)
+    failing = {
+        name: f"errors {len(found)}/{attempts[name]} requests ({len(found) / attempts[name]:.0%}): {found[0]}"
+        for name, found in failures.items()
+        if found
+    }
     if args.spin:
         started, cpu = time.perf_counter(), time.process_time()
         await run_concurrent(requests[args.spin], args.requests, args.concurrency)
@@ -134,13 +162,20 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
     else:
         for kind in ("render", "action"):
             names = [f"rawpool-{kind}", f"ours-{kind}"]
+            if not args.no_peers:
+                names += [f"{peer}-{kind}" for peer in ("sqlmodel-docs", "mountaineer-database")]
+            for name in [name for name in names if name in failing]:
+                names.remove(name)
             await measure_many(
                 f"[http-cpu] {kind}, {args.setup}, concurrency {args.concurrency} (first line: Mountaineer on a "
                 "raw asyncpg pool, no mountaineer_db)",
                 [(name, lambda r=requests[name]: run_concurrent(r, args.requests, args.concurrency)) for name in names],
                 rounds=args.rounds,
             )
-    await bench_app._close_raw_pool()
+            for name, failure in failing.items():
+                if name.endswith(kind):
+                    print(f"    {name:<58} {failure}", flush=True)
+    await bench_app._close_pools()
     await dispose_engines()
     unregister_config()
 
@@ -153,6 +188,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--profile", choices=list(VARIANTS), default=None)
     parser.add_argument("--spin", choices=list(VARIANTS), default=None, help="run one variant (for py-spy)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out the peers' routes")
+    parser.add_argument("--probe", type=int, default=100, help="warm-up requests per variant (failures counted)")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=45)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
