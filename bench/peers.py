@@ -107,7 +107,7 @@ def build_peer(name: str, url: URL, *, connect_per_request: bool, pool_size: int
                 await session.close()
 
         async def close() -> None:
-            engine: AsyncEngine | None = config.engine_instance
+            engine: AsyncEngine | None = getattr(make_session, "kw", {}).get("bind")
             if engine is not None:
                 await engine.dispose()
 
