@@ -12,7 +12,9 @@ rounds, at `--concurrency` requests in flight:
 - and each with the peers' session dependencies (bench_app.py: a plain SQLModel session as
   the docs show, the old `mountaineer.database`), same URL and pool settings.
 
-`--profile NAME` prints a cProfile of one variant instead (its CPU time, by function);
+`--layers` builds the render up layer by layer instead: the raw pool, + a yield dependency
+handing out its connection (FastAPI), + a plain SQLModel session on our engine (SQLAlchemy),
++ ours. `--profile NAME` prints a cProfile of one variant instead (its CPU time, by function);
 `--spin NAME` just runs it, for a sampling profiler:
 `py-spy record -f raw -o out.txt -- .venv/bin/python bench/profile_http.py --spin ours-render`.
 
@@ -40,6 +42,8 @@ VARIANTS = {
     "rawpool-render": ("GET", "/rawpool"),
     "sqlmodel-docs-render": ("GET", "/peer/sqlmodel-docs"),
     "mountaineer-database-render": ("GET", "/peer/mountaineer-database"),
+    "layer-raw-dependency-render": ("GET", "/layer/raw-dependency"),
+    "layer-plain-session-render": ("GET", "/layer/plain-session"),
     "ours-action": ("POST", ACTION),
     "rawpool-action": ("POST", RAW_ACTION),
     "sqlmodel-docs-action": ("POST", "/internal/api/peer_docs_controller/ping"),
@@ -123,7 +127,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
 
     def counted(name: str, request: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """A peer's request with its failures counted (peers fail behind PgBouncer), ours and raw's raised."""
-        if name.startswith(("ours", "rawpool")):
+        if name.startswith(("ours", "rawpool", "layer")):
             return request
 
         async def attempt() -> None:
@@ -159,6 +163,21 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         elapsed = time.perf_counter() - started
         print(f"{args.profile}: {elapsed * 1e6 / args.requests:.0f} µs/request under the profiler")
         pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.limit)
+    elif args.layers:
+        layers = [
+            ("Mountaineer render on a raw asyncpg pool (no dependency)", "rawpool-render"),
+            ("+ the raw pool's connection from a yield dependency", "layer-raw-dependency-render"),
+            ("+ a plain SQLModel session on our engine instead (SQLAlchemy)", "layer-plain-session-render"),
+            ("+ ours: get_db_session", "ours-render"),
+        ]
+        await measure_many(
+            f"[http-layers] render, {args.setup}, concurrency {args.concurrency}",
+            [
+                (label, lambda r=requests[name]: run_concurrent(r, args.requests, args.concurrency))
+                for label, name in layers
+            ],
+            rounds=args.rounds,
+        )
     else:
         for kind in ("render", "action"):
             names = [f"rawpool-{kind}", f"ours-{kind}"]
@@ -189,6 +208,7 @@ if __name__ == "__main__":
     parser.add_argument("--profile", choices=list(VARIANTS), default=None)
     parser.add_argument("--spin", choices=list(VARIANTS), default=None, help="run one variant (for py-spy)")
     parser.add_argument("--no-peers", action="store_true", help="leave out the peers' routes")
+    parser.add_argument("--layers", action="store_true", help="the render built up layer by layer instead")
     parser.add_argument("--probe", type=int, default=100, help="warm-up requests per variant (failures counted)")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=45)
