@@ -78,8 +78,11 @@ async def get_db_session(
         async with borrowed(state) as session:
             yield session
         return
+    if request is None:  # resolved outside a request: no client to watch, no re-render to share with
+        async with session_scope(engine, sync_session_class=RequestSyncSession) as session:
+            yield session
+        return
     async with (
-        # FastAPI hands a Request here; without one (None) the guard stays idle.
         DisconnectGuard(cast(Request, request)) as guard,
         session_scope(engine, sync_session_class=RequestSyncSession) as session,
         offer_to_rerender(session, request, engine=engine),

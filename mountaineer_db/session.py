@@ -162,37 +162,51 @@ def _log_failure(error: Exception) -> None:
     logger.log(level, "Rolled back the request's transaction after %s: %s", type(error).__name__, error)
 
 
-@asynccontextmanager
-async def session_scope(
-    engine: AsyncEngine, *, sync_session_class: type[Session] | None = None
-) -> AsyncIterator[AsyncSession]:
-    """A session on `engine` with a transaction open; see the module docstring for the rules.
+class _SessionScope:
+    """`session_scope`'s context manager (a class: a generator-based one costs ~10 µs more per request)."""
 
-    `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
-    dependency passes one that keeps its connection across commits).
-    """
-    session = AsyncSession(engine, expire_on_commit=False, sync_session_class=sync_session_class)
-    # No I/O: the connection is taken by the first statement. Called on the sync session
-    # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
-    session.sync_session.begin()
-    try:
-        yield session
-    except Exception as error:
-        unavailable = unavailable_error_for(error, url=engine.url)
+    __slots__ = ("_engine", "_session", "_sync_session_class")
+
+    def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None) -> None:
+        self._engine = engine
+        self._sync_session_class = sync_session_class
+
+    async def __aenter__(self) -> AsyncSession:
+        session = AsyncSession(self._engine, expire_on_commit=False, sync_session_class=self._sync_session_class)
+        # No I/O: the connection is taken by the first statement. Called on the sync session
+        # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
+        session.sync_session.begin()
+        self._session = session
+        return session
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
+        session = self._session
+        if error is None:
+            await run_shielded(_release(session, invalidate=False))
+            return False
+        if not isinstance(error, Exception):  # cancelled or interrupted: drop the connection
+            await run_shielded(_release(session, invalidate=True))
+            return False
+        unavailable = unavailable_error_for(error, url=self._engine.url)
         if unavailable is None:
             _log_failure(error)
             await run_shielded(_release(session, invalidate=False))
-            raise
+            return False  # the handler's exception propagates unchanged
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
         logger.error("Rolled back the request's transaction: %s", unavailable.message)
         await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
-    except BaseException:
-        await run_shielded(_release(session, invalidate=True))
-        raise
-    else:
-        await run_shielded(_release(session, invalidate=False))
+
+
+def session_scope(engine: AsyncEngine, *, sync_session_class: type[Session] | None = None) -> _SessionScope:
+    """`async with session_scope(engine) as session:` a session on `engine` with a transaction
+    open; see the module docstring for the rules.
+
+    `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
+    dependency passes one that keeps its connection across commits).
+    """
+    return _SessionScope(engine, sync_session_class)
 
 
 class DisconnectGuard:
