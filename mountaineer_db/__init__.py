@@ -9,15 +9,22 @@ from mountaineer_db.dependencies import SessionDep
 from mountaineer_db.engine import database_lifespan, dispose_engines
 from mountaineer_db.exceptions import (
     ClientDisconnectedError,
+    ClusterError,
     ConfigurationError,
+    DatabaseAdminError,
     DatabaseConfigError,
+    DatabaseNotSetUpError,
     DatabaseUnavailableError,
+    MigrationCheckError,
+    MigrationError,
+    MigrationLockTimeoutError,
     MountaineerDBError,
     ResourceAlreadyExistsError,
     ResourceConflictError,
     ResourceNotFoundError,
     SchemaChangedError,
 )
+from mountaineer_db.health import DatabaseCheck, DatabaseStatus, check_database
 from mountaineer_db.http_errors import get_or_404, map_integrity_errors
 from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
@@ -25,11 +32,19 @@ from mountaineer_db.session import database_session
 __all__ = [
     "AsyncSession",
     "ClientDisconnectedError",
+    "ClusterError",
     "ConfigurationError",
+    "DatabaseAdminError",
+    "DatabaseCheck",
     "DatabaseConfig",
     "DatabaseConfigError",
     "DatabaseDependencies",
+    "DatabaseNotSetUpError",
+    "DatabaseStatus",
     "DatabaseUnavailableError",
+    "MigrationCheckError",
+    "MigrationError",
+    "MigrationLockTimeoutError",
     "MountaineerDBError",
     "PoolType",
     "ResourceAlreadyExistsError",
@@ -37,6 +52,7 @@ __all__ = [
     "ResourceNotFoundError",
     "SchemaChangedError",
     "SessionDep",
+    "check_database",
     "database_lifespan",
     "database_session",
     "dispose_engines",

@@ -12,15 +12,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from mountaineer_db.exceptions import MountaineerDBError
+from mountaineer_db.exceptions import (
+    ClusterError,  # defined there with every other error
+    )
 
 __all__ = ["ClusterError", "as_user", "chown_tree", "free_port", "run_user", "stop_process"]
 
 UNPRIVILEGED_USER = os.environ.get("MOUNTAINEER_DB_SERVER_USER", "nobody")
-
-
-class ClusterError(MountaineerDBError):
-    """A local PostgreSQL or PgBouncer process could not be set up, started or stopped."""
 
 
 def free_port() -> int:

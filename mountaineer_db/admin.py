@@ -27,8 +27,8 @@ from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.connections import Connector
 from mountaineer_db.exceptions import (
     ConfigurationError,
+    DatabaseAdminError,  # defined there with every other error
     DatabaseUnavailableError,
-    MountaineerDBError,
     ResourceNotFoundError,
     describe_target,
 )
@@ -49,10 +49,6 @@ __all__ = [
 logger = logging.getLogger("mountaineer_db")
 
 MAINTENANCE_DATABASE = "postgres"
-
-
-class DatabaseAdminError(MountaineerDBError):
-    """PostgreSQL refused an admin operation (missing privilege, database in use, ...)."""
 
 
 def quote_identifier(name: str) -> str:

@@ -145,6 +145,10 @@ class DatabaseConfig(BaseSettings):
     DATABASE_SCRAM_CACHE: bool = True
     """Reuse the SCRAM-derived key for the same password, salt and iteration count, in this process
     only: ~1 ms less CPU per new connection (RFC 5802 §5.1). Default on; false derives it every time."""
+    DATABASE_TAG_REQUESTS: bool = False
+    """Show each request's controller and action in pg_stat_activity.application_name (default off)."""
+    DATABASE_SLOW_QUERY_THRESHOLD: float | None = None
+    """Seconds after which a statement is logged as slow, one WARNING each (default: no slow-query log)."""
 
     # -- Timeouts (seconds) --------------------------------------------------------
     DATABASE_CONNECT_TIMEOUT: float = 5.0
@@ -314,6 +318,7 @@ class DatabaseConfig(BaseSettings):
             "DATABASE_STATEMENT_TIMEOUT",
             "DATABASE_LOCK_TIMEOUT",
             "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+            "DATABASE_SLOW_QUERY_THRESHOLD",
         ):
             value = getattr(self, name)
             if value is not None and not value > 0:

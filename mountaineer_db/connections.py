@@ -10,7 +10,7 @@ extension point, a `connection_class`:
   statement name from another client (no "prepared statement ... already exists");
 - the server-side timeouts ride on the transaction's BEGIN as `SET LOCAL` in the same
   round trip (`MountaineerConnection.transaction`), because PgBouncer rejects them as
-  startup parameters;
+  startup parameters; so does the request's tag (DATABASE_TAG_REQUESTS, `origins`);
 - closing is bounded: asyncpg would otherwise wait forever for a silent server;
 - a bounded connect timeout, no SSL attempt on loopback unless asked for, an SSL context
   built once per engine rather than per connection;
@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL, ExceptionContext
 
 from mountaineer_db.config import DatabaseConfig, SSLMode
 from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
+from mountaineer_db.origins import application_name_suffix, current_origin
 from mountaineer_db.scram import scram_attempt
 
 __all__ = ["Connector", "MountaineerConnection", "translate_driver_error"]
@@ -40,6 +41,10 @@ logger = logging.getLogger("mountaineer_db")
 
 # Errors that mean "the server is there but not ready yet": retried within the connect timeout.
 _TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.CannotConnectNowError,)
+
+
+_CLIENT_CHECK_INTERVAL = "500ms"
+"""How often PostgreSQL (14+) checks, during a statement, that the client is still connected."""
 
 
 def _interval(seconds: float) -> str:
@@ -61,13 +66,27 @@ def _ssl_argument(mode: SSLMode) -> ssl_module.SSLContext | str | bool:
 class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
     """asyncpg's connection, with our BEGIN and a bounded close. Made only by `Connector`."""
 
-    __slots__ = ("_mdb_begin_suffix", "_mdb_close_timeout", "_mdb_idle_timeout", "_mdb_open_transaction")
+    __slots__ = (
+        "_mdb_begin_suffix",
+        "_mdb_close_timeout",
+        "_mdb_idle_timeout",
+        "_mdb_open_transaction",
+        "_mdb_tag_prefix",
+    )
 
-    def _mdb_setup(self, *, begin_suffix: str, close_timeout: float, idle_timeout: float | None) -> None:
+    def _mdb_setup(
+        self, *, begin_suffix: str, close_timeout: float, idle_timeout: float | None, tag_prefix: str | None = None
+    ) -> None:
+        if self.get_server_version() >= (14,):
+            # The server checks that the client is still there while a statement runs, and
+            # cancels the statement if not: a client that drops the connection (a cancelled
+            # task, a killed worker) does not leave a statement running on the server.
+            begin_suffix += f"; SET LOCAL client_connection_check_interval = '{_CLIENT_CHECK_INTERVAL}'"
         self._mdb_begin_suffix = begin_suffix
         self._mdb_close_timeout = close_timeout
         self._mdb_idle_timeout = idle_timeout
         self._mdb_open_transaction = False
+        self._mdb_tag_prefix = tag_prefix  # None: DATABASE_TAG_REQUESTS is off
 
     def transaction(self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False) -> Any:
         """asyncpg's `transaction()`; with per-transaction settings, BEGIN carries them.
@@ -75,7 +94,13 @@ class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
         SQLAlchemy's adapter starts each transaction with `connection.transaction(...).start()`
         and ends it with `commit()` or `rollback()` on that object.
         """
-        if not self._mdb_begin_suffix:
+        suffix = self._mdb_begin_suffix
+        if self._mdb_tag_prefix is not None:
+            # DATABASE_TAG_REQUESTS: the request's controller and action, for this transaction only.
+            origin = current_origin()
+            if origin is not None:
+                suffix += application_name_suffix(self._mdb_tag_prefix, origin)
+        if not suffix:
             return super().transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
         begin = "BEGIN"
         if isolation:
@@ -84,7 +109,7 @@ class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
             begin += " READ ONLY"
         if deferrable:
             begin += " DEFERRABLE"
-        return _SettingsTransaction(self, begin + self._mdb_begin_suffix)
+        return _SettingsTransaction(self, begin + suffix)
 
     async def close(self, *, timeout: float | None = None) -> None:
         """Close gracefully, but never wait longer than the command (else connect) timeout.
@@ -149,12 +174,14 @@ class Connector:
         self.close_timeout = config.DATABASE_COMMAND_TIMEOUT or config.DATABASE_CONNECT_TIMEOUT
         self.idle_timeout = config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT
         self.scram_cache = config.DATABASE_SCRAM_CACHE
-        server_settings = {}
+        server_settings: dict[str, str] = {}
         if config.application_name:
             server_settings["application_name"] = config.application_name
         app_name = url.query.get("application_name")
         if isinstance(app_name, str):
             server_settings["application_name"] = app_name
+        # DATABASE_TAG_REQUESTS: transactions are tagged `<application_name>:<origin>`.
+        self.tag_prefix = server_settings.get("application_name", "") if config.DATABASE_TAG_REQUESTS else None
         host = url.query.get("host")  # a Unix socket directory given as ?host=/path
         self._kwargs: dict[str, Any] = {
             "host": host if isinstance(host, str) else url.host,
@@ -199,7 +226,10 @@ class Connector:
                 remaining = 0
             else:
                 connection._mdb_setup(
-                    begin_suffix=self.begin_suffix, close_timeout=self.close_timeout, idle_timeout=self.idle_timeout
+                    begin_suffix=self.begin_suffix,
+                    close_timeout=self.close_timeout,
+                    idle_timeout=self.idle_timeout,
+                    tag_prefix=self.tag_prefix,
                 )
                 return connection
             if remaining > 0.1:

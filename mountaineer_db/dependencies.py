@@ -27,9 +27,11 @@ from starlette.requests import HTTPConnection, Request
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
-from mountaineer_db.exceptions import ConfigurationError
+from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
+from mountaineer_db.origins import request_origin, work_origin
 from mountaineer_db.rerender import borrowed, offer_to_rerender, shared_session
 from mountaineer_db.session import DisconnectGuard, RequestSyncSession, session_scope
+from mountaineer_db.setup_errors import install_setup_page
 
 __all__ = ["SessionDep", "get_database_config", "get_db", "get_db_session"]
 
@@ -75,20 +77,25 @@ async def get_db_session(
     engine = _given(engine, "engine", AsyncEngine) or engine_for(registered_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        async with borrowed(state) as session:
-            yield session
+        # The re-render after a @sideeffect: its work is the controller's `render`.
+        with work_origin(request_origin(request)):
+            async with borrowed(state) as session:
+                yield session
         return
-    if request is None:  # resolved outside a request: no client to watch, no re-render to share with
-        async with session_scope(engine, sync_session_class=RequestSyncSession) as session:
-            yield session
-        return
-    async with (
-        DisconnectGuard(cast(Request, request)) as guard,
-        session_scope(engine, sync_session_class=RequestSyncSession) as session,
-        offer_to_rerender(session, request, engine=engine),
-    ):
-        guard.watch(session)  # a client disconnect cancels the work in flight (README: Failure behaviour)
-        yield session
+    # The request's controller and action name its work in tags and log lines (`origins`).
+    with work_origin(request_origin(request)):
+        try:
+            async with (
+                # FastAPI hands a Request here; without one (None) the guard stays idle.
+                DisconnectGuard(cast(Request, request)) as guard,
+                session_scope(engine, sync_session_class=RequestSyncSession) as session,
+                offer_to_rerender(session, request, engine=engine),
+            ):
+                guard.watch(session)  # a client disconnect cancels the work in flight (README: Failure behaviour)
+                yield session
+        except DatabaseNotSetUpError:
+            install_setup_page(request)  # the app answers it with the "not set up yet" page
+            raise
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_db_session)]

@@ -32,19 +32,30 @@ from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy.ext.asyncio as sqlalchemy_asyncio
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
-from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool
+from mountaineer_db.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
+from mountaineer_db.origins import enable_tagging
 from mountaineer_db.scram import clear_scram_cache
+from mountaineer_db.slow_queries import install_slow_query_log
 from mountaineer_db.stale_statements import install_stale_statement_recovery
+from mountaineer_db.tracing import instrument_new_engine
 
-__all__ = ["database_lifespan", "describe_target", "dispose_engines", "engine_for", "engines_on_this_loop"]
+__all__ = [
+    "cached_engines",
+    "database_lifespan",
+    "describe_target",
+    "dispose_engines",
+    "engine_for",
+    "engines_on_this_loop",
+]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -64,6 +75,8 @@ _ENGINE_FIELDS = (
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
     "POSTGRES_SSLMODE",
     "DATABASE_SCRAM_CACHE",
+    "DATABASE_TAG_REQUESTS",
+    "DATABASE_SLOW_QUERY_THRESHOLD",
 )
 """Every setting `_build_engine` reads; two configs differing in any of them get two engines."""
 
@@ -85,12 +98,13 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
             prepared_statement_name_func=None if cache_size else _unnamed_statement,
         )
 
+    stats = EngineStats(config.DATABASE_POOL_TYPE, config.application_name)
     kwargs: dict[str, Any] = {
         "echo": config.DATABASE_ECHO,
         "hide_parameters": True,
-        "creator": creator,
-        # FIXED_PROCESS: SQLAlchemy's queue pool, with waiters served in order (fair_pool.py).
-        "poolclass": FairAsyncAdaptedQueuePool if fixed else NullPool,
+        "creator": stats.timed_creator(creator),  # connect latency (mountaineer_db.metrics)
+        # SQLAlchemy's pools, measured: checkouts, waits, timeouts.
+        "poolclass": MeasuredQueuePool if fixed else MeasuredNullPool,
     }
     if fixed:
         # Forward only what the user set; SQLAlchemy's defaults stay in force otherwise.
@@ -105,10 +119,17 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
             if value is not None:
                 kwargs[argument] = value
     # The URL only names the dialect and is shown in logs and reprs: no password in it.
-    engine = create_async_engine(url.set(password=None), **kwargs)
+    # Through the module attribute: OpenTelemetry's SQLAlchemy instrumentation hooks it (`tracing`).
+    engine = sqlalchemy_asyncio.create_async_engine(url.set(password=None), **kwargs)
     holder.append(engine)
     retirement = _Retirement()
+    install_metrics(engine, stats)
+    instrument_new_engine(engine)  # OpenTelemetry, when it is on
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
+    if connector.tag_prefix is not None:
+        enable_tagging(engine.sync_engine)
+    if config.DATABASE_SLOW_QUERY_THRESHOLD is not None:  # no listeners (no cost) without a threshold
+        install_slow_query_log(engine, config.DATABASE_SLOW_QUERY_THRESHOLD)
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
@@ -369,3 +390,10 @@ def engines_on_this_loop() -> list[AsyncEngine]:
     """The engines cached for the running loop (for tests and diagnostics)."""
     entry = _registry.get(id(asyncio.get_running_loop()))
     return [engine for engine, _ in entry.engines.values()] if entry is not None else []
+
+
+def cached_engines() -> list[AsyncEngine]:
+    """Every engine cached in this process, on any event loop (for metrics and instrumentation)."""
+    with _registry_lock:
+        entries = list(_registry.values())
+    return [engine for entry in entries for engine, _ in list(entry.engines.values())]

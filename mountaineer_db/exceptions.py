@@ -4,7 +4,7 @@ Messages say what went wrong, which setting or input caused it, and what to do a
 it. They never contain a password.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from fastapi import HTTPException
@@ -12,11 +12,20 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
+if TYPE_CHECKING:
+    from mountaineer_db.migrations.plumbing import Revision
+
 __all__ = [
     "ClientDisconnectedError",
+    "ClusterError",
     "ConfigurationError",
+    "DatabaseAdminError",
     "DatabaseConfigError",
+    "DatabaseNotSetUpError",
     "DatabaseUnavailableError",
+    "MigrationCheckError",
+    "MigrationError",
+    "MigrationLockTimeoutError",
     "MountaineerDBError",
     "ResourceAlreadyExistsError",
     "ResourceConflictError",
@@ -233,3 +242,40 @@ class ResourceAlreadyExistsError(ResourceConflictError):
     """
 
     default_detail = "This already exists."
+
+
+class ClusterError(MountaineerDBError):
+    """A local PostgreSQL or PgBouncer process could not be set up, started or stopped."""
+
+
+class DatabaseAdminError(MountaineerDBError):
+    """PostgreSQL refused an admin operation (missing privilege, database in use, ...)."""
+
+
+class MigrationError(MountaineerDBError):
+    """A migration command could not do what was asked (the message says why and what to do)."""
+
+
+class MigrationCheckError(MigrationError):
+    """The database does not match the models: unapplied revisions or schema differences."""
+
+    def __init__(self, message: str, *, pending: "list[Revision]", differences: list[str]) -> None:
+        super().__init__(message)
+        self.pending = pending
+        self.differences = differences
+
+
+class MigrationLockTimeoutError(MigrationError):
+    """A migration waited longer than MIGRATIONS_LOCK_TIMEOUT for a table lock and was rolled back."""
+
+
+class DatabaseNotSetUpError(_HTTPError):
+    """A statement met a table that does not exist (SQLSTATE 42P01): the migrations were not applied.
+
+    Raised by request sessions in place of the driver's error, with one log line naming the
+    fix. In development (Mountaineer's ENVIRONMENT is not "production") the app answers with
+    a page (JSON for actions) saying what to run; in production with the usual 500, whose
+    detail names nothing.
+    """
+
+    default_detail = "Internal Server Error"

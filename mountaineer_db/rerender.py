@@ -38,6 +38,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from mountaineer_db.origins import INTERNAL_STATEMENT
 from mountaineer_db.session import RequestSyncSession, run_shielded
 
 __all__ = ["SharedSession", "borrowed", "end_transaction", "offer_to_rerender", "shared_session", "track_writes"]
@@ -60,12 +61,14 @@ class SharedSession:
     def serves(self, request: HTTPConnection | None, engine: AsyncEngine | None) -> bool:
         """True for Mountaineer's re-render of this request (see the module docstring)."""
         return (
-            request is not None
-            and self.is_open
-            and request.scope is not self.scope
-            and "app" not in request.scope
+            self.nested(request)
+            and "app" not in request.scope  # type: ignore[union-attr]
             and (self.engine is None or engine is None or engine is self.engine)
         )
+
+    def nested(self, request: HTTPConnection | None) -> bool:
+        """True for a resolution inside this request's handling, on a request of its own."""
+        return request is not None and self.is_open and request.scope is not self.scope
 
 
 _shared: contextvars.ContextVar[SharedSession | None] = contextvars.ContextVar(
@@ -154,7 +157,8 @@ async def has_uncommitted_changes(session: AsyncSession) -> bool:
         return False  # nothing reached the server since the last commit
     # An xid is assigned on the first write of a transaction; reads never get one.
     connection = await session.connection()
-    return bool(await connection.scalar(text("SELECT txid_current_if_assigned() IS NOT NULL")))
+    query = text("SELECT txid_current_if_assigned() IS NOT NULL").execution_options(**{INTERNAL_STATEMENT: True})
+    return bool(await connection.scalar(query))
 
 
 async def end_transaction(session: AsyncSession, *, keep: Sequence[Any] = ()) -> None:

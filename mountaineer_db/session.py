@@ -9,7 +9,8 @@
 3. an exception rolls back, is logged once (no SQL parameters, no secrets) and propagates
    unchanged, except that a lost connection (terminated backend, restarting server, PgBouncer
    dropping us), an exhausted pool or a client-side command timeout becomes a
-   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`;
+   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`, and a
+   missing table (migrations not applied) becomes `DatabaseNotSetUpError` (`setup_errors`);
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -24,8 +25,10 @@ from typing import Any
 import anyio
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -33,7 +36,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
-from mountaineer_db.exceptions import ClientDisconnectedError, unavailable_error_for
+from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.origins import current_origin, tags_requests
+from mountaineer_db.setup_errors import not_set_up_error_for
 
 __all__ = [
     "AsyncSession",
@@ -76,6 +81,16 @@ class RequestSyncSession(Session):
         """True while a kept connection is inside a transaction (between a statement and its end)."""
         return any(connection.in_transaction() for connection in self._kept.values())
 
+    def server_transaction_open(self) -> bool:
+        """True once a statement of the current transaction has reached the server."""
+        for connection in self._kept.values():
+            if connection.closed or connection.invalidated:
+                continue
+            driver = connection.connection.driver_connection
+            if driver is not None and driver.is_in_transaction():
+                return True
+        return False
+
     def _release_kept(self, *, invalidate: bool) -> None:
         kept = list(self._kept.values())
         self._kept.clear()
@@ -104,6 +119,38 @@ class RequestSyncSession(Session):
             super().invalidate()
         finally:
             self._release_kept(invalidate=True)
+
+
+def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
+    """Run the first statement of a transaction again if it met a schema change (a migration).
+
+    A `SchemaChangedError` (see `mountaineer_db.stale_statements`) on the first statement of
+    a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
+    back and the statement runs once more on a fresh connection, so the request goes on.
+    Later statements of a transaction are never replayed; their request gets the 503.
+    """
+    session = state.session
+    if (
+        not isinstance(session, RequestSyncSession)
+        or session.new
+        or session.dirty
+        or session.deleted
+        or session.server_transaction_open()
+    ):
+        return None
+    try:
+        return state.invoke_statement()
+    except SchemaChangedError:
+        logger.info("A statement met a schema change before anything else in its transaction; running it again.")
+    kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
+    session.expunge_all()
+    session.rollback()
+    for instance in kept:
+        session.add(instance)
+    return state.invoke_statement()
+
+
+event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_statement)
 
 
 async def run_shielded(work: Awaitable[None]) -> None:
@@ -154,12 +201,19 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
             logger.warning("Discarding the connection failed too: %s", type(second).__name__)
 
 
-def _log_failure(error: Exception) -> None:
+def _log_failure(error: Exception, engine: AsyncEngine) -> None:
     # Bad client input (4xx, request validation) is routine: INFO. Everything else: ERROR.
     client_error = isinstance(error, HTTPException) and error.status_code < 500
     expected = client_error or isinstance(error, RequestValidationError)
     level = logging.INFO if expected else logging.ERROR
-    logger.log(level, "Rolled back the request's transaction after %s: %s", type(error).__name__, error)
+    where = _origin_note(engine)
+    logger.log(level, "Rolled back the request's transaction%s after %s: %s", where, type(error).__name__, error)
+
+
+def _origin_note(engine: AsyncEngine) -> str:
+    """` in HomeController.add_todo` when the engine tags requests (DATABASE_TAG_REQUESTS)."""
+    origin = current_origin() if tags_requests(engine.sync_engine) else None
+    return f" in {origin}" if origin else ""
 
 
 class _SessionScope:
@@ -180,21 +234,27 @@ class _SessionScope:
         return session
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
-        session = self._session
+        session, engine = self._session, self._engine
         if error is None:
             await run_shielded(_release(session, invalidate=False))
             return False
         if not isinstance(error, Exception):  # cancelled or interrupted: drop the connection
             await run_shielded(_release(session, invalidate=True))
             return False
-        unavailable = unavailable_error_for(error, url=self._engine.url)
+        unavailable = unavailable_error_for(error, url=engine.url)
+        not_set_up = not_set_up_error_for(error) if unavailable is None else None
+        if not_set_up is not None:
+            # A missing table: the migrations were not applied. One line naming the fix.
+            logger.error("%s", not_set_up.message)
+            await run_shielded(_release(session, invalidate=False))
+            raise not_set_up from error
         if unavailable is None:
-            _log_failure(error)
+            _log_failure(error, engine)
             await run_shielded(_release(session, invalidate=False))
             return False  # the handler's exception propagates unchanged
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
-        logger.error("Rolled back the request's transaction: %s", unavailable.message)
+        logger.error("Rolled back the request's transaction%s: %s", _origin_note(engine), unavailable.message)
         await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
 

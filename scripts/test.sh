@@ -58,7 +58,7 @@ if [ -f scripts/prepare_example.sh ]; then
 fi
 
 echo "==> linters"
-.venv/bin/ruff check mountaineer_db tests bench
+.venv/bin/ruff check mountaineer_db tests bench scripts
 .venv/bin/mypy
 
 status=0

@@ -18,7 +18,7 @@ from mountaineer.config import unregister_config
 from mountaineer_db import DatabaseConfig, dispose_engines
 from mountaineer_db.cluster import ExternalServer, PostgresCluster
 from mountaineer_db.pgbouncer import PgBouncer, find_pgbouncer
-from tests.sample_apps import server_execute
+from tests.sample_apps import server_execute, server_fetch
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -53,6 +53,16 @@ def test_database(pg_server: Any) -> Iterator[str]:
     name = f"mdb_test_{secrets.token_hex(4)}"
     asyncio.run(admin_execute(pg_server, f'CREATE DATABASE "{name}"'))
     yield name
+    leftovers = asyncio.run(
+        server_fetch(
+            pg_server,
+            "SELECT application_name, state, left(query, 80) AS query FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    )
+    if leftovers:  # said before they are ended, so a leak is seen instead of a slow or failing drop
+        print(f"\nconnections left on {name} at the end of the session: {[dict(row) for row in leftovers]}")
     asyncio.run(admin_execute(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 

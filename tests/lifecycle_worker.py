@@ -6,7 +6,9 @@ stdin before exiting, so the test can look at the server while this process is s
 - `asyncio_run N`: N jobs, each its own `asyncio.run()`, using `database_session()`;
 - `closed_loops N`: the same with loops closed by hand (no `shutdown_asyncgens()`);
 - `fork`: a parent holding a pooled connection forks; the child uses the database, calls
-  `dispose_engines()` and garbage-collects; the parent then queries again.
+  `dispose_engines()` and garbage-collects; the parent then queries again;
+- `fork_reused_loop`: the same, but the child shuts down on the parent's (copied) loop object
+  without using the database first.
 """
 
 import asyncio
@@ -86,12 +88,44 @@ async def _child(config: DatabaseConfig) -> None:
     gc.collect()
 
 
+def _fork_on_a_reused_loop(url: str) -> dict[str, Any]:
+    """The parent drives one loop with run_until_complete; the child, forked between two runs,
+    shuts down on that same (copied) loop object without using the database first."""
+    config = _config(url)
+    loop = asyncio.new_event_loop()
+    pid_before = loop.run_until_complete(_job(config))
+    child = os.fork()
+    if child == 0:
+        try:
+            loop.run_until_complete(dispose_engines())
+            gc.collect()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    started = time.monotonic()
+
+    async def again() -> int | None:
+        try:
+            async with asyncio.timeout(10):
+                return await _job(config)
+        except TimeoutError:
+            return None
+
+    pid_after = loop.run_until_complete(again())
+    seconds = time.monotonic() - started
+    loop.run_until_complete(dispose_engines())
+    loop.close()
+    return {"pid_before": pid_before, "pid_after": pid_after, "seconds": seconds}
+
+
 def main(argv: list[str]) -> None:
     mode, url = argv[0], argv[1]
     if mode in ("asyncio_run", "closed_loops"):
         run_loops(url, int(argv[2]), closed_by_hand=mode == "closed_loops")
     elif mode == "fork":
         print(json.dumps(asyncio.run(_fork_and_query_again(url))), flush=True)
+    elif mode == "fork_reused_loop":
+        print(json.dumps(_fork_on_a_reused_loop(url)), flush=True)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

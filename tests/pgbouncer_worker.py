@@ -17,6 +17,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
+REQUEST_BOUND = 5.0
+"""Seconds one request may take before it counts as failed (TimeoutError)."""
+RUN_BOUND = 90.0
+"""Seconds the whole run may take; what is left is reported as not finished."""
+
 
 def _error_key(error: BaseException) -> str:
     message = str(error).splitlines()[0] if str(error) else ""
@@ -50,7 +55,9 @@ async def run(mode: str, requests: int, concurrency: int) -> dict[str, Any]:
     async def one(n: int) -> None:
         nonlocal ok
         try:
-            async with open_session() as session:
+            # Bounded: a connection stuck on a statement another client prepared (named statements
+            # through PgBouncer) must show up as an error here, not hang the whole test.
+            async with asyncio.timeout(REQUEST_BOUND), open_session() as session:
                 # SQLModel's session warns on execute(); it runs the same statements with exec().
                 execute = session.exec if mode == "ours" else session.execute
                 value = (await execute(text("SELECT CAST(:n AS integer) + 1").bindparams(n=n))).scalar_one()
@@ -69,7 +76,11 @@ async def run(mode: str, requests: int, concurrency: int) -> dict[str, Any]:
         while queue:
             await one(queue.pop())
 
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    try:
+        async with asyncio.timeout(RUN_BOUND):
+            await asyncio.gather(*(lane() for _ in range(concurrency)))
+    except TimeoutError:
+        errors[f"not finished within {RUN_BOUND:g}s"] += len(queue)
     if mode == "ours":
         await dispose_engines()
     else:

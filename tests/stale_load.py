@@ -37,7 +37,8 @@ SCHEMA = (
     "INSERT INTO stale_pair SELECT g, ROW(g, g)::stale_point FROM generate_series(1, 20) g",
 )
 
-# name: (page, schema change). Each changes what a statement the page runs returns.
+# name: (page, schema change). Each changes what a statement the page runs returns; on these
+# pages that statement is the transaction's first. LATER[page] runs another statement first.
 SCENARIOS = {
     "column_type": ("/items", "ALTER TABLE stale_item ALTER COLUMN score TYPE bigint"),
     "drop_and_add_column": ("/items", "ALTER TABLE stale_item DROP COLUMN name, ADD COLUMN name text"),
@@ -65,11 +66,17 @@ async def _backend_pid(session: SessionDep) -> int:
     return int((await session.exec(text("SELECT pg_backend_pid()"))).one()[0])  # type: ignore[call-overload]
 
 
+LATER = {"/items": "/items-later", "/pairs": "/pairs-later"}
+
+
 class ItemsController(ControllerBase):
     url = "/items"
     view_path = "/app/items/page.tsx"
+    first = ""
 
     async def render(self, session: SessionDep) -> JSONRender:
+        if self.first:
+            await session.exec(text(self.first))  # type: ignore[call-overload]
         items = (await session.exec(select(StaleItem).where(StaleItem.id <= 5).order_by(StaleItem.id))).all()  # type: ignore[arg-type]
         pid = await _backend_pid(session)
         body = {"pid": pid, "scores": [item.score for item in items]}
@@ -79,12 +86,29 @@ class ItemsController(ControllerBase):
 class PairsController(ControllerBase):
     url = "/pairs"
     view_path = "/app/pairs/page.tsx"
+    first = ""
 
     async def render(self, session: SessionDep) -> JSONRender:
+        if self.first:
+            await session.exec(text(self.first))  # type: ignore[call-overload]
         rows = (await session.exec(text("SELECT id, point FROM stale_pair WHERE id <= 5 ORDER BY id"))).all()  # type: ignore[call-overload]
         pid = await _backend_pid(session)
         body = {"pid": pid, "points": [str(row[1]) for row in rows]}
         return JSONRender(metadata=Metadata(explicit_response=JSONResponse(body)))
+
+
+class ItemsLaterController(ItemsController):
+    """/items, after another statement: the stale one is not the transaction's first."""
+
+    url = "/items-later"
+    view_path = "/app/items-later/page.tsx"
+    first = "SELECT 1"
+
+
+class PairsLaterController(PairsController):
+    url = "/pairs-later"
+    view_path = "/app/pairs-later/page.tsx"
+    first = "SELECT 1"
 
 
 def fixed_pool_config(url: Any, **overrides: Any) -> StaleConfig:
@@ -94,10 +118,10 @@ def fixed_pool_config(url: Any, **overrides: Any) -> StaleConfig:
 
 @asynccontextmanager
 async def app_client(config: StaleConfig, view_root: Path) -> AsyncIterator[httpx.AsyncClient]:
-    write_stub_views(view_root, "stale-views", "items", "pairs")
+    write_stub_views(view_root, "stale-views", "items", "pairs", "items-later", "pairs-later")
     app = AppController(view_root=view_root, config=config)
-    app.register(ItemsController())
-    app.register(PairsController())
+    for controller in (ItemsController(), PairsController(), ItemsLaterController(), PairsLaterController()):
+        app.register(controller)
     # An unhandled error answers 500, as a server would, instead of raising in the client.
     transport = httpx.ASGITransport(app=app.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -166,8 +190,8 @@ async def _measure() -> None:
         print(
             f"{CONCURRENCY} concurrent GETs per round, FIXED_PROCESS pool of {POOL_SIZE}, 5 rounds, change, 15 rounds"
         )
-        for name, (page, change) in SCENARIOS.items():
-            for recovery in (False, True):
+        for name, (first_page, change) in SCENARIOS.items():
+            for recovery, page in ((False, first_page), (True, first_page), (True, LATER[first_page])):
                 await server_execute(server, *SCHEMA, database="stale_load")
                 unregister_config()
                 config = fixed_pool_config(server.url("stale_load"))
@@ -178,8 +202,8 @@ async def _measure() -> None:
                 await dispose_engines()
                 failed = [o for o in outcomes if o.status != 200]
                 statuses = sorted({o.status for o in failed})
-                label = "with recovery   " if recovery else "without recovery"
-                print(f"{name:20} {label}: {len(failed):3} of {len(outcomes)} requests failed, statuses {statuses}")
+                label = ("with recovery" if recovery else "without recovery") + (", later" if "later" in page else "")
+                print(f"{name:20} {label:24}: {len(failed):3} of {len(outcomes)} requests failed, statuses {statuses}")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ class NotesController(ControllerBase):
 
 
 @pytest.fixture
-async def client(make_config: Any, tmp_path: Path) -> Any:
+async def notes_app(make_config: Any, tmp_path: Path) -> tuple[AppController, CompatConfig]:
     config = CompatConfig(SQLALCHEMY_DATABASE_URI=make_config().database_url)
     async with engine_for(config).begin() as connection:
         await connection.run_sync(lambda sync: CompatNote.__table__.drop(sync, checkfirst=True))  # type: ignore[attr-defined]
@@ -156,8 +156,29 @@ async def client(make_config: Any, tmp_path: Path) -> Any:
     write_stub_views(tmp_path, "compat-views", "notes")
     app = AppController(view_root=tmp_path, config=config)
     app.register(NotesController())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver") as http:
+    return app, config
+
+
+def _client(app: AppController) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver")
+
+
+@pytest.fixture
+async def client(notes_app: tuple[AppController, CompatConfig]) -> Any:
+    async with _client(notes_app[0]) as http:
         yield http
+
+
+def _rerender_with_app_in_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a future Mountaineer might do: build the re-render's request with `app` in its scope."""
+    import mountaineer.actions.sideeffect_dec as sideeffect_module
+    from starlette.requests import Request as StarletteRequest
+
+    class RequestWithApp(StarletteRequest):
+        def __init__(self, scope: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            super().__init__({**scope, "app": "a future Mountaineer puts the app here"}, *args, **kwargs)
+
+    monkeypatch.setattr(sideeffect_module, "Request", RequestWithApp)
 
 
 async def test_canary_mountaineer_rerenders_on_a_request_without_app_in_its_scope(client: httpx.AsyncClient) -> None:
@@ -178,14 +199,7 @@ async def test_if_mountaineer_changes_its_rerender_the_fallback_is_a_correct_sec
 ) -> None:
     """Simulates the upstream change above: the re-render gets its own session and connection, and
     shows committed data only, never the action's uncommitted row."""
-    import mountaineer.actions.sideeffect_dec as sideeffect_module
-    from starlette.requests import Request as StarletteRequest
-
-    class RequestWithApp(StarletteRequest):
-        def __init__(self, scope: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            super().__init__({**scope, "app": "a future Mountaineer puts the app here"}, *args, **kwargs)
-
-    monkeypatch.setattr(sideeffect_module, "Request", RequestWithApp)
+    _rerender_with_app_in_scope(monkeypatch)
     response = await client.post("/internal/api/notes_controller/add")
     assert response.status_code == 200, response.text
     rendered = response.json()["sideeffect"]
@@ -231,3 +245,65 @@ async def test_canary_sqlalchemy_queue_pool_builds_its_queue_from_queue_class(ma
         async with database_session(config) as session:
             await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
     assert queue.qsize() == 1, "connections no longer return to the pool through `_queue_class`'s put()"
+
+
+async def test_if_mountaineer_changes_its_rerender_the_kit_still_reaches_it(
+    notes_app: tuple[AppController, CompatConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test kit hands its session to the re-render through mountaineer_di's callable-level override
+    as well, so its tests keep seeing their own (never committed) data even if the re-render is
+    not recognised as one."""
+    from mountaineer_db.testing import override_app_session, rollback_session
+
+    app, config = notes_app
+    _rerender_with_app_in_scope(monkeypatch)
+    async with rollback_session(config) as session, _client(app) as http:
+        session.add(CompatNote(text="seeded by the test"))
+        await session.commit()  # inside the test's transaction only
+        with override_app_session(app, session):
+            response = await http.post("/internal/api/notes_controller/add")
+    assert response.status_code == 200, response.text
+    texts = [note["text"] for note in response.json()["sideeffect"]["notes"]]
+    assert texts == ["seeded by the test", "committed"]
+
+
+async def test_canary_starlette_exposes_the_apps_exception_handlers_in_the_request_scope() -> None:
+    """Upstream: `ExceptionMiddleware.__call__` (starlette/middleware/exceptions.py) putting
+    `(exception_handlers, status_handlers)` in `scope["starlette.exception_handlers"]`, read when the
+    route's exception is handled (starlette/_exception_handler.py). Ours: the "not set up yet" page is
+    installed there when a request first meets a missing table (`setup_errors.install_setup_page`);
+    without it, that error is FastAPI's generic JSON 500."""
+    from fastapi.responses import PlainTextResponse
+
+    class Late(Exception):
+        pass
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def route(request: Request) -> None:
+        handlers = request.scope.get("starlette.exception_handlers")
+        assert isinstance(handlers, tuple) and isinstance(handlers[0], dict), "the scope no longer holds the handlers"
+        handlers[0].setdefault(Late, lambda request, error: PlainTextResponse("handled late", 500))
+        raise Late()
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.get("/")
+    assert (response.status_code, response.text) == (500, "handled late")
+
+
+def test_canary_mountaineer_routes_name_their_controller(tmp_path: Path) -> None:
+    """Upstream: `AppController.register` (mountaineer/app.py) routing a page to
+    `functools.wraps(controller.render)(partial(...))` and an action to the controller's bound method.
+    Ours: `origins.origin_label` names a request's work `Controller.action` from its route endpoint."""
+    from mountaineer.config import unregister_config
+
+    from mountaineer_db.origins import origin_label
+    from tests.observed_app import NotesController, ObservedConfig, build_app
+
+    unregister_config()
+    app = build_app(tmp_path / "views", ObservedConfig(POSTGRES_HOST="h", POSTGRES_DB="d"))
+    (notes,) = app.graph.get_definitions_for_cls(NotesController)
+    assert notes.route is not None
+    assert origin_label(notes.route.view_route) == "NotesController.render"
+    assert [origin_label(route.endpoint) for route in notes.route.router.routes] == ["NotesController.add_note"]

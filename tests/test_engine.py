@@ -205,3 +205,37 @@ async def test_get_db_without_arguments_uses_the_registered_config(make_config: 
     assert engine is await DatabaseDependencies.get_db(config=config)
     with pytest.raises(ConfigurationError, match=r"config= must be a DatabaseConfig, not str"):
         await DatabaseDependencies.get_db(config="postgresql://nope")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "setting"),
+    [
+        ("DATABASE_LOCK_TIMEOUT", "lock_timeout"),
+        ("DATABASE_STATEMENT_TIMEOUT", "statement_timeout"),
+        ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "idle_in_transaction_session_timeout"),
+    ],
+)
+async def test_configs_differing_only_in_a_timeout_each_get_it_on_the_server(
+    make_config: ConfigFactory, field: str, setting: str
+) -> None:
+    """Engines are cached per settings: a cache key missing a setting would hand one its neighbour's."""
+    shown = []
+    for seconds in (1, 2):
+        async with database_session(make_config(**{field: seconds})) as session:
+            shown.append((await session.exec(text(f"SHOW {setting}"))).one()[0])  # type: ignore[call-overload]
+    assert shown == ["1s", "2s"]
+
+
+async def test_per_transaction_settings_never_outlive_the_transaction(make_config: ConfigFactory) -> None:
+    """The timeouts are SET LOCAL: a pooled connection (or PgBouncer's server connection) carries
+    nothing into whatever runs on it next outside our transactions."""
+    config = make_config(
+        DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0, DATABASE_LOCK_TIMEOUT=3
+    )
+    async with database_session(config) as session:
+        assert (await session.exec(text("SHOW lock_timeout"))).one()[0] == "3s"  # type: ignore[call-overload]
+        await session.commit()
+    engine = await DatabaseDependencies.get_db(config=config)
+    async with engine.connect() as connection:  # the same pooled connection, outside any BEGIN of ours
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert await driver.fetchval("SHOW lock_timeout") == "0"

@@ -95,14 +95,16 @@ async def test_many_event_loops_leave_no_connections_or_descriptors(
     worker.finish()
 
 
-def test_a_forked_child_never_touches_its_parents_connections(pg_server: Any, test_database: str) -> None:
-    """The child uses the database, disposes and collects; the parent's pooled connection survives.
+@pytest.mark.parametrize("mode", ["fork", "fork_reused_loop"])
+def test_a_forked_child_never_touches_its_parents_connections(pg_server: Any, test_database: str, mode: str) -> None:
+    """The child disposes its engines and collects garbage; the parent's pooled connection survives.
 
     Before: the child's cleanup closed the parent's connection (a Terminate on its session)
     and removed its socket from the epoll set they share, so the parent's next query hung.
+    `fork_reused_loop`: the child shuts down on the parent's own (copied) loop object.
     """
     result = subprocess.run(
-        [sys.executable, "-m", "tests.lifecycle_worker", "fork", _url(pg_server, test_database)],
+        [sys.executable, "-m", "tests.lifecycle_worker", mode, _url(pg_server, test_database)],
         cwd=ROOT,
         capture_output=True,
         text=True,

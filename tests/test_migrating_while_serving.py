@@ -130,24 +130,7 @@ async def steady_load(client: httpx.AsyncClient, load: Load, concurrency: int = 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "pool",
-    [
-        "NULL",
-        pytest.param(
-            "FIXED_PROCESS",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="asyncpg's statement cache (FIXED_PROCESS) holds the plan of `SELECT *` from before the "
-                "column was added: the next use on each pooled connection fails with InvalidCachedStatementError "
-                "('cached plan must not change result type'), a 500, until SQLAlchemy invalidates its caches; "
-                "measured 1-2 such 500s per run here, each followed by a transport error on the keep-alive "
-                "connection uvicorn closes after an unhandled error (2-4 failed requests of ~600). NULL pools "
-                "use unnamed statements and never fail. Being fixed in the engine in another issue.",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
 async def test_apply_while_the_app_serves(pool: str, pg_server: Any, database: str, tmp_path: Path) -> None:
     with sample_app_on_path(tmp_path) as package:
         versions = write_migrations_folder(package) / "versions"

@@ -27,6 +27,7 @@ from tests.sample_apps import (
     sample_app_on_path,
     server_execute,
     server_fetch,
+    superuser_connect,
     write_migrations_folder,
 )
 
@@ -163,29 +164,50 @@ LOGGED_MIGRATIONS = {
 
 
 @pytest.mark.slow
-def test_four_processes_applying_at_once_apply_each_revision_exactly_once(
+async def test_four_processes_applying_at_once_apply_each_revision_exactly_once(
     pg_server: Any, database: str, tmp_path: Path
 ) -> None:
+    """Four deploy processes start `apply` together; the migration lock makes them take turns.
+
+    To make "together" certain, the test holds the version table locked until all four are
+    waiting (one on that table, the others on the migration lock), then lets them go.
+    """
     package = copy_sample_app(tmp_path)
     write_migrations_folder(package)
     for name, source in LOGGED_MIGRATIONS.items():
         (package / "migrations" / "versions" / name).write_text(textwrap.dedent(source))
-    env = cli_env(pg_server.url(database))
+    env = cli_env(pg_server.url(database), MIGRATIONS_LOCK_TIMEOUT="60")
     argv = [PYTHON, "-m", "mountaineer_db.cli", "--config", "migrapp.config:AppConfig", "migrate", "apply"]
-    processes = [
-        subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outputs = [process.communicate(timeout=120) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0, 0, 0], [err for _, err in outputs]
-    rows = asyncio.run(
-        server_fetch(pg_server, "SELECT revision, count(*) FROM apply_log GROUP BY revision", database=database)
-    )
+    gate = await superuser_connect(pg_server, database)
+    observer = await superuser_connect(pg_server, database)  # outside the gate's transaction and its stats snapshot
+    try:
+        await gate.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        await gate.execute("BEGIN; LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        processes = [
+            await asyncio.create_subprocess_exec(
+                *argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(4)
+        ]
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
+        async with asyncio.timeout(60):
+            while await observer.fetchval(waiting, database) < 4:
+                await asyncio.sleep(0.05)
+        await gate.execute("COMMIT")
+        outputs = [await process.communicate() for process in processes]
+    finally:
+        await gate.close()
+        await observer.close()
+    errors = [err.decode() for _, err in outputs]
+    assert [process.returncode for process in processes] == [0, 0, 0, 0], errors
+    query = "SELECT revision, count(*) FROM apply_log GROUP BY revision"
+    rows = await server_fetch(pg_server, query, database=database)
     assert {row[0]: row[1] for row in rows} == {"aaaa00000001": 1, "aaaa00000002": 1}
-    appliers = [out for out, _ in outputs if "Applied aaaa00000001" in out]
+    texts = [out.decode() for out, _ in outputs]
+    appliers = [out for out in texts if "Applied aaaa00000001" in out]
     assert len(appliers) == 1 and "Applied aaaa00000002" in appliers[0]
-    assert sum("Nothing to apply" in out for out, _ in outputs) == 3
-    version = asyncio.run(server_fetch(pg_server, "SELECT version_num FROM alembic_version", database=database))
+    assert sum("Nothing to apply" in out for out in texts) == 3
+    version = await server_fetch(pg_server, "SELECT version_num FROM alembic_version", database=database)
     assert [row[0] for row in version] == ["aaaa00000002"]
 
 

@@ -43,7 +43,12 @@ def _run_workers(mode: str, url: str, requests: int, concurrency: int) -> list[d
     ]
     results = []
     for process in processes:
-        out, err = process.communicate(timeout=240)
+        try:
+            out, err = process.communicate(timeout=150)  # the worker bounds itself at 90 s
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"a worker hung past its own bound:\n{err[-2000:]}") from None
         assert process.returncode == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results

@@ -9,11 +9,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from mountaineer_db import AsyncSession, database_session
 from mountaineer_db.engine import engine_for
 from tests.core_app import OBSERVED, CoreAppConfig, CoreTodo, build_app
+
+ConfigFactory = Any
 
 APP_NAME = "core_app"
 
@@ -163,3 +166,24 @@ async def test_cancelled_task_releases_its_connection_and_stops_the_query(app_co
     assert await _server_connections(app_config) == [], "the query stopped and the connection closed within 1 s"
     async with database_session(app_config) as session:
         assert (await session.exec(select(CoreTodo))).all() == []
+
+
+async def test_bound_values_never_reach_a_log_record_even_with_sql_echo(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DATABASE_ECHO logs statements, never their parameters, nor does any error or our log line."""
+    caplog.set_level(logging.DEBUG)  # every logger, SQLAlchemy's included
+    config = make_config(DATABASE_ECHO=True)
+    marker = "ZEBRA-bound-value-7f3a"
+    async with database_session(config) as session:
+        await session.exec(text("CREATE TABLE IF NOT EXISTS echo_probe (v text UNIQUE)"))  # type: ignore[call-overload]
+        await session.exec(text("DELETE FROM echo_probe"))  # type: ignore[call-overload]
+        await session.commit()
+    with pytest.raises(IntegrityError) as caught:
+        async with database_session(config) as session:
+            for _ in range(2):  # the second one violates the unique constraint
+                await session.exec(text("INSERT INTO echo_probe VALUES (:v)").bindparams(v=marker))  # type: ignore[call-overload]
+    assert any("INSERT INTO echo_probe" in record.getMessage() for record in caplog.records), "echo was not on"
+    shown = [record.getMessage() for record in caplog.records] + [str(caught.value), repr(caught.value)]
+    shown += [logging.Formatter().formatException(record.exc_info) for record in caplog.records if record.exc_info]
+    assert not [line for line in shown if marker in line]

@@ -1,4 +1,5 @@
-"""A migration applied while the app serves: stale cached statements fail once, as a 503, then never.
+"""A migration applied while the app serves: stale cached statements are replaced; a request fails
+(as a 503) only when a statement that went stale was not the first of its transaction.
 
 The load (tests/stale_load.py): CONCURRENCY concurrent GETs per round against a Mountaineer
 app on a FIXED_PROCESS pool (asyncpg's statement cache on), and an ALTER from another
@@ -6,6 +7,7 @@ connection alongside one round. Run `python -m tests.stale_load` for the counts 
 with the recovery.
 """
 
+import logging
 import pickle
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +20,17 @@ from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, SchemaChang
 from mountaineer_db.engine import engine_for
 from mountaineer_db.stale_statements import _recover, uninstall_stale_statement_recovery
 from tests.sample_apps import server_execute
-from tests.stale_load import CONCURRENCY, POOL_SIZE, SCENARIOS, SCHEMA, Outcome, app_client, fixed_pool_config, run_load
+from tests.stale_load import (
+    CONCURRENCY,
+    LATER,
+    POOL_SIZE,
+    SCENARIOS,
+    SCHEMA,
+    Outcome,
+    app_client,
+    fixed_pool_config,
+    run_load,
+)
 
 DETAIL = {"detail": "The database schema changed while this request ran. Try again."}
 
@@ -40,12 +52,25 @@ def _failed(outcomes: list[Outcome]) -> list[Outcome]:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-async def test_under_load_only_requests_already_on_a_stale_statement_fail_and_as_503(
+async def test_under_load_a_stale_first_statement_runs_again_and_nothing_fails(
+    fixed_client: Any, pg_server: Any, test_database: str, scenario: str
+) -> None:
+    """The page's stale statement is its transaction's first: nothing was lost, so it runs again."""
+    client, _ = fixed_client
+    page, change = SCENARIOS[scenario]
+    outcomes = await run_load(client, pg_server, test_database, page, change)
+    assert _failed(outcomes) == []
+    last_round = [o for o in outcomes if o.round == max(o.round for o in outcomes)]
+    assert len({o.body["pid"] for o in last_round}) == POOL_SIZE, "on every pooled connection"
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_under_load_only_requests_already_past_their_first_statement_fail_and_as_503(
     fixed_client: Any, pg_server: Any, test_database: str, scenario: str
 ) -> None:
     client, _ = fixed_client
     page, change = SCENARIOS[scenario]
-    outcomes = await run_load(client, pg_server, test_database, page, change)
+    outcomes = await run_load(client, pg_server, test_database, LATER[page], change)
     failed = _failed(outcomes)
     assert 1 <= len(failed) <= POOL_SIZE, f"at most one per pooled connection in use at the change: {failed}"
     assert {(o.status, o.retry_after) for o in failed} == {(503, "0")}
@@ -57,33 +82,40 @@ async def test_under_load_only_requests_already_on_a_stale_statement_fail_and_as
     assert len({o.body["pid"] for o in last_round}) == POOL_SIZE, "on every pooled connection"
 
 
-async def test_one_request_at_a_time_exactly_one_fails(fixed_client: Any, pg_server: Any, test_database: str) -> None:
+@pytest.mark.parametrize(("later", "expected_first"), [(False, 200), (True, 503)], ids=["first", "later"])
+async def test_one_request_at_a_time(
+    fixed_client: Any, pg_server: Any, test_database: str, later: bool, expected_first: int
+) -> None:
     client, _ = fixed_client
     page, change = SCENARIOS["column_type"]
+    page = LATER[page] if later else page
     for _ in range(2 * POOL_SIZE):  # every pooled connection has the statement cached
         assert (await client.get(page)).status_code == 200
     await server_execute(pg_server, change, database=test_database)
     statuses = [(await client.get(page)).status_code for _ in range(4 * POOL_SIZE)]
-    assert statuses == [503] + [200] * (4 * POOL_SIZE - 1)
+    assert statuses == [expected_first] + [200] * (4 * POOL_SIZE - 1)
+
+
+WARNING = (
+    "WARNING",
+    "A cached prepared statement met a database schema change (InvalidCachedStatementError: cached "
+    "statement plan is invalid due to a database schema or configuration change); replacing every "
+    "pooled connection.",
+)
 
 
 async def test_the_failure_is_logged_once_with_the_cause_and_no_parameters(
     fixed_client: Any, pg_server: Any, test_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     client, _ = fixed_client
-    page, change = SCENARIOS["column_type"]
+    page = LATER[SCENARIOS["column_type"][0]]
     assert (await client.get(page)).status_code == 200
-    await server_execute(pg_server, change, database=test_database)
+    await server_execute(pg_server, SCENARIOS["column_type"][1], database=test_database)
     caplog.clear()
     assert (await client.get(page)).status_code == 503
     messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mountaineer_db"]
     assert messages == [
-        (
-            "WARNING",
-            "A cached prepared statement met a database schema change (InvalidCachedStatementError: cached "
-            "statement plan is invalid due to a database schema or configuration change); replacing every "
-            "pooled connection.",
-        ),
+        WARNING,
         (
             "ERROR",
             "Rolled back the request's transaction after SchemaChangedError: The database schema changed under "
@@ -95,6 +127,23 @@ async def test_the_failure_is_logged_once_with_the_cause_and_no_parameters(
     ]
 
 
+async def test_a_replayed_first_statement_is_logged_at_info(
+    fixed_client: Any, pg_server: Any, test_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mountaineer_db")
+    client, _ = fixed_client
+    page, change = SCENARIOS["column_type"]
+    assert (await client.get(page)).status_code == 200
+    await server_execute(pg_server, change, database=test_database)
+    caplog.clear()
+    assert (await client.get(page)).status_code == 200
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mountaineer_db"]
+    assert messages == [
+        WARNING,
+        ("INFO", "A statement met a schema change before anything else in its transaction; running it again."),
+    ]
+
+
 async def test_with_the_statement_cache_off_only_type_codecs_can_go_stale(
     pg_server: Any, test_database: str, schema: None, tmp_path: Path
 ) -> None:
@@ -102,8 +151,10 @@ async def test_with_the_statement_cache_off_only_type_codecs_can_go_stale(
     connection still caches type codecs, which a changed composite type outdates."""
     config = fixed_pool_config(pg_server.url(test_database), DATABASE_STATEMENT_CACHE_SIZE=0)
     async with app_client(config, tmp_path / "views") as client:
-        for name, scenario in SCENARIOS.items():
-            outcomes = await run_load(client, pg_server, test_database, *scenario, rounds_before=2, rounds_after=3)
+        for name, (page, change) in SCENARIOS.items():
+            outcomes = await run_load(
+                client, pg_server, test_database, LATER[page], change, rounds_before=2, rounds_after=3
+            )
             failed = _failed(outcomes)
             if name == "composite_type":
                 assert 1 <= len(failed) <= POOL_SIZE and all(o.body == DETAIL for o in failed)

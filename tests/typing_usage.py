@@ -9,8 +9,11 @@ from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import (
     AsyncSession,
+    DatabaseCheck,
     DatabaseConfig,
     DatabaseDependencies,
+    DatabaseNotSetUpError,
+    DatabaseStatus,
     MountaineerDBError,
     PoolType,
     ResourceAlreadyExistsError,
@@ -18,6 +21,7 @@ from mountaineer_db import (
     ResourceNotFoundError,
     SchemaChangedError,
     SessionDep,
+    check_database,
     database_session,
     dispose_engines,
     get_or_404,
@@ -25,8 +29,12 @@ from mountaineer_db import (
     on_commit,
     run_in_transaction,
 )
+from mountaineer_db.metrics import EngineMetrics, database_metrics
+from mountaineer_db.origins import work_origin
+from mountaineer_db.prometheus import DatabaseCollector, register_collector
 from mountaineer_db.stale_statements import install_stale_statement_recovery
-from mountaineer_db.testing import captured_on_commit
+from mountaineer_db.testing import QueryLog, assert_max_queries, assert_num_queries, captured_on_commit, counted_queries
+from mountaineer_db.tracing import instrument_opentelemetry, uninstrument_opentelemetry
 
 
 class TypedConfig(DatabaseConfig, ConfigBase):
@@ -113,3 +121,38 @@ async def typed_transactions(config: DatabaseConfig) -> int:
         status: int = error.status_code
         return -status
     return count + len(callbacks)
+
+
+async def typed_operations(config: DatabaseConfig) -> dict[str, object]:
+    tagged: bool = config.DATABASE_TAG_REQUESTS
+    threshold: float | None = config.DATABASE_SLOW_QUERY_THRESHOLD
+    result: DatabaseCheck = await check_database(config)
+    status: DatabaseStatus = result.status
+    ready: bool = result.ok and result.reachable and status in (DatabaseStatus.OK, DatabaseStatus.DATABASE_AHEAD)
+    revisions: tuple[str, ...] | None = result.database_revisions
+    round_trip: float | None = result.round_trip_ms
+    snapshots: list[EngineMetrics] = database_metrics()
+    connects: list[float] = [snapshot.connects_per_second for snapshot in snapshots]
+    collector: DatabaseCollector = register_collector()
+    instrument_opentelemetry()
+    uninstrument_opentelemetry()
+    with work_origin("typed-job"), assert_max_queries(2) as at_most, assert_num_queries(1) as exactly:
+        try:
+            async with database_session(config) as session:
+                await session.exec(select(TypedTodo))
+        except DatabaseNotSetUpError as error:
+            return {"error": error.message}
+    with counted_queries(session=None) as log:
+        pass
+    counted: QueryLog = log
+    return {
+        "tagged": tagged,
+        "threshold": threshold,
+        "ready": ready,
+        "revisions": revisions,
+        "round_trip": round_trip,
+        "connects": connects,
+        "collector": collector,
+        "queries": at_most.statements + exactly.statements + counted.statements,
+        **result.as_dict(),
+    }

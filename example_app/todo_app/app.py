@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from mountaineer import APIException, AppController
 
-from mountaineer_db import ResourceNotFoundError, dispose_engines
+from mountaineer_db import ResourceNotFoundError, check_database, dispose_engines
 from mountaineer_db.embedded import ensure_embedded_database
 from todo_app.config import AppConfig
 from todo_app.controllers.detail import DetailController
@@ -42,6 +42,15 @@ def build_app(config: AppConfig) -> AppController:
     controller.register(HomeController())
     controller.register(DetailController())
     controller.register(NotFoundController())
+
+    @controller.app.get("/healthz/ready", include_in_schema=False)
+    async def ready() -> JSONResponse:
+        """Readiness probe: 200 when the database answers and is migrated, else 503 (see docs/operations.md).
+
+        Not a liveness probe: a database outage takes the pods out of rotation, it must not restart them.
+        """
+        result = await check_database(config)
+        return JSONResponse(result.as_dict(), status_code=200 if result.ok else 503)
 
     @controller.app.exception_handler(TodoNotFound)
     @controller.app.exception_handler(ResourceNotFoundError)

@@ -20,7 +20,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.exceptions import MountaineerDBError, ResourceNotFoundError
+from mountaineer_db.exceptions import (  # defined there with every other error
+    MigrationCheckError,
+    MigrationError,
+    MigrationLockTimeoutError,
+    ResourceNotFoundError,
+)
 from mountaineer_db.migrations.environment import migration_engine, migration_lock
 from mountaineer_db.migrations.project import load_config, migrations_directory
 
@@ -43,23 +48,6 @@ T = TypeVar("T")
 FILE_TEMPLATE: Final = "%%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d_%%(rev)s_%%(slug)s"
 LOCK_NOT_AVAILABLE: Final = "55P03"
 """SQLSTATE of `lock_timeout` expiring (and of NOWAIT failing)."""
-
-
-class MigrationError(MountaineerDBError):
-    """A migration command could not do what was asked (the message says why and what to do)."""
-
-
-class MigrationCheckError(MigrationError):
-    """The database does not match the models: unapplied revisions or schema differences."""
-
-    def __init__(self, message: str, *, pending: list["Revision"], differences: list[str]) -> None:
-        super().__init__(message)
-        self.pending = pending
-        self.differences = differences
-
-
-class MigrationLockTimeoutError(MigrationError):
-    """A migration waited longer than MIGRATIONS_LOCK_TIMEOUT for a table lock and was rolled back."""
 
 
 @dataclass(frozen=True)

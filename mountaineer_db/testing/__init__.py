@@ -17,7 +17,8 @@ with postgres_server() as server, throwaway_database(server) as database:
 
 With pytest, the same as fixtures (this module's plugin is registered automatically):
 `mdb_server`, `mdb_database`, `mdb_schema`, `mdb_config`, `mdb_session`, `mdb_app`,
-`mdb_app_session`, `mdb_client`, `mdb_pgbouncer`, `mdb_captured_on_commit`. See the README's
+`mdb_app_session`, `mdb_client`, `mdb_pgbouncer`, `mdb_captured_on_commit`,
+`mdb_assert_num_queries`, `mdb_assert_max_queries`. See the README's
 "Testing your app" and docs/transactions.md.
 """
 
@@ -35,6 +36,7 @@ from mountaineer_db.testing.databases import (
     postgres_server,
     throwaway_database,
 )
+from mountaineer_db.testing.queries import QueryLog, assert_max_queries, assert_num_queries, counted_queries
 from mountaineer_db.testing.sessions import (
     override_app_session,
     render_controller,
@@ -46,11 +48,15 @@ __all__ = [
     "KIT_COMMENT",
     "TEST_URL_ENV",
     "PgBouncer",
+    "QueryLog",
     "Schema",
     "Server",
     "ThrowawayDatabase",
     "apply_migrations",
+    "assert_max_queries",
+    "assert_num_queries",
     "captured_on_commit",
+    "counted_queries",
     "create_schema",
     "override_app_session",
     "pgbouncer_for",

@@ -15,6 +15,8 @@ installed. Nothing starts unless a test asks for one of these fixtures:
 | `mdb_client` | test | an `httpx.AsyncClient` on `mdb_app`, with `mdb_app_session` in place |
 | `mdb_pgbouncer` | session | a PgBouncer (transaction mode) in front of `mdb_server` |
 | `mdb_captured_on_commit` | test | `captured_on_commit`: `with mdb_captured_on_commit(execute=True) as hooks:` |
+| `mdb_assert_num_queries` | test | `assert_num_queries`: `with mdb_assert_num_queries(1): ...` |
+| `mdb_assert_max_queries` | test | `assert_max_queries`: `with mdb_assert_max_queries(3): ...` |
 """
 
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -157,3 +159,26 @@ def mdb_captured_on_commit() -> Callable[..., Any]:
     from mountaineer_db.testing.commit_hooks import captured_on_commit
 
     return captured_on_commit
+
+
+@pytest.fixture
+def mdb_assert_num_queries() -> Callable[..., Any]:
+    """`mountaineer_db.testing.assert_num_queries`: fail unless the block runs exactly N statements.
+
+    ```python
+    async def test_list_page(mdb_client, mdb_assert_num_queries):
+        with mdb_assert_num_queries(1):
+            await mdb_client.get("/")
+    ```
+    """
+    from mountaineer_db.testing.queries import assert_num_queries
+
+    return assert_num_queries
+
+
+@pytest.fixture
+def mdb_assert_max_queries() -> Callable[..., Any]:
+    """`mountaineer_db.testing.assert_max_queries`: fail if the block runs more than N statements."""
+    from mountaineer_db.testing.queries import assert_max_queries
+
+    return assert_max_queries

@@ -68,7 +68,9 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
         request: HTTPConnection = None,  # type: ignore[assignment] # as in get_db_session
     ) -> AsyncIterator[AsyncSession]:
         state = shared_session()
-        if state is not None and state.session is session and state.serves(request, None):
+        # Asked again for the same session while one of its requests is open: Mountaineer's
+        # re-render (however its request looks: the kit knows its own session).
+        if state is not None and state.session is session and state.is_open and state.nested(request):
             async with borrowed(state, keep=outlives_request) as borrowed_session:
                 yield borrowed_session
             return

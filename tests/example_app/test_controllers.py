@@ -3,6 +3,8 @@
 Each test's changes (the actions' commits included) are rolled back afterwards.
 """
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -10,7 +12,7 @@ import pytest
 from sqlmodel import func, select
 
 from mountaineer_db import AsyncSession, ResourceNotFoundError
-from mountaineer_db.testing import render_controller
+from mountaineer_db.testing import QueryLog, assert_max_queries, render_controller
 from tests.example_app._require import require_example_app
 
 require_example_app()
@@ -56,6 +58,30 @@ async def test_list_page_renders_todos_from_the_database(mdb_session: AsyncSessi
 
     assert [(t.description, t.done) for t in rendered.todos] == [("first", False), ("second", True)]
     assert rendered.remaining == 1
+
+
+async def test_the_list_page_is_one_query_however_many_todos(
+    mdb_session: AsyncSession, mdb_assert_num_queries: Callable[[int], AbstractContextManager[QueryLog]]
+) -> None:
+    await _seed(mdb_session, "first", "second", "third")
+
+    with mdb_assert_num_queries(1) as queries:
+        rendered = await render_controller(HomeController(), mdb_session)
+
+    assert len(rendered.todos) == 3
+    assert queries.statements[0].startswith("SELECT todo.id, todo.description, todo.done, todo.created_at FROM todo")
+
+
+async def test_adding_a_todo_is_one_insert_and_one_list_query(
+    mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession
+) -> None:
+    await _seed(mdb_app_session, "already there")
+
+    with assert_max_queries(2) as queries:
+        response = await mdb_client.post(f"{HOME}/add_todo", json={"description": "one more"})
+
+    assert len(_listed(response)) == 2
+    assert [statement.split()[0] for statement in queries.statements] == ["INSERT", "SELECT"]
 
 
 async def test_add_stores_the_todo_and_rerenders_the_list(

@@ -82,6 +82,28 @@ async def test_task_cancelled_mid_statement(
     assert await table_ids(cluster) == {2}
 
 
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+@pytest.mark.parametrize("via", ["direct", "pgbouncer"])
+async def test_anyio_cancel_scope_stops_the_statement_on_the_server(
+    cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer], via: str, pool: str
+) -> None:
+    """`anyio.move_on_after` (Starlette and anyio code cancel this way): the statement stops too.
+
+    asyncpg's cancel request can be cut short when the connection is discarded at once; the
+    server's client_connection_check_interval (set with each BEGIN) ends the statement then.
+    """
+    import anyio
+
+    settings = {"DATABASE_STATEMENT_CACHE_SIZE": 0} if via == "pgbouncer" else {}
+    config = faults_config(url_via(via, cluster, make_bouncer), DATABASE_POOL_TYPE=pool, **settings)
+    with anyio.move_on_after(0.5) as scope:
+        await _insert_then_sleep(config, 1, seconds=5)
+    assert scope.cancelled_caught
+    await assert_sleep_stops(cluster)
+    assert await table_ids(cluster) == set()
+    await assert_no_leaks(cluster, allow_idle=5 if via == "pgbouncer" or pool == "FIXED_PROCESS" else 0)
+
+
 @pytest.mark.parametrize("via", ["direct", "pgbouncer"])
 async def test_timeout_around_the_session(
     cluster: PostgresCluster, make_bouncer: Callable[..., PgBouncer], via: str

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,7 +19,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from mountaineer_db import DatabaseUnavailableError, database_session
 from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.engine import engine_for
 from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.session import RequestSyncSession, session_scope
 
 from .app import TABLE
 from .helpers import (
@@ -109,6 +112,9 @@ class BlackHoleProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.forwarding = True
+        self.delay = 0.0  # seconds added to every answer from the server, when set
+        self.client_sent: asyncio.Event | None = None  # set when the client sends `watch_for`
+        self.watch_for = b""
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,13 +131,19 @@ class BlackHoleProxy:
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.append(up_writer)
-        task = asyncio.create_task(self._pipe(up_reader, writer))
+        task = asyncio.create_task(self._pipe(up_reader, writer, from_server=True))
         self._tasks.add(task)
         await self._pipe(reader, up_writer)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None, *, from_server: bool = False
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if not from_server and self.client_sent is not None and self.watch_for and self.watch_for in data:
+                    self.client_sent.set()
+                if from_server and self.delay:
+                    await asyncio.sleep(self.delay)
                 if self.forwarding and writer is not None:
                     writer.write(data)
                     await writer.drain()
@@ -198,6 +210,63 @@ async def test_command_timeout_on_a_black_hole(
         assert (await post_insert(client, ledger)).status == 200
     await assert_rows_match(cluster, ledger)
     await assert_no_leaks(cluster, within=3.0)
+
+
+async def test_closing_a_connection_on_a_black_hole_is_bounded(cluster: PostgresCluster, proxy: BlackHoleProxy) -> None:
+    """Default settings (no command timeout): the request commits, the network goes silent, and the
+    request's end (closing its kept connection) still returns within about DATABASE_CONNECT_TIMEOUT."""
+    config = faults_config(_proxied_url(cluster, proxy), DATABASE_CONNECT_TIMEOUT=1.0)
+    engine = engine_for(config)
+    closing: list[float] = []
+
+    async def request() -> None:
+        async with session_scope(engine, sync_session_class=RequestSyncSession) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            await session.commit()  # the request's connection stays open, with no transaction
+            proxy.forwarding = False
+            closing.append(time.monotonic())
+
+    task = asyncio.create_task(request())
+    done, _ = await asyncio.wait({task}, timeout=1.0 + SLACK + 1)  # the query and commit, then the close
+    if task not in done:
+        await proxy.close()  # cut the connection, so the hanging close ends with the test
+    await task
+    assert task in done, "closing waited on the silent network"
+    assert closing, "the network was never black-holed"
+
+
+async def _backend_pid(config: object) -> int:
+    async with database_session(config) as session:  # type: ignore[arg-type]
+        return int((await session.exec(text("SELECT pg_backend_pid()"))).one()[0])  # type: ignore[call-overload]
+
+
+async def test_cleanup_cancelled_again_still_rolls_back_and_returns_the_connection(
+    cluster: PostgresCluster, proxy: BlackHoleProxy
+) -> None:
+    """A handler fails; while its session rolls back, the task is cancelled again. The rollback is
+    shielded: it completes, and the pooled connection goes back to the pool (not discarded)."""
+    config = faults_config(
+        _proxied_url(cluster, proxy), DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0
+    )
+    first = await _backend_pid(config)
+    proxy.client_sent, proxy.watch_for = asyncio.Event(), b"ROLLBACK"
+    proxy.delay = 0.5  # the server's answers (the ROLLBACK's too) take a while
+
+    async def failing_handler() -> None:
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            raise ValueError("the handler failed")
+
+    task = asyncio.create_task(failing_handler())
+    await asyncio.wait_for(proxy.client_sent.wait(), 10)
+    task.cancel()  # the second interruption, mid-rollback
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    proxy.delay = 0
+    pool: Any = engine_for(config).pool
+    assert (pool.checkedout(), pool.checkedin()) == (0, 1), "the connection went back to the pool"
+    assert await _backend_pid(config) == first, "rolled back and reused, not discarded"
+    await assert_no_leaks(cluster, allow_idle=1)
 
 
 async def test_naive_engine_hangs_on_a_black_hole(cluster: PostgresCluster, proxy: BlackHoleProxy) -> None:

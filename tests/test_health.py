@@ -1,0 +1,83 @@
+"""`check_database()`: readiness through the app's own path; never raises for a lost database."""
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from mountaineer_db import DatabaseCheck, DatabaseConfig, DatabaseStatus, check_database
+from mountaineer_db.testing import counted_queries
+
+PASSWORD = "s3cret-Pa55"
+
+
+async def test_a_reachable_database_without_migrations_is_ready(make_config: Callable[..., DatabaseConfig]) -> None:
+    with counted_queries() as queries:
+        result = await check_database(make_config())
+    assert isinstance(result, DatabaseCheck)
+    assert (result.ok, result.status, result.reachable, result.error) == (True, DatabaseStatus.OK, True, None)
+    assert result.database_revisions is None and result.head_revisions is None
+    assert result.round_trip_ms is not None and 0 < result.round_trip_ms <= result.total_ms < 5000
+    assert result.as_dict()["status"] == "ok"
+    assert queries.statements == [], "the probe's statements are internal: query counts leave them out"
+
+
+@pytest.mark.pgbouncer
+async def test_it_goes_through_pgbouncer_when_the_app_does(
+    bouncer_config: Callable[..., DatabaseConfig], pgbouncer: Any
+) -> None:
+    config = bouncer_config()
+    result = await check_database(config)
+    assert result.ok, result
+    assert result.database.endswith(f":{pgbouncer.port}")  # the app's own path, not the server's port
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_refused_connection_is_reported_not_raised() -> None:
+    port = _free_port()
+    config = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/app", DATABASE_CONNECT_TIMEOUT=2
+    )
+    result = await check_database(config)
+    assert (result.ok, result.reachable, result.status) == (False, False, DatabaseStatus.UNREACHABLE)
+    assert result.error is not None
+    assert result.error.startswith(f'Could not connect to database "app" on 127.0.0.1:{port} as user "app": ')
+    assert PASSWORD not in repr(result) and PASSWORD not in str(result.as_dict())
+    assert result.round_trip_ms is None
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server that accepts connections and never answers (a black-holed database)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_silent_database_is_reported_within_the_connect_timeout(silent_server: int) -> None:
+    config = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=f"postgresql://app:{PASSWORD}@127.0.0.1:{silent_server}/app",
+        DATABASE_CONNECT_TIMEOUT=0.5,
+    )
+    started = time.monotonic()
+    result = await check_database(config)
+    assert time.monotonic() - started < 2
+    assert result.status is DatabaseStatus.UNREACHABLE
+    assert result.error is not None and "DATABASE_CONNECT_TIMEOUT" in result.error
+    assert PASSWORD not in str(result.as_dict())
