@@ -87,6 +87,13 @@ def test_profile_http_prints_cpu_per_request_side_by_side() -> None:
         assert re.search(rf"{variant} +\d+ µs/req", output), output
 
 
+def test_count_calls_prints_both_counts_and_the_difference() -> None:
+    output = run("count_calls.py", "--requests", "20", "--limit", "5")
+    assert re.search(r"ours +\d+\.\d Python calls per request", output), output
+    assert re.search(r"sqlmodel-docs +\d+\.\d Python calls per request", output), output
+    assert "called more often per request by ours" in output
+
+
 def test_bench_http_serves_both_apps_and_prints_ratios() -> None:
     output = run("bench_http.py", "--quick", "--rounds", "1", "--duration", "0.5", "--concurrency", "4")
     assert output.count("ratio ours/raw: throughput") == 2, output
