@@ -4,8 +4,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db import dependencies as DatabaseDependencies
 from mountaineer_db.commit_hooks import on_commit
-from mountaineer_db.config import DatabaseConfig, PoolType
-from mountaineer_db.dependencies import SessionDep
+from mountaineer_db.config import DatabaseConfig, PoolType, ReadRouting
+from mountaineer_db.dependencies import ReadSessionDep, SessionDep
 from mountaineer_db.engine import database_lifespan, dispose_engines
 from mountaineer_db.exceptions import (
     ClientDisconnectedError,
@@ -19,6 +19,7 @@ from mountaineer_db.exceptions import (
     MigrationError,
     MigrationLockTimeoutError,
     MountaineerDBError,
+    ReadOnlySessionError,
     ResourceAlreadyExistsError,
     ResourceConflictError,
     ResourceNotFoundError,
@@ -47,6 +48,9 @@ __all__ = [
     "MigrationLockTimeoutError",
     "MountaineerDBError",
     "PoolType",
+    "ReadOnlySessionError",
+    "ReadRouting",
+    "ReadSessionDep",
     "ResourceAlreadyExistsError",
     "ResourceConflictError",
     "ResourceNotFoundError",

@@ -9,9 +9,10 @@ mountaineer-db dropdb [--yes] [--force]
 
 The app config comes from `--config`, else `MOUNTAINEER_DB_CONFIG`, else the config the app
 registered (when these commands are mounted in the app's own click CLI:
-`cli.add_command(migrate)`). Expected failures print one line to stderr and exit 1; `--debug`
-shows the traceback instead. Nothing connects to a database before a command runs, so
-`--help` works anywhere.
+`cli.add_command(migrate)`). With `DATABASE_EMBEDDED=true` (development) the commands run
+against the app's embedded PostgreSQL, started (or reused) under `.mountaineer_db/`.
+Expected failures print one line to stderr and exit 1; `--debug` shows the traceback instead.
+Nothing connects to a database before a command runs, so `--help` works anywhere.
 """
 
 import asyncio
@@ -75,7 +76,14 @@ async def _then_dispose(work: Awaitable[T]) -> T:
 def _load_config() -> DatabaseConfig:
     options = _options()
     try:
-        return migrations.load_config(options.config)
+        config = migrations.load_config(options.config)
+        if config.DATABASE_EMBEDDED and config.SQLALCHEMY_DATABASE_URI is None:
+            # Development: start or reuse the app's embedded PostgreSQL (.mountaineer_db/ in the
+            # current directory); it stops when this command ends unless the app still uses it.
+            from mountaineer_db.embedded import ensure_embedded_database
+
+            config = ensure_embedded_database(config, apply_migrations=False)
+        return config
     except MountaineerDBError as error:
         if options.debug:
             raise

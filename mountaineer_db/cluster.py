@@ -207,7 +207,7 @@ class PostgresCluster:
                 raise ClusterError(f"PostgreSQL exited during start-up; see {self.log_path}:\n{self.log_tail()}")
             with contextlib.suppress(OSError):
                 lines = pidfile.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready":
+                if len(lines) >= 8 and lines[7].strip() in ("ready", "standby"):  # a hot standby says "standby"
                     return
             time.sleep(0.02)
         raise ClusterError(f"PostgreSQL did not become ready within {timeout}s; see {self.log_path}")

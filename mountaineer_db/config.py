@@ -14,8 +14,6 @@ config does no I/O beyond reading those; it validates every value and raises
 `DatabaseConfigError` naming the field and the fix.
 """
 
-import contextvars
-import os
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Self
@@ -30,16 +28,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from mountaineer_db.config_checks import config_problems
 from mountaineer_db.exceptions import DatabaseConfigError
-from mountaineer_db.urls import DatabaseURL, SSLMode, is_loopback
+from mountaineer_db.setting_sources import collecting_origins, recording_sources
+from mountaineer_db.urls import (
+    DatabaseURL,
+    SSLMode,
+    is_loopback,
+    resolve_replica_urls,
+    split_url_list,
+)
 
-__all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "SSLMode"]
+__all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "ReadRouting", "SSLMode"]
 
-_CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
 
 
 class PoolType(StrEnum):
@@ -51,40 +55,13 @@ class PoolType(StrEnum):
     """A fixed-size pool in each process, sized by the DATABASE_POOL_* settings."""
 
 
-# Where each field's value came from while a config is being built: for error messages.
-_origins: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("mountaineer_db_origins", default=None)
+class ReadRouting(StrEnum):
+    """Which requests read from a replica (DATABASE_READ_ROUTING)."""
 
-
-class _RecordingSource(PydanticBaseSettingsSource):
-    """A settings source that notes which fields it supplied, then hands its values on."""
-
-    def __init__(self, inner: PydanticBaseSettingsSource, origin: str) -> None:
-        super().__init__(inner.settings_cls)
-        self._inner = inner
-        self._origin = origin
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._inner.get_field_value(field, field_name)
-
-    def __call__(self) -> dict[str, Any]:
-        values = self._inner()
-        origins = _origins.get()
-        if origins is not None:
-            for key in values:  # some pydantic-settings versions key values by alias
-                origins.setdefault(_ALIASES.get(key, key), self._origin)
-        return values
-
-
-def _env_origin(name: str) -> str:
-    """`the environment variable DATABASE_URL`: which alias of a field the environment set."""
-    names = {"SQLALCHEMY_DATABASE_URI": ("SQLALCHEMY_DATABASE_URI", "DATABASE_URL")}.get(name, (name,))
-    present = {key.upper() for key in os.environ}
-    found = next((alias for alias in names if alias in present), name)
-    return f"from the environment variable {found}"
-
-
-_FROM_ENVIRONMENT = "from the environment"
-_ALIASES = {"DATABASE_URL": "SQLALCHEMY_DATABASE_URI"}
+    PRIMARY = "primary"
+    """Every session is on the primary; only `get_db_read_session` reads from a replica (default)."""
+    RENDERS = "renders"
+    """GET requests (page renders) read from a replica too; actions and re-renders stay on the primary."""
 
 
 class DatabaseConfig(BaseSettings):
@@ -162,6 +139,19 @@ class DatabaseConfig(BaseSettings):
     DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: float | None = None
     """Server idle_in_transaction_session_timeout, set per transaction (default none)."""
 
+    # -- Read replicas (docs/replicas.md) -------------------------------------------
+    DATABASE_REPLICA_URLS: list[DatabaseURL] = []
+    """Streaming replicas to read from: comma-separated or a JSON list of URLs; user, password and
+    database default to the primary's (default: none, every read goes to the primary)."""
+    DATABASE_READ_ROUTING: ReadRouting = ReadRouting.PRIMARY
+    """`primary` (default): only get_db_read_session reads from replicas. `renders`: GET requests too."""
+    DATABASE_REPLICA_MAX_LAG: float = 5.0
+    """Seconds a replica may fall behind the primary before reads skip it until it catches up (default 5)."""
+    DATABASE_REPLICA_MAX_WAIT: float = 0.2
+    """Seconds a read may wait for a replica to replay the client's last write, else it reads the primary (0.2)."""
+    DATABASE_READ_YOUR_WRITES_SECRET: SecretStr | None = None
+    """Key signing the read-your-writes cookie; the same in every process (default: derived from the password)."""
+
     # -- Migrations and development ------------------------------------------------
     MIGRATIONS_DATABASE_URI: DatabaseURL | None = None
     """Direct URL for migrations and admin commands when the app talks to PgBouncer (default: the app URL)."""
@@ -207,28 +197,25 @@ class DatabaseConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """pydantic-settings' sources in its order, noting where each value came from (for errors)."""
-        env_file = settings_cls.model_config.get("env_file") or ".env"
-        return (
-            _RecordingSource(init_settings, f"passed to {settings_cls.__name__}()"),
-            _RecordingSource(env_settings, _FROM_ENVIRONMENT),
-            _RecordingSource(dotenv_settings, f"from the file {env_file}"),
-            _RecordingSource(file_secret_settings, "from the secrets directory"),
-        )
+        return recording_sources(settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     def __init__(self, **values: Any) -> None:
-        token = _origins.set({})
         try:
-            super().__init__(**values)
+            with collecting_origins():
+                super().__init__(**values)
         except ValidationError as exc:
             raise DatabaseConfigError.from_exception_data(
                 exc.title,
                 exc.errors(),  # type: ignore[arg-type]
                 hide_input=True,
             ) from None
-        finally:
-            _origins.reset(token)
 
-    @field_validator("DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", mode="before")
+    @field_validator("DATABASE_REPLICA_URLS", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return split_url_list(value)
+
+    @field_validator("DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", "DATABASE_READ_ROUTING", mode="before")
     @classmethod
     def _enum_any_case(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and info.field_name == "DATABASE_POOL_TYPE":
@@ -239,7 +226,7 @@ class DatabaseConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_and_resolve(self) -> "DatabaseConfig":
-        problems = self._problems()
+        problems = config_problems(self)
         if problems:
             raise ValueError("\n  ".join(problems))
         if self.SQLALCHEMY_DATABASE_URI is None and self.POSTGRES_HOST is not None:
@@ -247,6 +234,9 @@ class DatabaseConfig(BaseSettings):
             # `model_copy` derives it again from the copy's parts.
             object.__setattr__(self, "SQLALCHEMY_DATABASE_URI", self._url_from_parts())
             self._url_from_parts_ = True
+        if self.SQLALCHEMY_DATABASE_URI is not None and self.DATABASE_REPLICA_URLS:
+            replicas = resolve_replica_urls(self.DATABASE_REPLICA_URLS, self.SQLALCHEMY_DATABASE_URI)
+            object.__setattr__(self, "DATABASE_REPLICA_URLS", replicas)
         return self
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -257,105 +247,6 @@ class DatabaseConfig(BaseSettings):
         elif self._url_from_parts_:
             object.__setattr__(copy, "SQLALCHEMY_DATABASE_URI", copy._url_from_parts())
         return copy
-
-    def _named(self, name: str) -> str:
-        """`POSTGRES_HOST (from the file .env)`: a field and where its value came from, when known."""
-        origins = _origins.get() or {}
-        origin = origins.get(name)
-        if origin == _FROM_ENVIRONMENT:
-            origin = _env_origin(name)
-        return f"{name} ({origin})" if origin else name
-
-    def _problems(self) -> list[str]:
-        problems: list[str] = []
-        explicit = self.model_fields_set
-        url = self.SQLALCHEMY_DATABASE_URI
-        if url is not None and "SQLALCHEMY_DATABASE_URI" in explicit:
-            parts = [
-                self._named(name)
-                for name in _CONNECTION_PARTS
-                if name in explicit and getattr(self, name) is not None
-            ]
-            if parts:
-                problems.append(
-                    f"{self._named('SQLALCHEMY_DATABASE_URI')} and {', '.join(parts)} are both set. "
-                    "Set either SQLALCHEMY_DATABASE_URI or POSTGRES_HOST/POSTGRES_DB, not both. "
-                    "(The URL carries the port, user and password too.)"
-                )
-            url_sslmode = url.query.get("sslmode") or url.query.get("ssl")
-            if (
-                url_sslmode
-                and self.POSTGRES_SSLMODE is not None
-                and str(url_sslmode).lower() != self.POSTGRES_SSLMODE.value
-            ):
-                problems.append(
-                    f"{self._named('POSTGRES_SSLMODE')} is {self.POSTGRES_SSLMODE.value} but the URL says "
-                    f"sslmode={url_sslmode}. Keep one of them."
-                )
-        if url is None and not self.DATABASE_EMBEDDED:
-            missing = [n for n in ("POSTGRES_HOST", "POSTGRES_DB") if not getattr(self, n)]
-            if missing:
-                problems.append(
-                    f"{' and '.join(missing)} not set. Set POSTGRES_HOST and POSTGRES_DB "
-                    "(plus POSTGRES_USER/POSTGRES_PASSWORD), or SQLALCHEMY_DATABASE_URI / "
-                    "DATABASE_URL, or DATABASE_EMBEDDED=true for local development."
-                )
-        if url is not None and not url.database:
-            problems.append(
-                "SQLALCHEMY_DATABASE_URI has no database name; add it after the host: "
-                "postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
-            )
-        ports = [("POSTGRES_PORT", self.POSTGRES_PORT)]
-        if url is not None and url.port is not None:
-            ports.append(("SQLALCHEMY_DATABASE_URI port", url.port))
-        for name, port in ports:
-            if not 1 <= port <= 65535:
-                problems.append(f"{name} is {port}; use a TCP port from 1 to 65535 (PostgreSQL's default is 5432).")
-        problems.extend(self._pool_problems(explicit))
-        for name in (
-            "DATABASE_CONNECT_TIMEOUT",
-            "DATABASE_COMMAND_TIMEOUT",
-            "DATABASE_STATEMENT_TIMEOUT",
-            "DATABASE_LOCK_TIMEOUT",
-            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
-            "DATABASE_SLOW_QUERY_THRESHOLD",
-        ):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
-        if not self.MIGRATIONS_LOCK_TIMEOUT > 0:
-            problems.append(
-                f"MIGRATIONS_LOCK_TIMEOUT is {self.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
-                "(default 5)."
-            )
-        if self.DATABASE_STATEMENT_CACHE_SIZE is not None and self.DATABASE_STATEMENT_CACHE_SIZE < 0:
-            problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
-        return problems
-
-    def _pool_problems(self, explicit: set[str]) -> list[str]:
-        problems: list[str] = []
-        pool_fields = (
-            "DATABASE_POOL_SIZE",
-            "DATABASE_MAX_OVERFLOW",
-            "DATABASE_POOL_TIMEOUT",
-            "DATABASE_POOL_RECYCLE",
-            "DATABASE_POOL_PRE_PING",
-        )
-        if self.DATABASE_POOL_TYPE is PoolType.NULL:
-            stray = [n for n in pool_fields if n in explicit and getattr(self, n) is not None]
-            if stray:
-                problems.append(
-                    f"{', '.join(stray)} only apply when DATABASE_POOL_TYPE=FIXED_PROCESS. "
-                    "Set DATABASE_POOL_TYPE=FIXED_PROCESS, or remove them (with the default NULL "
-                    "pool, PgBouncer does the pooling)."
-                )
-        if self.DATABASE_POOL_SIZE is not None and self.DATABASE_POOL_SIZE < 1:
-            problems.append(f"DATABASE_POOL_SIZE is {self.DATABASE_POOL_SIZE}; use 1 or more connections.")
-        if self.DATABASE_MAX_OVERFLOW is not None and self.DATABASE_MAX_OVERFLOW < 0:
-            problems.append(f"DATABASE_MAX_OVERFLOW is {self.DATABASE_MAX_OVERFLOW}; use 0 or more.")
-        if self.DATABASE_POOL_TIMEOUT is not None and self.DATABASE_POOL_TIMEOUT <= 0:
-            problems.append("DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.")
-        return problems
 
     def _url_from_parts(self) -> URL:
         secret: Any = self.POSTGRES_PASSWORD  # a str too, in a subclass built without our hook

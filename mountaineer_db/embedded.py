@@ -15,8 +15,12 @@ config = ensure_embedded_database(AppConfig())   # e.g. in the app's lifespan or
   so a restart reuses the same data. Add `.mountaineer_db/` to `.gitignore`.
 - A server already running for that folder (another process of the app, or one left behind
   by a process that was killed) is reused rather than started twice.
-- The process that started the server stops it when it exits (atexit, SIGTERM and SIGHUP
-  included); a server adopted from a dead process is stopped by its new owner.
+- The last process using the server stops it: each process that starts or reuses it is
+  noted in `server.json`, and when the owner leaves (`stop_embedded_database()`, which
+  `database_lifespan` calls at shutdown, or at exit: atexit, SIGTERM and SIGHUP included)
+  while other processes still use it, ownership passes to one of them instead. So a
+  development server that restarts its app process (the new process starts before the old
+  one ends) keeps its database. A server left behind by a killed process is adopted.
 - It refuses to run with `ENVIRONMENT=production`.
 """
 
@@ -147,16 +151,24 @@ class EmbeddedDatabase:
         with self._locked():
             state = self._read_state()
             self.password = str(state.get("password") or secrets.token_urlsafe(24))
+            users = self._live_users(state)
             running = self._running_postmaster()
             if running is not None:
                 server_pid, self.port = running
                 owner = int(state.get("owner_pid") or 0)
                 if owner != os.getpid() and _pid_alive(owner):
+                    self._write_state(**{**state, "users": [*users, os.getpid()]})
                     logger.info("Reusing the embedded PostgreSQL on port %d (started by process %d).", self.port, owner)
                     return
                 # Left behind by a process that is gone: adopt it, so it is stopped when we exit.
                 self.owned = True
-                self._write_state(port=self.port, password=self.password, owner_pid=os.getpid(), server_pid=server_pid)
+                self._write_state(
+                    port=self.port,
+                    password=self.password,
+                    owner_pid=os.getpid(),
+                    server_pid=server_pid,
+                    users=[*users, os.getpid()],
+                )
                 logger.info("Adopted the embedded PostgreSQL on port %d.", self.port)
                 return
             port = int(state.get("port") or 0)
@@ -168,25 +180,53 @@ class EmbeddedDatabase:
             cluster.start()
             self.cluster, self.port, self.owned = cluster, port, True
             pid = cluster.process.pid if cluster.process is not None else 0
-            self._write_state(port=port, password=self.password, owner_pid=os.getpid(), server_pid=pid)
+            self._write_state(
+                port=port, password=self.password, owner_pid=os.getpid(), server_pid=pid, users=[os.getpid()]
+            )
             logger.info("Started the embedded PostgreSQL on 127.0.0.1:%d (data in %s).", port, self.data_dir)
 
+    @staticmethod
+    def _live_users(state: dict[str, Any]) -> list[int]:
+        """The processes noted as using the server that are still alive, this one excluded."""
+        noted = state.get("users")
+        pids = [pid for pid in noted if isinstance(pid, int)] if isinstance(noted, list) else []
+        return [pid for pid in dict.fromkeys(pids) if pid != os.getpid() and _pid_alive(pid)]
+
     def stop(self) -> None:
-        """Stop the server if this process owns it; otherwise leave it to its owner."""
-        if not self.owned or os.getpid() != self.owner_pid:
-            return  # not ours, or a forked child of the owner: the owner stops it
-        self.owned = False
-        if self.cluster is not None:
-            self.cluster.stop()
-            self.cluster = None
-        else:  # adopted: signal the postmaster (fast shutdown) and wait for it to go
-            running = self._running_postmaster()
-            if running is not None:
-                _stop_adopted(running[0])
+        """This process is done with the server: stop it if no other process still uses it.
+
+        When this process owns the server and others still use it, ownership passes to one of
+        them (the server keeps running); a process given ownership that way stops the server
+        when it is the last to leave.
+        """
+        if os.getpid() != self.owner_pid:
+            return  # a forked child of the process that started or reused it: that process decides
         with self._locked():
             state = self._read_state()
-            if state.get("owner_pid") == os.getpid():
-                self._write_state(port=self.port, password=self.password, owner_pid=0, server_pid=0)
+            owner = int(state.get("owner_pid") or 0)
+            if not self.owned and owner != os.getpid():
+                if owner:  # only note that we left; the owner stops it
+                    self._write_state(**{**state, "users": self._live_users(state)})
+                return
+            others = self._live_users(state)
+            if others:
+                self._write_state(**{**state, "owner_pid": others[0], "users": others})
+                self.owned = False
+                logger.info(
+                    "Left the embedded PostgreSQL on port %d running for process %d, which still uses it.",
+                    self.port,
+                    others[0],
+                )
+                return
+            self.owned = False
+            if self.cluster is not None:
+                self.cluster.stop()
+                self.cluster = None
+            else:  # adopted, or handed over: signal the postmaster (fast shutdown) and wait for it to go
+                running = self._running_postmaster()
+                if running is not None:
+                    _stop_adopted(running[0])
+            self._write_state(port=self.port, password=self.password, owner_pid=0, server_pid=0, users=[])
         logger.info("Stopped the embedded PostgreSQL on port %d.", self.port)
 
     def url(self, database: str) -> URL:
@@ -253,7 +293,10 @@ def _install_exit_hooks() -> None:
 
 
 def stop_embedded_database(directory: Path | str | None = None) -> None:
-    """Stop the embedded server this process started for `directory` (all of them if None)."""
+    """This process is done with the embedded server of `directory` (all of them if None).
+
+    The server stops unless another process still uses it (see the module docstring).
+    """
     if directory is None:
         _stop_all()
         return
@@ -310,8 +353,7 @@ def ensure_embedded_database(
         server = EmbeddedDatabase(key)
         server.start()
         _servers[key] = server
-        if server.owned:
-            _install_exit_hooks()
+        _install_exit_hooks()  # a process that only reuses the server may be handed it later
     package = getattr(config, "PACKAGE", None)
     database = config.POSTGRES_DB or (package if isinstance(package, str) and package else "app")
     embedded = config.model_copy(update={"SQLALCHEMY_DATABASE_URI": server.url(database), "POSTGRES_DB": database})

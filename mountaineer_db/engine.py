@@ -346,6 +346,9 @@ async def dispose_engines() -> None:
     disposed on their own loop; those of closed loops are released without I/O. Sessions
     still in flight finish normally, and their connections are closed when they come back.
     """
+    from mountaineer_db.replicas import forget_replicas  # it imports this module
+
+    forget_replicas()  # what this process knew of replicas, and their background probes
     try:
         current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
@@ -381,9 +384,41 @@ async def database_lifespan(app: Any) -> AsyncIterator[None]:
     before their event loop could dispose the engines itself; pooled connections would be
     dropped rather than closed. An app with a lifespan of its own awaits `dispose_engines()`
     at its end instead.
+
+    With `DATABASE_EMBEDDED=true` in the registered app config (development only), it also
+    starts or reuses the embedded PostgreSQL at startup (`mountaineer_db.embedded`), and leaves
+    it at shutdown: the server stops once no process of the app uses it any more.
     """
-    yield
-    await dispose_engines()
+    embedded = _registered_embedded_config()
+    if embedded is None:
+        try:
+            yield
+        finally:
+            await dispose_engines()
+        return
+    from mountaineer_db.embedded import DEFAULT_DIRECTORY, ensure_embedded_database, stop_embedded_database
+
+    directory = os.path.join(os.getcwd(), DEFAULT_DIRECTORY)
+    ensure_embedded_database(embedded, directory=directory)
+    try:
+        yield
+    finally:
+        await dispose_engines()
+        stop_embedded_database(directory)
+
+
+def _registered_embedded_config() -> DatabaseConfig | None:
+    """The registered app config when it asks for the embedded database and has none yet."""
+    from mountaineer import config as mountaineer_config
+
+    registered = mountaineer_config.APP_CONFIG
+    if (
+        isinstance(registered, DatabaseConfig)
+        and registered.DATABASE_EMBEDDED
+        and not registered.SQLALCHEMY_DATABASE_URI
+    ):
+        return registered
+    return None
 
 
 def engines_on_this_loop() -> list[AsyncEngine]:

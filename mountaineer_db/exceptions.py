@@ -27,6 +27,7 @@ __all__ = [
     "MigrationError",
     "MigrationLockTimeoutError",
     "MountaineerDBError",
+    "ReadOnlySessionError",
     "ResourceAlreadyExistsError",
     "ResourceConflictError",
     "ResourceNotFoundError",
@@ -279,3 +280,12 @@ class DatabaseNotSetUpError(_HTTPError):
     """
 
     default_detail = "Internal Server Error"
+
+
+class ReadOnlySessionError(MountaineerDBError):
+    """A write was attempted on a read-only session: one that reads from a replica.
+
+    Raised when such a session flushes ORM changes, or in place of the server's "cannot execute
+    ... in a read-only transaction". The message says which session it was and what to use for
+    writes (`DatabaseDependencies.get_db_session`). A programming error, so an HTTP 500.
+    """

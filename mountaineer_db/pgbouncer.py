@@ -6,6 +6,7 @@ with PgBouncer("127.0.0.1", 5432, {"postgres": "secret"}, work_dir=Path("/tmp/pg
 ```
 """
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -39,7 +40,7 @@ def _quoted(value: str) -> str:
 class PgBouncer:
     """A PgBouncer we started in front of a PostgreSQL server, transaction mode by default.
 
-    The settings shipped here are the ones we recommend (see the README):
+    The settings shipped here are the ones we recommend (docs/deployment.md):
     `server_login_retry = 1` (PgBouncer's 15 s default turns a 0.2 s PostgreSQL restart
     into a 15 s outage) and `query_wait_timeout` bounded so overload fails fast.
     """
@@ -158,23 +159,31 @@ class PgBouncer:
             query={"host": str(self.socket_dir)},
         )
 
-    async def admin(self, command: str, *, user: str, password: str) -> None:
-        """Run a console command (PAUSE, RESUME, RECONNECT, KILL db, ...) on the admin database."""
+    async def admin(self, command: str, *, user: str, password: str, timeout: float = 10.0) -> None:
+        """Run a console command (PAUSE, RESUME, RECONNECT, KILL db, ...) on the admin database.
+
+        Bounded by `timeout`; a refused or dropped console connection (a busy PgBouncer, right
+        after a KILL) is tried again until then.
+        """
         import asyncpg
 
-        connection = await asyncpg.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user=user,
-            password=password,
-            database="pgbouncer",
-            ssl=False,
-            statement_cache_size=0,
-        )
-        try:
-            await connection.execute(command)
-        finally:
-            await connection.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                    connection = await asyncpg.connect(
+                        host="127.0.0.1", port=self.port, user=user, password=password, database="pgbouncer",
+                        ssl=False, statement_cache_size=0,
+                    )
+                    try:
+                        await connection.execute(command)
+                    finally:
+                        await connection.close()
+                return
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                if time.monotonic() > deadline - 0.2:
+                    raise
+                await asyncio.sleep(0.1)
 
     def __enter__(self) -> "PgBouncer":
         self.start()

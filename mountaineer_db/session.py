@@ -74,8 +74,12 @@ class RequestSyncSession(Session):
             return bind
         kept = self._kept.get(bind)
         if kept is None or kept.closed:
-            kept = self._kept[bind] = bind.connect()
+            kept = self._kept[bind] = self._open(bind)
         return kept
+
+    def _open(self, bind: Engine) -> Connection:
+        """The connection kept for `bind` (the replica routing of read sessions overrides this)."""
+        return bind.connect()
 
     def holds_transaction(self) -> bool:
         """True while a kept connection is inside a transaction (between a statement and its end)."""

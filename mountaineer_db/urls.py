@@ -1,14 +1,25 @@
 """PostgreSQL URLs: parsed, checked and normalised to the asyncpg driver when a config is built."""
 
 import ipaddress
+import json
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import PlainSerializer, PlainValidator, SecretStr, WithJsonSchema
+from pydantic.fields import FieldInfo
+from pydantic_settings import PydanticBaseSettingsSource
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["DatabaseURL", "SSLMode", "is_loopback", "parse_url"]
+__all__ = [
+    "DatabaseURL",
+    "SSLMode",
+    "is_loopback",
+    "parse_url",
+    "plain_text_lists",
+    "resolve_replica_urls",
+    "split_url_list",
+]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 _URL_QUERY_KEYS = {"sslmode", "ssl", "application_name", "host"}
@@ -98,3 +109,67 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+
+
+def split_url_list(value: Any) -> Any:
+    """A list of URLs from a comma-separated string or a JSON list (as env vars hold them)."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(
+                    "is not a JSON list of URLs; write it as a comma-separated list "
+                    "(postgresql://HOST1/DB,postgresql://HOST2/DB) or as a JSON list of strings"
+                ) from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, URL):
+        return [value]
+    return value
+
+
+def resolve_replica_urls(replicas: list[URL], primary: URL) -> list[URL]:
+    """Replica URLs with the primary's user and password when they name no user, and its
+    database when they name none; a URL that names the primary itself is a ValueError."""
+    resolved = []
+    for number, replica in enumerate(replicas):
+        if replica.username is None and primary.username is not None:
+            replica = replica.set(username=primary.username, password=primary.password)
+        if not replica.database and primary.database:
+            replica = replica.set(database=primary.database)
+        if _address(replica) == _address(primary):
+            raise ValueError(
+                f"DATABASE_REPLICA_URLS[{number}] names the primary itself ({primary.host}:{primary.port or 5432}/"
+                f"{primary.database}). List streaming replicas only; the primary is always used for writes."
+            )
+        resolved.append(replica)
+    return resolved
+
+
+def _address(url: URL) -> tuple[Any, ...]:
+    return (url.host, url.port or 5432, url.query.get("host"), url.database)
+
+
+def plain_text_lists(source: PydanticBaseSettingsSource) -> PydanticBaseSettingsSource:
+    """Let the environment and `.env` give DATABASE_REPLICA_URLS as plain comma-separated text.
+
+    pydantic-settings reads list fields as JSON and rejects anything else before validators
+    run; the field's validator splits the text instead (pydantic-settings 2.7+ has `NoDecode`
+    for this, our floor does not). Every other field is decoded as pydantic-settings does.
+    """
+    decode = getattr(source, "decode_complex_value", None)
+    if decode is None:
+        return source
+
+    def decode_complex_value(field_name: str, field: FieldInfo, value: Any) -> Any:
+        if field_name == "DATABASE_REPLICA_URLS" and isinstance(value, str):
+            return value  # the field's validator reads both forms and names the field in its errors
+        return decode(field_name, field, value)
+
+    source.decode_complex_value = decode_complex_value  # type: ignore[method-assign]
+    return source

@@ -232,9 +232,9 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "port-validation",
         "a port outside 1-65535 is refused when the config is built",
-        "mountaineer_db/config.py",
-        "            if not 1 <= port <= 65535:",
-        "            if False:",
+        "mountaineer_db/config_checks.py",
+        "        if not 1 <= port <= 65535:",
+        "        if False:",
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
     ),
     M(
@@ -307,7 +307,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "no-rerender-override",
         "the kit's session reaches the @sideeffect re-render",
         "mountaineer_db/testing/sessions.py",
-        "        setattr(render, _OVERRIDES_ATTR, {**(existing or {}), get_db_session: provider})",
+        "        setattr(render, _OVERRIDES_ATTR, {**(existing or {}), **replaced})",
         "        pass",
         (
             "tests/sample_apps/kit_app/test_kit_app.py",

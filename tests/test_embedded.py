@@ -213,3 +213,93 @@ async def test_runs_on_the_pgserver_wheel(folder: Path, monkeypatch: pytest.Monk
     (row,) = await _query(config, "SHOW server_version")
     assert Path(f"/proc/{_server_pid(folder)}/exe").resolve() == (bindir / "postgres").resolve()
     assert (folder / "data" / "PG_VERSION").read_text().strip() == row["server_version"].split(".")[0]
+
+
+def test_the_last_process_using_the_server_stops_it(folder: Path) -> None:
+    """A development server restarting its app starts the new process before the old one ends:
+    the old owner leaving must not take the database away from the new one."""
+    child, port = _start_child(folder)
+    server = _server_pid(folder)
+    reused = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    assert reused.database_url.port == port
+
+    assert child.stdin is not None
+    child.stdin.close()  # the owner exits normally (atexit) while this process still uses the server
+    child.wait(30)
+    _close(child)
+    time.sleep(0.5)
+    assert _alive(server), "the owner stopped the server while another process still used it"
+    state = json.loads((folder / "server.json").read_text())
+    assert state["owner_pid"] == os.getpid()
+
+    stop_embedded_database(folder)  # the last user leaves
+    assert _wait_gone(server), "the last process using the server did not stop it"
+    assert json.loads((folder / "server.json").read_text())["owner_pid"] == 0
+
+
+async def test_database_lifespan_starts_the_embedded_database_and_leaves_it(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fastapi_args={"lifespan": database_lifespan}` is all an app needs for DATABASE_EMBEDDED=true."""
+    from mountaineer_db import database_lifespan
+
+    monkeypatch.chdir(folder.parent)  # the server lives in .mountaineer_db/ of the working directory
+    mountaineer_config.unregister_config()
+    config = EmbeddedAppConfig(DATABASE_EMBEDDED=True)
+    async with database_lifespan(None):
+        running = mountaineer_config.APP_CONFIG
+        assert isinstance(running, EmbeddedAppConfig) and running is not config
+        assert running.database_url.port == json.loads((folder / "server.json").read_text())["port"]
+        assert (await _query(running, "SELECT current_database() AS name"))[0]["name"] == "embedded_app"
+        server = _server_pid(folder)
+    assert _wait_gone(server), "the lifespan left its embedded server running with no process using it"
+
+
+def test_the_cli_runs_against_the_embedded_database(folder: Path) -> None:
+    """`mountaineer-db createdb --create-tables` with DATABASE_EMBEDDED=true in .env, as a new app has it."""
+    root = folder.parent
+    package = root / "embcli_app"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "config.py").write_text(
+        textwrap.dedent(
+            """
+            from mountaineer import ConfigBase
+            from mountaineer_db import DatabaseConfig
+
+            class AppConfig(DatabaseConfig, ConfigBase):
+                PACKAGE: str | None = "embcli_app"
+            """
+        )
+    )
+    (package / "models.py").write_text(
+        textwrap.dedent(
+            """
+            from sqlmodel import Field, SQLModel
+
+            class Note(SQLModel, table=True):
+                id: int | None = Field(default=None, primary_key=True)
+                text: str
+            """
+        )
+    )
+    (root / ".env").write_text("DATABASE_EMBEDDED=true\n")
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("POSTGRES_", "DATABASE_", "SQLALCHEMY_"))
+    }
+    command = [sys.executable, "-m", "mountaineer_db.cli", "--config", "embcli_app.config:AppConfig"]
+    created = subprocess.run(
+        [*command, "createdb", "--create-tables"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert created.returncode == 0, created.stderr
+    assert "Created the tables of the models." in created.stdout
+    state = json.loads((folder / "server.json").read_text())
+    assert state["owner_pid"] == 0, "the command left the embedded server running"
+
+    reused = ensure_embedded_database(
+        DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="embcli_app"), directory=folder
+    )
+    import asyncio
+
+    tables = asyncio.run(_query(reused, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+    assert [row["tablename"] for row in tables] == ["note"]

@@ -178,8 +178,9 @@ class Probe:
         connection = await superuser_connect(self.server, "postgres")
         try:
             return list(
-                await connection.fetch("SELECT state, application_name FROM pg_stat_activity WHERE datname = $1",
-                                       self.database)
+                # Client backends only: an autovacuum worker on our database is not a connection.
+                await connection.fetch("SELECT state, application_name FROM pg_stat_activity "
+                                       "WHERE datname = $1 AND backend_type = 'client backend'", self.database)
             )  # fmt: skip
         finally:
             await connection.close()

@@ -16,6 +16,9 @@ from mountaineer_db import (
     DatabaseStatus,
     MountaineerDBError,
     PoolType,
+    ReadOnlySessionError,
+    ReadRouting,
+    ReadSessionDep,
     ResourceAlreadyExistsError,
     ResourceConflictError,
     ResourceNotFoundError,
@@ -32,8 +35,16 @@ from mountaineer_db import (
 from mountaineer_db.metrics import EngineMetrics, database_metrics
 from mountaineer_db.origins import work_origin
 from mountaineer_db.prometheus import DatabaseCollector, register_collector
+from mountaineer_db.replicas import replica_status
 from mountaineer_db.stale_statements import install_stale_statement_recovery
-from mountaineer_db.testing import QueryLog, assert_max_queries, assert_num_queries, captured_on_commit, counted_queries
+from mountaineer_db.testing import (
+    QueryLog,
+    assert_max_queries,
+    assert_num_queries,
+    captured_on_commit,
+    counted_queries,
+    wait_for_replicas,
+)
 from mountaineer_db.tracing import instrument_opentelemetry, uninstrument_opentelemetry
 
 
@@ -156,3 +167,35 @@ async def typed_operations(config: DatabaseConfig) -> dict[str, object]:
         "queries": at_most.statements + exactly.statements + counted.statements,
         **result.as_dict(),
     }
+
+
+class TypedReplicaController(ControllerBase):  # type: ignore[type-arg]
+    url = "/typed/replica"
+    view_path = "/app/typed_replica/page.tsx"
+
+    async def render(self, session: ReadSessionDep) -> TodoList:
+        todos: Sequence[TypedTodo] = (await session.exec(select(TypedTodo))).all()
+        return TodoList(descriptions=[todo.description for todo in todos])
+
+    @sideeffect
+    async def add(
+        self,
+        payload: NewTodo,
+        session: SessionDep,
+        reader: AsyncSession = Depends(DatabaseDependencies.get_db_read_session),
+    ) -> None:
+        session.add(TypedTodo(description=payload.description))
+        await session.commit()
+        try:
+            reader.add(TypedTodo(description=payload.description))
+            await reader.flush()
+        except ReadOnlySessionError as error:
+            message: str = str(error)
+            assert message
+
+
+async def typed_replicas(config: DatabaseConfig) -> list[str]:
+    renders: bool = config.DATABASE_READ_ROUTING is ReadRouting.RENDERS
+    await wait_for_replicas(config, timeout=5.0)
+    states: list[str] = [str(item["state"]) for item in replica_status(config)]
+    return states if renders else [str(url.host) for url in config.DATABASE_REPLICA_URLS]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from mountaineer import APIException, AppController
 
@@ -52,18 +53,37 @@ def build_app(config: AppConfig) -> AppController:
         result = await check_database(config)
         return JSONResponse(result.as_dict(), status_code=200 if result.ok else 503)
 
-    @controller.app.exception_handler(TodoNotFound)
-    @controller.app.exception_handler(ResourceNotFoundError)
-    async def todo_not_found(request: Request, error: TodoNotFound | ResourceNotFoundError) -> Response:
-        """An unknown id: the 404 page for a page request, the JSON error for an action."""
-        if request.method != "GET" or request.url.path.startswith(controller.internal_api_prefix):
-            content = error.internal_model.model_dump() if isinstance(error, APIException) else {"detail": error.detail}
-            return JSONResponse(status_code=error.status_code, content=content)
-        # Render the NotFoundController's page (it takes no arguments) and send it as a 404.
+    def is_page_request(request: Request) -> bool:
+        return request.method == "GET" and not request.url.path.startswith(controller.internal_api_prefix)
+
+    async def not_found_page() -> Response:
+        """The NotFoundController's page (it takes no arguments), sent with status 404."""
         definition = controller.graph.get_definitions_for_cls(NotFoundController)[0]
         assert definition.route is not None
         page: Response = await definition.route.view_route()
         page.status_code = 404
         return page
+
+    @controller.app.exception_handler(TodoNotFound)
+    @controller.app.exception_handler(ResourceNotFoundError)
+    async def todo_not_found(request: Request, error: TodoNotFound | ResourceNotFoundError) -> Response:
+        """An unknown id: the 404 page for a page request, the JSON error for an action."""
+        if not is_page_request(request):
+            content = error.internal_model.model_dump() if isinstance(error, APIException) else {"detail": error.detail}
+            return JSONResponse(status_code=error.status_code, content=content)
+        return await not_found_page()
+
+    mountaineer_validation_handler = controller.app.exception_handlers[RequestValidationError]
+
+    @controller.app.exception_handler(RequestValidationError)
+    async def invalid_page_address(request: Request, error: RequestValidationError) -> Response:
+        """`/todos/abc`: a page address whose path parameter does not parse names no page (404).
+
+        Anything else (an action's malformed payload) keeps Mountaineer's own handling: a 422.
+        """
+        if is_page_request(request) and any(detail.get("loc", ())[:1] == ("path",) for detail in error.errors()):
+            return await not_found_page()
+        response: Response = await mountaineer_validation_handler(request, error)
+        return response
 
     return controller

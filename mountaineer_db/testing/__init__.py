@@ -18,8 +18,8 @@ with postgres_server() as server, throwaway_database(server) as database:
 With pytest, the same as fixtures (this module's plugin is registered automatically):
 `mdb_server`, `mdb_database`, `mdb_schema`, `mdb_config`, `mdb_session`, `mdb_app`,
 `mdb_app_session`, `mdb_client`, `mdb_pgbouncer`, `mdb_captured_on_commit`,
-`mdb_assert_num_queries`, `mdb_assert_max_queries`. See the README's
-"Testing your app" and docs/transactions.md.
+`mdb_assert_num_queries`, `mdb_assert_max_queries`, `mdb_replicas`, `mdb_replica_config`. See docs/testing.md
+and docs/transactions.md.
 """
 
 from mountaineer_db.pgbouncer import PgBouncer
@@ -37,6 +37,13 @@ from mountaineer_db.testing.databases import (
     throwaway_database,
 )
 from mountaineer_db.testing.queries import QueryLog, assert_max_queries, assert_num_queries, counted_queries
+from mountaineer_db.testing.replicas import (
+    pause_replay,
+    replica_config,
+    resume_replay,
+    streaming_replicas,
+    wait_for_replicas,
+)
 from mountaineer_db.testing.sessions import (
     override_app_session,
     render_controller,
@@ -59,10 +66,15 @@ __all__ = [
     "counted_queries",
     "create_schema",
     "override_app_session",
+    "pause_replay",
     "pgbouncer_for",
     "postgres_server",
     "render_controller",
+    "replica_config",
+    "resume_replay",
     "rollback_session",
     "session_provider",
+    "streaming_replicas",
     "throwaway_database",
+    "wait_for_replicas",
 ]

@@ -175,6 +175,8 @@ def kit_connection_settings(url: URL) -> dict[str, Any]:
         "POSTGRES_SSLMODE": sslmode if isinstance(sslmode, str) else None,
         "MIGRATIONS_DATABASE_URI": None,
         "DATABASE_EMBEDDED": False,
+        # A developer's replicas are not the kit's: `config(DATABASE_REPLICA_URLS=...)` names test replicas.
+        "DATABASE_REPLICA_URLS": [],
     }
 
 

@@ -14,6 +14,8 @@ installed. Nothing starts unless a test asks for one of these fixtures:
 | `mdb_app_session` | test | `mdb_session`, handed to `mdb_app` for the test |
 | `mdb_client` | test | an `httpx.AsyncClient` on `mdb_app`, with `mdb_app_session` in place |
 | `mdb_pgbouncer` | session | a PgBouncer (transaction mode) in front of `mdb_server` |
+| `mdb_replicas` | session | two streaming replicas of `mdb_server` (a throwaway server only) |
+| `mdb_replica_config` | session | like `mdb_config`, reading from `mdb_replicas` (DATABASE_READ_ROUTING=renders) |
 | `mdb_captured_on_commit` | test | `captured_on_commit`: `with mdb_captured_on_commit(execute=True) as hooks:` |
 | `mdb_assert_num_queries` | test | `assert_num_queries`: `with mdb_assert_num_queries(1): ...` |
 | `mdb_assert_max_queries` | test | `assert_max_queries`: `with mdb_assert_max_queries(3): ...` |
@@ -27,6 +29,7 @@ import pytest
 if TYPE_CHECKING:
     from mountaineer_db.config import DatabaseConfig
     from mountaineer_db.pgbouncer import PgBouncer
+    from mountaineer_db.replication import StreamingReplica
     from mountaineer_db.testing.databases import Schema, Server, ThrowawayDatabase
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -143,6 +146,36 @@ def mdb_pgbouncer(mdb_server: "Server") -> "Iterator[PgBouncer]":
         pytest.skip("PgBouncer is not installed (apt-get install pgbouncer); the mdb_pgbouncer tests cannot run")
     with pgbouncer_for(mdb_server) as bouncer:
         yield bouncer
+
+
+@pytest.fixture(scope="session")
+def mdb_replicas(mdb_server: "Server") -> "Iterator[list[StreamingReplica]]":
+    """Two streaming replicas of `mdb_server`; skipped when it is an existing server (MOUNTAINEER_DB_TEST_URL).
+
+    Replicas see committed data only: tests that read through them commit for real and clean up.
+    """
+    from mountaineer_db.cluster import PostgresCluster
+    from mountaineer_db.testing.replicas import streaming_replicas
+
+    if not isinstance(mdb_server, PostgresCluster):
+        pytest.skip("mdb_replicas needs a throwaway server; unset MOUNTAINEER_DB_TEST_URL for replica tests")
+    with streaming_replicas(mdb_server, count=2) as replicas:
+        yield replicas
+
+
+@pytest.fixture(scope="session")
+def mdb_replica_config(
+    mdb_database: "ThrowawayDatabase", mdb_replicas: "list[StreamingReplica]"
+) -> "DatabaseConfig":
+    """A config for `mdb_database` reading from `mdb_replicas` (the app's config class when registered)."""
+    from mountaineer import config as mountaineer_config
+
+    from mountaineer_db.config import DatabaseConfig
+    from mountaineer_db.testing.replicas import replica_config
+
+    registered = mountaineer_config.APP_CONFIG
+    config_class = type(registered) if isinstance(registered, DatabaseConfig) else DatabaseConfig
+    return replica_config(mdb_database, mdb_replicas, config_class)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.dependencies import get_db_session
+from mountaineer_db.dependencies import get_db_read_session, get_db_session
 from mountaineer_db.engine import engine_for
 from mountaineer_db.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
 from mountaineer_db.session import run_shielded
@@ -101,7 +101,7 @@ def _controllers(target: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def override_app_session(target: Any, session: AsyncSession) -> Iterator[AsyncSession]:
-    """Hand `session` to every `get_db_session` of a Mountaineer app (or one controller).
+    """Hand `session` to every `get_db_session` and `get_db_read_session` of a Mountaineer app (or one controller).
 
     - FastAPI-resolved dependencies (GET renders, actions): through the app's
       `dependency_overrides` (only when `target` is an `AppController`);
@@ -109,15 +109,18 @@ def override_app_session(target: Any, session: AsyncSession) -> Iterator[AsyncSe
       outside FastAPI: through the callable-level override `mountaineer_di` reads on each
       controller's `render`, and the request session sharing of `get_db_session` itself.
 
+    Read sessions get the test's session too: a replica could not see what the test's
+    transaction holds. (So writes on them are not refused here; see docs/replicas.md.)
     Requests are expected one at a time (an `AsyncSession` is not safe for concurrent use).
     Everything is restored on exit.
     """
     provider = session_provider(session)
+    replaced = {get_db_session: provider, get_db_read_session: provider}
     fastapi_app = getattr(target, "app", None)
     overrides: dict[Any, Any] | None = getattr(fastapi_app, "dependency_overrides", None)
-    previous_fastapi = overrides.get(get_db_session) if overrides is not None else None
+    previous_fastapi = {key: overrides.get(key) for key in replaced} if overrides is not None else {}
     if overrides is not None:
-        overrides[get_db_session] = provider
+        overrides.update(replaced)
     patched: list[tuple[Any, dict[Any, Any] | None]] = []
     for controller in _controllers(target):
         # The outermost function: mountaineer_di merges overrides along `__wrapped__`, outermost last.
@@ -126,7 +129,7 @@ def override_app_session(target: Any, session: AsyncSession) -> Iterator[AsyncSe
             continue
         existing = getattr(render, _OVERRIDES_ATTR, None)
         patched.append((render, existing))
-        setattr(render, _OVERRIDES_ATTR, {**(existing or {}), get_db_session: provider})
+        setattr(render, _OVERRIDES_ATTR, {**(existing or {}), **replaced})
     try:
         yield session
     finally:
@@ -137,10 +140,11 @@ def override_app_session(target: Any, session: AsyncSession) -> Iterator[AsyncSe
             else:
                 setattr(render, _OVERRIDES_ATTR, existing)
         if overrides is not None:
-            if previous_fastapi is None:
-                overrides.pop(get_db_session, None)
-            else:
-                overrides[get_db_session] = previous_fastapi
+            for key, previous in previous_fastapi.items():
+                if previous is None:
+                    overrides.pop(key, None)
+                else:
+                    overrides[key] = previous
 
 
 async def render_controller(controller: Any, session: AsyncSession, *, path: str | None = None) -> Any:
@@ -170,7 +174,7 @@ async def render_controller(controller: Any, session: AsyncSession, *, path: str
         callable=controller.render,
         url=url,
         request=request,
-        dependency_overrides={get_db_session: provider},
+        dependency_overrides={get_db_session: provider, get_db_read_session: provider},
     ) as values:
         result = controller.render(**values)
         if inspect.isawaitable(result):

@@ -1,4 +1,4 @@
-"""The example app's tests use the testing kit the way the README tells app authors to.
+"""The example app's tests use the testing kit the way docs/testing.md tells app authors to.
 
 Needs the example app installed (`pip install -e ./example_app`, as scripts/run_example.sh
 and scripts/prepare_example.sh do); the test modules skip loudly without it (fail in CI).
@@ -20,7 +20,7 @@ def mdb_database(mdb_server: Server) -> Iterator[ThrowawayDatabase]:
     Overridden here, with `mdb_config`, rather than through `mdb_schema` alone: pytest caches
     a session fixture once per run, so in a suite holding several apps the kit's own
     `mdb_database`/`mdb_config` would be shared between them. An app with its own test suite
-    only needs the `mdb_schema` override the README shows.
+    only needs the `mdb_schema` override docs/testing.md shows.
     """
     from todo_app.config import AppConfig
 

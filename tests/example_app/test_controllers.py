@@ -57,7 +57,9 @@ async def test_list_page_renders_todos_from_the_database(mdb_session: AsyncSessi
     rendered = await render_controller(HomeController(), mdb_session)
 
     assert [(t.description, t.done) for t in rendered.todos] == [("first", False), ("second", True)]
+    assert all(isinstance(todo, Todo) for todo in rendered.todos)
     assert rendered.remaining == 1
+    assert rendered.title == "Todos (1 open)"
 
 
 async def test_the_list_page_is_one_query_however_many_todos(
@@ -90,7 +92,17 @@ async def test_add_stores_the_todo_and_rerenders_the_list(
     response = await mdb_client.post(f"{HOME}/add_todo", json={"description": "  buy milk  "})
 
     assert [t["description"] for t in _listed(response)] == ["buy milk"]
-    assert (await mdb_app_session.exec(select(Todo.description))).all() == ["buy milk"]
+    assert response.json()["sideeffect"]["title"] == "Todos (1 open)"  # the page sets the tab title from it
+    stored = (await mdb_app_session.exec(select(Todo))).one()
+    # The re-render returns the table model: every column, serialized (nothing expired or lazy).
+    assert _listed(response) == [
+        {
+            "id": stored.id,
+            "description": "buy milk",
+            "done": False,
+            "created_at": stored.created_at.isoformat().replace("+00:00", "Z"),
+        }
+    ]
 
 
 async def test_empty_description_is_refused_with_a_clear_error(
@@ -145,9 +157,11 @@ async def test_detail_page_renders_one_todo(mdb_session: AsyncSession) -> None:
 
     rendered = await render_controller(DetailController(), mdb_session, path=f"/todos/{todo_id}")
 
+    assert isinstance(rendered.todo, Todo)  # the table model itself, as the README's Quickstart does
     assert rendered.todo.id == todo_id
     assert rendered.todo.description == "call the plumber"
-    assert rendered.created_at == (await _fetch(mdb_session, todo_id)).created_at
+    assert rendered.todo.created_at == (await _fetch(mdb_session, todo_id)).created_at
+    assert rendered.title == f"Todo #{todo_id}"
 
 
 async def test_rename_updates_the_description(mdb_client: httpx.AsyncClient, mdb_app_session: AsyncSession) -> None:

@@ -8,6 +8,7 @@ install it with `apt-get install -y chromium`, or point CHROMIUM_PATH at another
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,6 +53,12 @@ def _chromium() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def _decoration(locator: Any) -> str:
+    """The computed `text-decoration-line` of an element (what the reader sees)."""
+    value: str = locator.evaluate("element => getComputedStyle(element).textDecorationLine")
+    return value
 
 
 def _todo_app_command() -> list[str]:
@@ -112,11 +120,20 @@ def app_url(server_env: dict[str, str]) -> Iterator[str]:
             server.wait(10)
 
 
-def test_unknown_todo_gets_the_404_page(app_url: str) -> None:
-    response = httpx.get(f"{app_url}/todos/999999", timeout=30)
+@pytest.mark.parametrize("todo_id", ["999999", "abc", "1.5"])
+def test_unknown_todo_gets_the_404_page(app_url: str, todo_id: str) -> None:
+    """An id that names no row, and one that is not an id at all: the 404 page, not JSON."""
+    response = httpx.get(f"{app_url}/todos/{todo_id}", timeout=30)
     assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
     assert "<h2>Not found</h2>" in response.text
     assert "There is no such todo" in response.text
+
+
+def test_a_malformed_action_payload_is_still_a_422(app_url: str) -> None:
+    response = httpx.post(f"{app_url}/internal/api/home_controller/toggle_todo", json={"id": "abc"}, timeout=30)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["location"] == ["body", "id"]
 
 
 def test_list_page_is_server_rendered(app_url: str) -> None:
@@ -150,6 +167,7 @@ def test_todo_lifecycle_in_a_real_browser(app_url: str) -> None:
             item = page.locator("li", has_text="Buy milk")
             expect(item).to_be_visible()
             expect(page.get_by_label("New todo")).to_have_value("")
+            expect(page).to_have_title("Todos (1 open)")  # the tab title follows without a reload
             assert page.evaluate("window.__noReload") is True, "adding a todo reloaded the page"
 
             # Validation: a clear error in the page, nothing written.
@@ -174,6 +192,7 @@ def test_todo_lifecycle_in_a_real_browser(app_url: str) -> None:
             # Toggle done, and it stays done after a reload.
             item.get_by_role("checkbox").click()  # controlled: checked once the server answers
             expect(item).to_have_class("done")
+            expect(page).to_have_title("Todos (0 open)")
             page.reload()
             expect(item.get_by_role("checkbox")).to_be_checked()
             page.screenshot(path=str(ARTIFACTS / "e2e-todo-list.png"), full_page=True)
@@ -181,9 +200,16 @@ def test_todo_lifecycle_in_a_real_browser(app_url: str) -> None:
             # The detail page: rename.
             item.get_by_role("link", name="Buy milk").click()
             page.wait_for_url("**/todos/*")
+            expect(page).to_have_title(re.compile(r"^Todo #\d+$"))
+            heading = page.get_by_role("heading", name="Buy milk")
+            assert _decoration(heading) == "line-through", "a done todo's heading is not struck through"
             page.get_by_label("Description").fill("Buy oat milk")
             page.get_by_role("button", name="Rename").click()
-            expect(page.get_by_role("heading", name="Buy oat milk")).to_be_visible()
+            heading = page.get_by_role("heading", name="Buy oat milk")
+            expect(heading).to_be_visible()
+            page.get_by_role("button", name="Mark open").click()
+            expect(page.get_by_role("button", name="Mark done")).to_be_visible()
+            assert _decoration(heading) == "none"
             page.screenshot(path=str(ARTIFACTS / "e2e-todo-detail.png"), full_page=True)
             page.get_by_role("link", name="All todos").click()
             renamed = page.locator("li", has_text="Buy oat milk")

@@ -1,20 +1,19 @@
 """One todo (`/todos/{todo_id}`): rename it, toggle it. Unknown ids get the 404 page (`get_or_404`)."""
 
-from datetime import datetime
-
 from mountaineer import ControllerBase, Depends, Metadata, RenderBase, sideeffect
 from pydantic import BaseModel
 
 from mountaineer_db import AsyncSession, DatabaseDependencies, get_or_404
 from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_description, open_todo_conflicts
-from todo_app.controllers.home import TodoItem, TodoRef, get_todo, toggle_done
+from todo_app.controllers.home import TodoRef, get_todo, toggle_done
 from todo_app.models import DESCRIPTION_MAX_LENGTH, Todo
 
 
 class DetailRender(RenderBase):
-    todo: TodoItem
-    created_at: datetime
+    todo: Todo
+    """The row itself (a SQLModel table model), with every column."""
     max_length: int
+    title: str
 
 
 class RenameTodo(BaseModel):
@@ -34,13 +33,8 @@ class DetailController(ControllerBase):
         # An unknown id raises ResourceNotFoundError (a 404), turned into the 404 page by the
         # handler in `todo_app.app`.
         todo = await get_or_404(session, Todo, todo_id)
-        assert todo.id is not None  # loaded rows have their primary key
-        return DetailRender(
-            todo=TodoItem(id=todo.id, description=todo.description, done=todo.done),
-            created_at=todo.created_at,
-            max_length=DESCRIPTION_MAX_LENGTH,
-            metadata=Metadata(title=f"Todo #{todo.id}"),
-        )
+        title = f"Todo #{todo.id}"
+        return DetailRender(todo=todo, max_length=DESCRIPTION_MAX_LENGTH, title=title, metadata=Metadata(title=title))
 
     @sideeffect(exception_models=[InvalidDescription, TodoNotFound])
     async def rename_todo(

@@ -9,18 +9,17 @@ from todo_app.controllers.errors import InvalidDescription, TodoNotFound, clean_
 from todo_app.models import DESCRIPTION_MAX_LENGTH, Todo
 
 
-class TodoItem(BaseModel):
-    """A todo as the page sees it."""
-
-    id: int
-    description: str
-    done: bool
-
-
 class HomeRender(RenderBase):
-    todos: list[TodoItem]
+    todos: list[Todo]
+    """The rows themselves: a SQLModel table model serializes with every loaded column."""
     remaining: int
     max_length: int
+    title: str
+    """The tab title; the page keeps `document.title` in step after each action."""
+
+
+def list_title(remaining: int) -> str:
+    return f"Todos ({remaining} open)"
 
 
 class NewTodo(BaseModel):
@@ -58,13 +57,14 @@ class HomeController(ControllerBase):
         self,
         session: AsyncSession = Depends(DatabaseDependencies.get_db_session),
     ) -> HomeRender:
-        todos = (await session.exec(select(Todo).order_by(col(Todo.created_at), col(Todo.id)))).all()
-        items = [TodoItem(id=t.id, description=t.description, done=t.done) for t in todos if t.id is not None]
+        todos = list((await session.exec(select(Todo).order_by(col(Todo.created_at), col(Todo.id)))).all())
+        remaining = sum(not todo.done for todo in todos)
         return HomeRender(
-            todos=items,
-            remaining=sum(not item.done for item in items),
+            todos=todos,
+            remaining=remaining,
             max_length=DESCRIPTION_MAX_LENGTH,
-            metadata=Metadata(title=f"Todos ({sum(not item.done for item in items)} open)"),
+            title=list_title(remaining),
+            metadata=Metadata(title=list_title(remaining)),
         )
 
     @sideeffect(exception_models=[InvalidDescription])

@@ -1,4 +1,4 @@
-import React, { useState } from "react";
+import React, { useEffect, useState } from "react";
 
 /**
  * The message of an error thrown by an action: the `detail` of the JSON error body. Declared
@@ -54,3 +54,26 @@ export const ActionError = ({ error }: { error: string | null }) =>
       {error}
     </p>
   ) : null;
+
+/**
+ * Keep the tab title in step with the server's render. Mountaineer puts the render's
+ * `metadata.title` in the server-rendered <head> only; after an action the page gets a new
+ * render but the <head> stays as it was, so the page sets `document.title` itself.
+ */
+export const useDocumentTitle = (title: string) => {
+  useEffect(() => {
+    document.title = title;
+  }, [title]);
+};
+
+/**
+ * The primary key of a row read from the database. The generated type has `id?: number | null`
+ * (the model declares `id: int | None` so that new rows can be made without one), but a row
+ * that came from the database always has it.
+ */
+export const rowId = (row: { id?: number | null }): number => {
+  if (row.id == null) {
+    throw new Error("A row from the database has no id.");
+  }
+  return row.id;
+};

@@ -19,7 +19,7 @@ const STYLES = `
   ul { list-style: none; padding: 0; margin: 1rem 0 0; }
   li { display: flex; align-items: center; gap: 0.6rem; padding: 0.55rem 0; border-top: 1px solid #eceef3; }
   li a { flex: 1; color: inherit; text-decoration: none; overflow-wrap: anywhere; }
-  li.done a { text-decoration: line-through; color: #8a91a3; }
+  li.done a, h2.done { text-decoration: line-through; color: #8a91a3; }
   .empty { color: #8a91a3; margin: 1rem 0 0; }
   .meta { color: #5b6478; font-size: 0.9rem; }
 `;

@@ -1,24 +1,27 @@
 import React, { FormEvent, useState } from "react";
-import { ActionError, useActionRunner } from "../components";
+import { ActionError, rowId, useActionRunner, useDocumentTitle } from "../components";
 import { useServer } from "./.mountaineer";
 
 const Detail = () => {
   const serverState = useServer();
   const { todo } = serverState;
+  const id = rowId(todo);
+  const done = todo.done === true;
   const [description, setDescription] = useState(todo.description);
   const [saved, setSaved] = useState(false);
   const { error, busy, run } = useActionRunner(() => setSaved(false));
+  useDocumentTitle(serverState.title);
 
   const onRename = async (event: FormEvent) => {
     event.preventDefault();
-    setSaved(await run(() => serverState.rename_todo({ requestBody: { id: todo.id, description } })));
+    setSaved(await run(() => serverState.rename_todo({ requestBody: { id, description } })));
   };
 
   return (
     <div className="card">
-      <h2 className={todo.done ? "done" : ""}>{todo.description}</h2>
+      <h2 className={done ? "done" : ""}>{todo.description}</h2>
       <p className="meta">
-        #{todo.id} · {todo.done ? "done" : "open"} · created {new Date(serverState.created_at).toUTCString()}
+        #{id} · {done ? "done" : "open"} · created {todo.created_at ? new Date(todo.created_at).toUTCString() : "just now"}
       </p>
       <form onSubmit={onRename}>
         <input
@@ -35,9 +38,9 @@ const Detail = () => {
           type="button"
           className="secondary"
           disabled={busy}
-          onClick={() => run(() => serverState.toggle_todo({ requestBody: { id: todo.id } }))}
+          onClick={() => run(() => serverState.toggle_todo({ requestBody: { id } }))}
         >
-          {todo.done ? "Mark open" : "Mark done"}
+          {done ? "Mark open" : "Mark done"}
         </button>
       </form>
       <ActionError error={error} />

@@ -1,11 +1,12 @@
 import React, { FormEvent, useState } from "react";
-import { ActionError, useActionRunner } from "../components";
+import { ActionError, rowId, useActionRunner, useDocumentTitle } from "../components";
 import { useServer } from "./.mountaineer";
 
 const Home = () => {
   const serverState = useServer();
   const [description, setDescription] = useState("");
   const { error, busy, run } = useActionRunner();
+  useDocumentTitle(serverState.title);
 
   const onAdd = async (event: FormEvent) => {
     event.preventDefault();
@@ -35,27 +36,31 @@ const Home = () => {
         <p className="empty">Nothing to do yet. Add your first todo above.</p>
       ) : (
         <ul>
-          {serverState.todos.map((todo) => (
-            <li key={todo.id} className={todo.done ? "done" : ""} data-todo-id={todo.id}>
-              <input
-                type="checkbox"
-                aria-label={`Done: ${todo.description}`}
-                checked={todo.done}
-                disabled={busy}
-                onChange={() => run(() => serverState.toggle_todo({ requestBody: { id: todo.id } }))}
-              />
-              <a href={serverState.linkGenerator.detailController({ todo_id: todo.id })}>{todo.description}</a>
-              <button
-                type="button"
-                className="danger"
-                aria-label={`Delete: ${todo.description}`}
-                disabled={busy}
-                onClick={() => run(() => serverState.delete_todo({ requestBody: { id: todo.id } }))}
-              >
-                Delete
-              </button>
-            </li>
-          ))}
+          {serverState.todos.map((todo) => {
+            const id = rowId(todo);
+            const done = todo.done === true;
+            return (
+              <li key={id} className={done ? "done" : ""} data-todo-id={id}>
+                <input
+                  type="checkbox"
+                  aria-label={`Done: ${todo.description}`}
+                  checked={done}
+                  disabled={busy}
+                  onChange={() => run(() => serverState.toggle_todo({ requestBody: { id } }))}
+                />
+                <a href={serverState.linkGenerator.detailController({ todo_id: id })}>{todo.description}</a>
+                <button
+                  type="button"
+                  className="danger"
+                  aria-label={`Delete: ${todo.description}`}
+                  disabled={busy}
+                  onClick={() => run(() => serverState.delete_todo({ requestBody: { id } }))}
+                >
+                  Delete
+                </button>
+              </li>
+            );
+          })}
         </ul>
       )}
       <p className="meta">

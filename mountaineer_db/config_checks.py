@@ -1,0 +1,119 @@
+"""Validation of a `DatabaseConfig` as a whole: contradictions and values out of range.
+
+Run when the config is built (`DatabaseConfig`'s model validator); each problem names the
+setting, where its value came from when that matters, and the fix.
+"""
+
+from typing import TYPE_CHECKING
+
+from mountaineer_db.setting_sources import described
+
+if TYPE_CHECKING:
+    from mountaineer_db.config import DatabaseConfig
+
+__all__ = ["config_problems"]
+
+_CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+
+def config_problems(config: "DatabaseConfig") -> list[str]:
+    """Every contradiction or bad value in `config`, each naming the setting and the fix."""
+    problems: list[str] = []
+    explicit = config.model_fields_set
+    url = config.SQLALCHEMY_DATABASE_URI
+    if url is not None and "SQLALCHEMY_DATABASE_URI" in explicit:
+        parts = [
+            described(name)
+            for name in _CONNECTION_PARTS
+            if name in explicit and getattr(config, name) is not None
+        ]
+        if parts:
+            problems.append(
+                f"{described('SQLALCHEMY_DATABASE_URI')} and {', '.join(parts)} are both set. "
+                "Set either SQLALCHEMY_DATABASE_URI or POSTGRES_HOST/POSTGRES_DB, not both. "
+                "(The URL carries the port, user and password too.)"
+            )
+        url_sslmode = url.query.get("sslmode") or url.query.get("ssl")
+        if (
+            url_sslmode
+            and config.POSTGRES_SSLMODE is not None
+            and str(url_sslmode).lower() != config.POSTGRES_SSLMODE.value
+        ):
+            problems.append(
+                f"{described('POSTGRES_SSLMODE')} is {config.POSTGRES_SSLMODE.value} but the URL says "
+                f"sslmode={url_sslmode}. Keep one of them."
+            )
+    if url is None and not config.DATABASE_EMBEDDED:
+        missing = [n for n in ("POSTGRES_HOST", "POSTGRES_DB") if not getattr(config, n)]
+        if missing:
+            problems.append(
+                f"{' and '.join(missing)} not set. Set POSTGRES_HOST and POSTGRES_DB "
+                "(plus POSTGRES_USER/POSTGRES_PASSWORD), or SQLALCHEMY_DATABASE_URI / "
+                "DATABASE_URL, or DATABASE_EMBEDDED=true for local development."
+            )
+    if url is not None and not url.database:
+        problems.append(
+            "SQLALCHEMY_DATABASE_URI has no database name; add it after the host: "
+            "postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        )
+    ports = [("POSTGRES_PORT", config.POSTGRES_PORT)]
+    if url is not None and url.port is not None:
+        ports.append(("SQLALCHEMY_DATABASE_URI port", url.port))
+    for name, port in ports:
+        if not 1 <= port <= 65535:
+            problems.append(f"{name} is {port}; use a TCP port from 1 to 65535 (PostgreSQL's default is 5432).")
+    problems.extend(_pool_problems(config, explicit))
+    for name in (
+        "DATABASE_CONNECT_TIMEOUT",
+        "DATABASE_COMMAND_TIMEOUT",
+        "DATABASE_STATEMENT_TIMEOUT",
+        "DATABASE_LOCK_TIMEOUT",
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+        "DATABASE_SLOW_QUERY_THRESHOLD",
+    ):
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
+    if not config.DATABASE_REPLICA_MAX_LAG > 0:
+        problems.append(
+            f"DATABASE_REPLICA_MAX_LAG is {config.DATABASE_REPLICA_MAX_LAG}; use a number of seconds greater than 0 "
+            "(default 5)."
+        )
+    if not config.DATABASE_REPLICA_MAX_WAIT >= 0:
+        problems.append(
+            f"DATABASE_REPLICA_MAX_WAIT is {config.DATABASE_REPLICA_MAX_WAIT}; use 0 (never wait) or more seconds "
+            "(default 0.2)."
+        )
+    if not config.MIGRATIONS_LOCK_TIMEOUT > 0:
+        problems.append(
+            f"MIGRATIONS_LOCK_TIMEOUT is {config.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
+            "(default 5)."
+        )
+    if config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:
+        problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
+    return problems
+
+def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
+    problems: list[str] = []
+    pool_fields = (
+        "DATABASE_POOL_SIZE",
+        "DATABASE_MAX_OVERFLOW",
+        "DATABASE_POOL_TIMEOUT",
+        "DATABASE_POOL_RECYCLE",
+        "DATABASE_POOL_PRE_PING",
+    )
+    if config.DATABASE_POOL_TYPE == "NULL":  # PoolType.NULL
+        stray = [n for n in pool_fields if n in explicit and getattr(config, n) is not None]
+        if stray:
+            problems.append(
+                f"{', '.join(stray)} only apply when DATABASE_POOL_TYPE=FIXED_PROCESS. "
+                "Set DATABASE_POOL_TYPE=FIXED_PROCESS, or remove them (with the default NULL "
+                "pool, PgBouncer does the pooling)."
+            )
+    if config.DATABASE_POOL_SIZE is not None and config.DATABASE_POOL_SIZE < 1:
+        problems.append(f"DATABASE_POOL_SIZE is {config.DATABASE_POOL_SIZE}; use 1 or more connections.")
+    if config.DATABASE_MAX_OVERFLOW is not None and config.DATABASE_MAX_OVERFLOW < 0:
+        problems.append(f"DATABASE_MAX_OVERFLOW is {config.DATABASE_MAX_OVERFLOW}; use 0 or more.")
+    if config.DATABASE_POOL_TIMEOUT is not None and config.DATABASE_POOL_TIMEOUT <= 0:
+        problems.append("DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.")
+    return problems
+

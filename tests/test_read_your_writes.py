@@ -1,0 +1,76 @@
+"""The read-your-writes cookie: only values we signed, unexpired, with the deploy's key, are trusted."""
+
+import logging
+
+import pytest
+
+from mountaineer_db import DatabaseConfig
+from mountaineer_db import read_your_writes as ryw
+from mountaineer_db.read_your_writes import Signer, format_position, signer_for
+
+PRIMARY = "postgresql://app:pw-one@primary.internal/appdb"
+
+
+def test_a_signed_position_reads_back() -> None:
+    signer = Signer(b"k" * 32, lifetime=60)
+    assert signer.verify(signer.sign(0x3000060)) == 0x3000060
+    assert "k" * 8 not in repr(signer)
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda value: value.replace(value.split(".")[0], f"{int(value.split('.')[0], 16) + 1:x}", 1),
+        lambda value: value[:-2] + ("AA" if not value.endswith("AA") else "BB"),
+        lambda value: value.rsplit(".", 1)[0],
+        lambda value: "",
+        lambda value: "not.a.cookie",
+        lambda value: Signer(b"other" * 8, lifetime=60).sign(0x3000060),
+    ],
+    ids=["position_raised", "signature_changed", "unsigned", "empty", "garbage", "other_key"],
+)
+def test_a_value_we_did_not_sign_reads_as_no_position(forge: object) -> None:
+    signer = Signer(b"k" * 32, lifetime=60)
+    assert signer.verify(forge(signer.sign(0x3000060))) == 0  # type: ignore[operator]
+
+
+def test_an_expired_value_reads_as_no_position() -> None:
+    assert Signer(b"k" * 32, lifetime=-1).verify(Signer(b"k" * 32, lifetime=-1).sign(5)) == 0
+
+
+def test_every_process_of_a_deploy_derives_the_same_key_from_the_password() -> None:
+    first = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY))
+    second = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY))
+    other_password = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY.replace("pw-one", "pw-two")))
+    value = first.sign(42)
+    assert second.verify(value) == 42
+    assert other_password.verify(value) == 0
+    assert first.lifetime == 65.0, "DATABASE_REPLICA_MAX_LAG + 60 s"
+
+
+def test_the_secret_setting_signs_instead_of_the_password() -> None:
+    with_secret = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_SECRET="k1"))
+    other_url = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://x@y/z", DATABASE_READ_YOUR_WRITES_SECRET="k1")
+    assert signer_for(other_url).verify(with_secret.sign(7)) == 7
+    assert signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY)).verify(with_secret.sign(7)) == 0
+
+
+def test_without_password_or_secret_a_process_key_is_used_with_one_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ryw, "_process_key", None)
+    caplog.set_level(logging.WARNING, logger="mountaineer_db")
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://trusted@db.internal/appdb")
+    first, second = signer_for(config), signer_for(config)
+    assert second.verify(first.sign(9)) == 9
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        "DATABASE_READ_YOUR_WRITES_SECRET is not set and the database URL has no password: the read-your-writes "
+        "cookie is signed with a key of this process only, which other processes reject. Set "
+        "DATABASE_READ_YOUR_WRITES_SECRET to the same random value in every process."
+    ]
+
+
+def test_positions_are_shown_as_postgresql_writes_them() -> None:
+    assert format_position(0x3000060) == "0/3000060"
+    assert format_position((0x1A << 32) + 0xB0) == "1A/B0"
