@@ -35,7 +35,7 @@ from mountaineer_db.pgbouncer import PgBouncer
 BENCH_DATABASE = "bench"
 SELECT_1 = text("SELECT 1")
 POOL_SIZE = 10
-SETUPS = ("default", "fixed-direct", "fixed-bouncer")
+SETUPS = ("default", "default-socket", "fixed-direct", "fixed-bouncer")
 
 
 @dataclass
@@ -51,9 +51,15 @@ class Stack:
     def bouncer_url(self, database: str = BENCH_DATABASE) -> URL:
         return self.bouncer.url(database, user=self.cluster.user, password=self.cluster.password)
 
+    def socket_url(self, database: str = BENCH_DATABASE) -> URL:
+        """PgBouncer's Unix-domain socket: `postgresql+asyncpg://user:pw@:PORT/bench?host=DIR`."""
+        return self.bouncer.socket_url(database, user=self.cluster.user, password=self.cluster.password)
+
     def url_for(self, setup: str) -> URL:
-        """PostgreSQL itself for `fixed-direct`, PgBouncer for the other setups."""
-        return self.direct_url() if setup == "fixed-direct" else self.bouncer_url()
+        """PostgreSQL itself for `fixed-direct`, PgBouncer's Unix socket for `default-socket`, else PgBouncer."""
+        if setup == "fixed-direct":
+            return self.direct_url()
+        return self.socket_url() if setup == "default-socket" else self.bouncer_url()
 
     def config(self, setup: str) -> DatabaseConfig:
         """The config of one of SETUPS for this stack."""
@@ -63,12 +69,12 @@ class Stack:
 def config_for(setup: str, url: URL) -> DatabaseConfig:
     """The config each script measures for a setup, at `url` (which may be a proxy in front of the server).
 
-    `default`: the NULL pool; `fixed-direct`: FIXED_PROCESS, POOL_SIZE, no overflow, asyncpg's
+    `default` and `default-socket`: the NULL pool; `fixed-direct`: FIXED_PROCESS, POOL_SIZE, no overflow, asyncpg's
     statement cache; `fixed-bouncer`: the same with the statement cache off (for PgBouncer).
     """
     if setup not in SETUPS:
         raise ValueError(f"unknown setup {setup!r}: use one of {', '.join(SETUPS)}")
-    if setup == "default":
+    if setup in ("default", "default-socket"):
         return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url)
     return DatabaseConfig(
         SQLALCHEMY_DATABASE_URI=url,
@@ -107,6 +113,7 @@ def servers(
             {cluster.user: secret},
             work_dir=work_dir,
             settings={"default_pool_size": "20", "max_client_conn": "5000", **(bouncer_settings or {})},
+            unix_socket=True,
         )
         try:
             bouncer.start()
@@ -128,9 +135,10 @@ async def _setup(cluster: PostgresCluster) -> str:
 
 
 def _asyncpg_args(url: URL) -> dict[str, Any]:
-    """asyncpg's connection arguments for `url`, without an SSL attempt."""
+    """asyncpg's connection arguments for `url` (a TCP host, or `?host=/socket/dir`), without an SSL attempt."""
+    socket_dir = url.query.get("host")
     return {
-        "host": url.host,
+        "host": socket_dir if isinstance(socket_dir, str) else url.host,
         "port": url.port,
         "user": url.username,
         "password": url.password,
@@ -170,9 +178,11 @@ def ours_request(config: DatabaseConfig) -> Callable[[], Awaitable[None]]:
     return request
 
 
-def raw_connect_request(stack: Stack, *, terminate: bool = False) -> Callable[[], Awaitable[None]]:
-    """asyncpg connect-per-request via PgBouncer; the connection closed (or terminated) after it."""
-    url = stack.bouncer_url()
+def raw_connect_request(
+    stack: Stack, *, terminate: bool = False, socket: bool = False
+) -> Callable[[], Awaitable[None]]:
+    """asyncpg connect-per-request via PgBouncer (TCP, or its Unix socket); closed (or terminated) after it."""
+    url = stack.socket_url() if socket else stack.bouncer_url()
 
     async def request() -> None:
         connection = await raw_connect(url)

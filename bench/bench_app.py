@@ -8,7 +8,12 @@
   `@passthrough` action that runs the same query and commits.
   `GET /rawpool` and `POST /internal/api/raw_pool_controller/ping` are the same render and
   action on a raw asyncpg pool (RAW_DSN, RAW_POOL_SIZE), without mountaineer_db: what
-  Mountaineer itself costs.
+  Mountaineer itself costs. `GET /peer/sqlmodel-docs` (`.../peer_docs_controller/ping`) and
+  `GET /peer/mountaineer-database` (`.../peer_old_controller/ping`): the same on the session
+  dependency a user would write instead (bench/peers.py), same URL and pool settings.
+  `GET /layer/raw-dependency` and `GET /layer/plain-session`: the render with the raw pool's
+  connection from a yield dependency, and with a plain SQLModel session on our engine from a
+  yield dependency (profile_http.py --layers: where the gap to the raw pool comes from).
 - `bench_app:raw`: a bare FastAPI app with one endpoint per route above doing the same query
   in a transaction on an `asyncpg.create_pool` (RAW_POOL_SIZE, default 10) opened at startup,
   with `ssl=False, statement_cache_size=0` (it sits behind PgBouncer in transaction mode).
@@ -88,8 +93,49 @@ def _build_ours() -> Any:
         async def ping(self) -> PingResponse:
             return PingResponse(value=await _raw_select_1())
 
+    class RawDependencyController(ControllerBase):
+        """Layer 1: the raw pool's connection handed out by a yield dependency (FastAPI's cost of one)."""
+
+        url = "/layer/raw-dependency"
+        view_path = "/app/layerdep/page.tsx"
+
+        async def render(self, connection: Any = Depends(_raw_connection)) -> HomeRender:
+            value = await connection.fetchval("SELECT 1")
+            return HomeRender(metadata=Metadata(explicit_response=JSONResponse({"value": value})))
+
+    class PlainSessionController(ControllerBase):
+        """Layer 2: a plain SQLModel session on our engine, from a yield dependency (SQLAlchemy's cost)."""
+
+        url = "/layer/plain-session"
+        view_path = "/app/layerplain/page.tsx"
+
+        async def render(self, session: Any = Depends(_plain_session)) -> HomeRender:
+            value = (await session.exec(SELECT_1)).scalar_one()
+            return HomeRender(metadata=Metadata(explicit_response=JSONResponse({"value": value})))
+
+    def peer_controller(peer: str, page: str) -> ControllerBase:
+        """The same render and action on a peer's session dependency (see `_peer_session`)."""
+        session_dependency = _peer_session(peer)
+
+        class PeerController(ControllerBase):
+            url = f"/peer/{peer}"
+            view_path = f"/app/{page}/page.tsx"
+
+            async def render(self, session: Any = Depends(session_dependency)) -> HomeRender:
+                value = (await session.exec(SELECT_1)).scalar_one()
+                return HomeRender(metadata=Metadata(explicit_response=JSONResponse({"value": value})))
+
+            @passthrough
+            async def ping(self, session: Any = Depends(session_dependency)) -> PingResponse:
+                value = (await session.exec(SELECT_1)).scalar_one()
+                await session.commit()
+                return PingResponse(value=value)
+
+        PeerController.__name__ = PeerController.__qualname__ = PEER_CONTROLLERS[peer]
+        return PeerController()
+
     view_root = Path(tempfile.gettempdir()) / "mountaineer-db-bench-views"
-    for page in ("home", "rawpool"):
+    for page in ("home", "rawpool", "layerdep", "layerplain", *PEER_PAGES.values()):
         (view_root / "app" / page).mkdir(parents=True, exist_ok=True)
         (view_root / "app" / page / "page.tsx").write_text("export default function Page() { return null; }\n")
     (view_root / "package.json").write_text(
@@ -98,15 +144,66 @@ def _build_ours() -> Any:
     controller = AppController(view_root=view_root, config=BenchConfig())
     controller.register(BenchController())
     controller.register(RawPoolController())
+    controller.register(RawDependencyController())
+    controller.register(PlainSessionController())
+    for peer, page in PEER_PAGES.items():
+        controller.register(peer_controller(peer, page))
     return controller.app
+
+
+# -- peers over HTTP: the session dependency a user would write instead (see peers.py) --------
+
+PEER_PAGES = {"sqlmodel-docs": "peerdocs", "mountaineer-database": "peerold"}
+PEER_CONTROLLERS = {"sqlmodel-docs": "PeerDocsController", "mountaineer-database": "PeerOldController"}
+_peer_engines: dict[str, Any] = {}
+
+
+def _peer_engine(peer: str) -> Any:
+    """The peer's engine in this worker, at the URL ours uses, built on first use (as each one does)."""
+    engine = _peer_engines.get(peer)
+    if engine is None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+
+        url = os.environ["SQLALCHEMY_DATABASE_URI"]
+        fixed = os.environ.get("DATABASE_POOL_TYPE") == "FIXED_PROCESS"
+        if peer == "sqlmodel-docs":
+            size = int(os.environ.get("DATABASE_POOL_SIZE", "10"))
+            pool: dict[str, Any] = {"pool_size": size, "max_overflow": 0} if fixed else {"poolclass": NullPool}
+            engine = create_async_engine(url, **pool)
+        else:  # the old mountaineer.database: only the pool class was set
+            engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool if fixed else NullPool)
+        _peer_engines[peer] = engine
+    return engine
+
+
+def _peer_session(peer: str) -> Any:
+    """The yield dependency each peer's docs show: a plain session per request."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
+
+    if peer == "sqlmodel-docs":
+
+        async def docs_session() -> Any:
+            async with SQLModelSession(_peer_engine(peer)) as session:
+                yield session
+
+        return docs_session
+
+    async def old_mountaineer_session() -> Any:
+        session_maker = async_sessionmaker(_peer_engine(peer), class_=SQLModelSession, expire_on_commit=False)
+        async with session_maker() as session:
+            yield session
+
+    return old_mountaineer_session
 
 
 _raw_pool: "asyncpg.Pool[Any] | None" = None
 _raw_pool_lock: asyncio.Lock | None = None
 
 
-async def _raw_select_1() -> int:
-    """`SELECT 1` in a transaction on this worker's raw asyncpg pool (opened on first use)."""
+async def _open_raw_pool() -> "asyncpg.Pool[Any]":
+    """This worker's raw asyncpg pool (RAW_DSN, RAW_POOL_SIZE), opened on first use."""
     global _raw_pool, _raw_pool_lock
     if _raw_pool is None:
         _raw_pool_lock = _raw_pool_lock or asyncio.Lock()
@@ -116,9 +213,43 @@ async def _raw_select_1() -> int:
                 _raw_pool = await asyncpg.create_pool(
                     os.environ["RAW_DSN"], ssl=False, statement_cache_size=0, min_size=size, max_size=size
                 )
-    async with _raw_pool.acquire() as connection, connection.transaction():
+    return _raw_pool
+
+
+async def _raw_select_1() -> int:
+    """`SELECT 1` in a transaction on this worker's raw asyncpg pool (opened on first use)."""
+    pool = _raw_pool or await _open_raw_pool()
+    async with pool.acquire() as connection, connection.transaction():
         value: int = await connection.fetchval("SELECT 1")
     return value
+
+
+async def _close_pools() -> None:
+    """Close this process's raw pool and peer engines (profile_http.py runs the app in-process)."""
+    global _raw_pool
+    if _raw_pool is not None:
+        pool, _raw_pool = _raw_pool, None
+        await pool.close()
+    while _peer_engines:
+        await _peer_engines.popitem()[1].dispose()
+
+
+async def _raw_connection() -> Any:
+    """A yield dependency: a connection of the raw pool, in a transaction, for the request."""
+    pool = _raw_pool or await _open_raw_pool()
+    async with pool.acquire() as connection, connection.transaction():
+        yield connection
+
+
+async def _plain_session() -> Any:
+    """A yield dependency: a plain SQLModel session on mountaineer_db's engine (no request semantics)."""
+    from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
+
+    from mountaineer_db.appconfig import registered_config
+    from mountaineer_db.engine import engine_for
+
+    async with SQLModelSession(engine_for(registered_config()), expire_on_commit=False) as session:
+        yield session
 
 
 def _build_raw() -> FastAPI:

@@ -117,10 +117,14 @@ async def fixed_costs(rounds: int) -> None:
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     pool: asyncpg.Pool | None = None
     config = stack.config(args.setup)
-    if args.setup == "default":
+    if args.setup.startswith("default"):
+        socket = args.setup == "default-socket"
         raw: list[tuple[str, Request]] = [
-            ("raw asyncpg connect-per-request via PgBouncer (close)", raw_connect_request(stack)),
-            ("raw asyncpg connect-per-request via PgBouncer (terminate)", raw_connect_request(stack, terminate=True)),
+            ("raw asyncpg connect-per-request via PgBouncer (close)", raw_connect_request(stack, socket=socket)),
+            (
+                "raw asyncpg connect-per-request via PgBouncer (terminate)",
+                raw_connect_request(stack, terminate=True, socket=socket),
+            ),
         ]
     else:
         pool = await raw_pool(stack.url_for(args.setup), via_bouncer=args.setup == "fixed-bouncer")

@@ -10,7 +10,10 @@ figures are medians over rounds:
 - action: a `@passthrough` action running the same query and committing vs the same raw endpoint.
 
 A third variant, the same Mountaineer render and action on a raw asyncpg pool (no
-mountaineer_db), separates what Mountaineer itself costs from what mountaineer_db costs.
+mountaineer_db), separates what Mountaineer itself costs from what mountaineer_db costs. The
+peers (bench_app.py: a plain SQLModel session dependency as the docs show, the old
+`mountaineer.database`) serve the same render and action from the same workers, same URL and
+pool settings; where one fails behind PgBouncer its error rate is printed instead of a ratio.
 
 Ours runs twice: with the default config (NULL pool via PgBouncer) and with FIXED_PROCESS
 via PgBouncer (pool 10 per worker, DATABASE_STATEMENT_CACHE_SIZE=0); raw uses an asyncpg
@@ -131,10 +134,22 @@ def raw_env(stack: Stack, pool_size: int) -> dict[str, str]:
 
 
 RAW_ACTION_PATH = "/internal/api/raw_pool_controller/ping"
+PEER_PAGES = ("sqlmodel-docs", "mountaineer-database")  # bench_app.py serves them at /peer/<name>
+PEER_ACTIONS = {"sqlmodel-docs": "peer_docs_controller", "mountaineer-database": "peer_old_controller"}
 
 
-def compare_http(label: str, variants: list[tuple[str, str]], args: argparse.Namespace, *, post: bool) -> None:
-    """Rotate load runs over `variants` (label, url); the first is ours, the last raw FastAPI."""
+def compare_http(
+    label: str,
+    variants: list[tuple[str, str]],
+    args: argparse.Namespace,
+    *,
+    post: bool,
+    target: float | None = None,
+    peers: int = 0,
+) -> None:
+    """Rotate load runs over `variants` (label, url): ours first, then Mountaineer on a raw pool,
+    then `peers` peers, then raw FastAPI last. `target`: the least ours/(Mountaineer + raw pool)
+    throughput ratio wanted."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     if not args.quick:
         for _, url in variants:
@@ -151,10 +166,16 @@ def compare_http(label: str, variants: list[tuple[str, str]], args: argparse.Nam
     def ratio(a: str, b: str, key: str) -> float:
         return statistics.median(x[key] / y[key] for x, y in zip(rows[a], rows[b], strict=True))
 
+    def errors(name: str) -> tuple[int, int]:
+        failed = sum(r["errors"] for r in rows[name])
+        return failed, failed + sum(r["requests"] for r in rows[name])
+
     print(label, flush=True)
     for name, _ in variants:
-        errors = sum(r["errors"] for r in rows[name])
-        print(f"    {name:<52} {med(name, 'rps'):>6.0f} req/s  p99 {med(name, 'p99_ms'):>6.1f} ms  errors {errors}")
+        failed, total = errors(name)
+        rps = med(name, "rps") if any(r["requests"] for r in rows[name]) else 0.0
+        shown = f"{rps:>6.0f} req/s  p99 {med(name, 'p99_ms'):>6.1f} ms" if rps else "     — (no request succeeded)"
+        print(f"    {name:<52} {shown}  errors {failed}" + (f" of {total} ({failed / total:.0%})" if failed else ""))
     ours, raw = variants[0][0], variants[-1][0]
     rps = ratio(ours, raw, "rps")
     print(
@@ -163,17 +184,30 @@ def compare_http(label: str, variants: list[tuple[str, str]], args: argparse.Nam
         f"({args.rounds} rounds of {args.duration:g} s, {args.concurrency} clients)",
         flush=True,
     )
-    if len(variants) == 3:
+    if len(variants) >= 3:
         middle = variants[1][0]
         rps = ratio(ours, middle, "rps")
+        verdict = "" if target is None else f"  target ≥ {target:.2f}× {'MET' if rps >= target else 'MISSED'}"
         print(
             f"    ratio ours/(Mountaineer + raw pool): throughput {rps:.2f}×, time per request {1 / rps:.2f}×, "
-            f"p99 {ratio(ours, middle, 'p99_ms'):.2f}×",
+            f"p99 {ratio(ours, middle, 'p99_ms'):.2f}×{verdict}",
+            flush=True,
+        )
+    for name, _ in variants[2 : 2 + peers]:
+        failed, total = errors(name)
+        if failed:
+            print(f"    ratio ours/{name}: the peer failed {failed} of {total} requests ({failed / total:.0%})")
+            continue
+        per_request = ratio(name, ours, "rps")  # ours' time per request ÷ the peer's
+        verdict = "MET" if per_request <= 1.0 else "MISSED"
+        print(
+            f"    ratio ours/{name}: time per request {per_request:.2f}×, p99 {ratio(ours, name, 'p99_ms'):.2f}×"
+            f"  target ≤ 1.00× {verdict}",
             flush=True,
         )
     for name, _ in variants:
         for row in rows[name]:
-            for sample in row.get("error_samples", []):
+            for sample in row.get("error_samples", [])[:1]:
                 print(f"    error sample ({name}): {sample}")
 
 
@@ -185,10 +219,10 @@ def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
             "DATABASE_MAX_OVERFLOW": "0",
             "DATABASE_STATEMENT_CACHE_SIZE": "0",
         }
-        setups = [("default config (NULL pool) via PgBouncer", {}, "a")]
+        setups = [("default config (NULL pool) via PgBouncer", {}, "a", 0.38)]
         if not args.quick:
-            setups.append(("FIXED_PROCESS (10/worker) via PgBouncer", fixed, "c"))
-        for description, settings, letter in setups:
+            setups.append(("FIXED_PROCESS (10/worker) via PgBouncer", fixed, "c", 0.8))
+        for description, settings, letter, target in setups:
             with (
                 uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
                 uvicorn(
@@ -196,15 +230,19 @@ def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
                 ) as url,
             ):
                 mountaineer_raw = "Mountaineer + asyncpg pool(10), no mountaineer_db"
+                peers = [] if args.no_peers else list(PEER_PAGES)
                 compare_http(
                     f"[4{letter}] render GET /: ours = Mountaineer + mountaineer_db, {description}",
                     [
                         ("ours (render through get_db_session)", url + "/"),
                         (mountaineer_raw, url + "/rawpool"),
+                        *((f"peer {peer}", f"{url}/peer/{peer}") for peer in peers),
                         ("raw FastAPI + asyncpg pool(10)", raw_url + "/"),
                     ],
                     args,
                     post=False,
+                    target=target,
+                    peers=len(peers),
                 )
                 compare_http(
                     f"[4{chr(ord(letter) + 1)}] @passthrough action (commits): ours = Mountaineer + mountaineer_db, "
@@ -212,10 +250,12 @@ def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
                     [
                         ("ours (action through get_db_session)", url + ACTION_PATH),
                         (mountaineer_raw, url + RAW_ACTION_PATH),
+                        *((f"peer {peer}", f"{url}/internal/api/{PEER_ACTIONS[peer]}/ping") for peer in peers),
                         ("raw FastAPI + asyncpg pool(10)", raw_url + ACTION_PATH),
                     ],
                     args,
                     post=True,
+                    peers=len(peers),
                 )
 
 
@@ -223,7 +263,8 @@ def scale(args: argparse.Namespace, log_dir: Path) -> None:
     clients, workers = args.clients, 4
     print(
         f"[6] scale: {workers} uvicorn workers, {clients} concurrent clients, GET / (render), "
-        f"PgBouncer pool 20, PostgreSQL max_connections 50, {args.duration:g} s per run",
+        f"PgBouncer pool 20, PostgreSQL max_connections 50, {args.duration:g} s per run, "
+        f"{args.scale_rounds} rotating rounds (medians; max over all)",
         flush=True,
     )
     per_worker = "5"
@@ -251,19 +292,34 @@ def scale(args: argparse.Namespace, log_dir: Path) -> None:
         ),
         (f"raw FastAPI + asyncpg pool ({per_worker}/worker) via PgBouncer", "raw", None),
     ]
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in runs}
     with servers(pg_settings={"max_connections": "50"}, bouncer_settings={"default_pool_size": "20"}) as stack:
-        for label, target, settings in runs:
-            env = raw_env(stack, int(per_worker)) if settings is None else ours_env(stack, **settings)
-            with uvicorn(target, env, workers=workers, log_dir=log_dir) as base:
-                result = load(base + "/", concurrency=clients, duration=args.duration, warmup=2.0)
-            print(
-                f"    {label:<58} {result['rps']:>6.0f} req/s  p50 {result['p50_ms']:>6.1f} ms  "
-                f"p99 {result['p99_ms']:>7.1f} ms  max {result['max_ms']:>7.1f} ms  "
-                f"requests {result['requests']}  errors {result['errors']}",
-                flush=True,
-            )
-            for sample in result.get("error_samples", []):
+        for index in range(args.scale_rounds):
+            shift = index % len(runs)
+            for label, target, settings in runs[shift:] + runs[:shift]:
+                env = raw_env(stack, int(per_worker)) if settings is None else ours_env(stack, **settings)
+                with uvicorn(target, env, workers=workers, log_dir=log_dir) as base:
+                    results[label].append(load(base + "/", concurrency=clients, duration=args.duration, warmup=2.0))
+    for label, _, _ in runs:
+        rows = results[label]
+
+        def med(key: str, rows: list[dict[str, Any]] = rows) -> float:
+            return statistics.median(r[key] for r in rows)
+
+        print(
+            f"    {label:<58} {med('rps'):>6.0f} req/s  p50 {med('p50_ms'):>6.1f} ms  "
+            f"p99 {med('p99_ms'):>7.1f} ms  max {max(r['max_ms'] for r in rows):>7.1f} ms  "
+            f"requests {sum(r['requests'] for r in rows)}  errors {sum(r['errors'] for r in rows)}",
+            flush=True,
+        )
+        for row in rows:
+            for sample in row.get("error_samples", [])[:1]:
                 print(f"        error sample: {sample}")
+    raw_rows = results[runs[-1][0]]
+    for label, _, _ in runs[:-1]:
+        p99 = statistics.median(a["p99_ms"] / b["p99_ms"] for a, b in zip(results[label], raw_rows, strict=True))
+        verdict = "MET" if p99 <= 1.5 and not sum(r["errors"] for r in results[label]) else "MISSED"
+        print(f"    p99 ratio ({label}) / raw: {p99:.2f}×  (target ≤ 1.50× with zero errors: {verdict})", flush=True)
 
 
 if __name__ == "__main__":
@@ -273,7 +329,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--scale", action="store_true", help="run the 4-worker, 500-client load test instead")
     parser.add_argument("--clients", type=int, default=500, help="concurrent clients for --scale")
+    parser.add_argument("--scale-rounds", type=int, default=2, help="rotating rounds of the --scale runs")
     parser.add_argument("--quick", action="store_true", help="smoke run: default config only, no warm-up loads")
+    parser.add_argument("--no-peers", action="store_true", help="leave out the peers' routes")
     arguments = parser.parse_args()
     if arguments.duration is None:
         arguments.duration = 15.0 if arguments.scale else 3.0

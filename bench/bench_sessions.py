@@ -10,15 +10,22 @@ Each request is `SELECT 1` in a transaction, committed:
 Comparisons, each at concurrency 1 and 16:
 
 1. default config (NULL pool) via PgBouncer  vs  raw connect-per-request via PgBouncer
-   (ssl=False, statement_cache_size=0: the best raw settings for a pooler);
+   (ssl=False, statement_cache_size=0: the best raw settings for a pooler); [1u] the same
+   through PgBouncer's Unix-domain socket (`postgresql://user@:PORT/db?host=/socket/dir`);
 2. FIXED_PROCESS direct (pool 10, no overflow)  vs  raw `asyncpg.create_pool` of 10, direct;
 3. FIXED_PROCESS via PgBouncer (DATABASE_STATEMENT_CACHE_SIZE=0)  vs  raw pool of 10 via
    PgBouncer (statement_cache_size=0).
 
-Run:  .venv/bin/python bench/bench_sessions.py [--rounds 9] [--requests 400] [--loop asyncio]
+The peers of `peers.py` (what a user would pick instead: a plain SQLModel session as the docs
+show it, the old `mountaineer.database`, advanced-alchemy) run in the same rotation, each at
+the same URL with the same pool size; each line gives ours ÷ peer, or the peer's error rate
+where it fails (behind PgBouncer, named prepared statements do).
+
+Run:  .venv/bin/python bench/bench_sessions.py [--rounds 9] [--requests 400] [--loop asyncio] [--peers none]
 """
 
 import argparse
+import statistics
 from collections.abc import Awaitable, Callable
 
 from _harness import (
@@ -26,14 +33,16 @@ from _harness import (
     SETUPS,
     Comparison,
     Stack,
-    compare,
+    Timing,
     ours_request,
     raw_connect_request,
     raw_pool,
     raw_pool_request,
+    rotating_rounds,
     run_concurrent,
     run_script,
 )
+from peers import PEERS, Peer, build_peer
 
 from mountaineer_db import dispose_engines
 
@@ -43,7 +52,13 @@ COMPARISONS = {
         "[1] default config (NULL pool) via PgBouncer",
         "get_db_session, NULL pool, via PgBouncer",
         "asyncpg connect-per-request, via PgBouncer",
-        1.25,
+        1.0,
+    ),
+    "default-socket": (
+        "[1u] default config (NULL pool) via PgBouncer's Unix socket",
+        "get_db_session, NULL pool, PgBouncer Unix socket",
+        "asyncpg connect-per-request, PgBouncer Unix socket",
+        1.0,
     ),
     "fixed-direct": (
         f"[2] FIXED_PROCESS direct, pool {POOL_SIZE}",
@@ -60,38 +75,80 @@ COMPARISONS = {
 }
 
 
+def peer_lines(ours: list[float], peers: list[tuple[Peer, list[float]]], raw: float) -> list[str]:
+    """One line per peer: its median, ours ÷ peer (median of per-round ratios), or its error rate."""
+    lines = []
+    for peer, values in peers:
+        if peer.errors:
+            lines.append(
+                f"    peer  {peer.name:<48}   errors {peer.errors}/{peer.attempts} requests "
+                f"({peer.error_rate:.0%}): {peer.samples[0] if peer.samples else ''}"
+            )
+            continue
+        ratio = statistics.median(a / b for a, b in zip(ours, values, strict=True))
+        cpu = statistics.median(getattr(v, "cpu", float("nan")) for v in values)
+        verdict = "MET" if ratio <= 1.0 else "MISSED"
+        lines.append(
+            f"    peer  {peer.name:<48} {statistics.median(values):>8.0f} µs/req   (client CPU {cpu:>5.0f} µs)"
+            f"  ours/peer = {ratio:.2f}×  (peer/raw {statistics.median(values) / raw:.2f}×)  target ≤ 1.00× {verdict}"
+        )
+    return lines
+
+
 async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
     results: list[Comparison] = []
 
-    def measure(request: Callable[[], Awaitable[None]], concurrency: int) -> Callable[[], Awaitable[float]]:
+    def measure(request: Callable[[], Awaitable[None]], concurrency: int) -> Callable[[], Awaitable[Timing]]:
         requests = args.requests if concurrency == 1 else args.requests * 2
         return lambda: run_concurrent(request, requests, concurrency)
 
     configs = {setup: stack.config(setup) for setup in SETUPS}
     selected = set(args.only.split(",")) if args.only else set(SETUPS)
+    peer_names = [name for name in args.peers.split(",") if name] if args.peers != "none" else []
     for concurrency in (1, 16):
         for setup, (title, ours_label, raw_label, target) in COMPARISONS.items():
             if setup not in selected:
                 continue
             pool = None
-            if setup == "default":
-                raw = raw_connect_request(stack)
+            if setup in ("default", "default-socket"):
+                raw = raw_connect_request(stack, socket=setup == "default-socket")
             else:
                 pool = await raw_pool(stack.url_for(setup), via_bouncer=setup == "fixed-bouncer")
                 raw = raw_pool_request(pool)
-            try:
-                results.append(
-                    await compare(
-                        f"{title}, concurrency {concurrency}",
-                        (ours_label, measure(ours_request(configs[setup]), concurrency)),
-                        (raw_label, measure(raw, concurrency)),
-                        rounds=args.rounds,
-                        target=target,
-                    )
+            peers = [
+                build_peer(
+                    name, stack.url_for(setup), connect_per_request=setup.startswith("default"), pool_size=POOL_SIZE
                 )
+                for name in peer_names
+            ]
+            try:
+                measured = await rotating_rounds(
+                    [
+                        measure(ours_request(configs[setup]), concurrency),
+                        measure(raw, concurrency),
+                        *(measure(peer.counted, concurrency) for peer in peers),
+                    ],
+                    args.rounds,
+                )
+                result = Comparison(
+                    f"{title}, concurrency {concurrency}",
+                    ours_label,
+                    raw_label,
+                    measured[0],
+                    measured[1],
+                    target=target,
+                )
+                lines = result.lines()
+                if peers:
+                    raw_median = statistics.median(measured[1])
+                    lines += peer_lines(measured[0], list(zip(peers, measured[2:], strict=True)), raw_median)
+                print("\n".join(lines), flush=True)
+                results.append(result)
             finally:
                 if pool is not None:
                     await pool.close()
+                for peer in peers:
+                    await peer.close()
         await dispose_engines()
     return results
 
@@ -101,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison (default 9)")
     parser.add_argument("--requests", type=int, default=400, help="requests per round at concurrency 1 (x2 at 16)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    parser.add_argument("--only", default="", help="comma list of: default, fixed-direct, fixed-bouncer")
+    parser.add_argument("--only", default="", help="comma list of: " + ", ".join(SETUPS))
+    parser.add_argument(
+        "--peers", default=",".join(PEERS), help=f"comma list of: {', '.join(PEERS)}; or none (default: all)"
+    )
     return parser
 
 

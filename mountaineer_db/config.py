@@ -119,6 +119,9 @@ class DatabaseConfig(BaseSettings):
     """Log every SQL statement (parameters are never logged)."""
     DATABASE_APPLICATION_NAME: str | None = None
     """application_name shown in pg_stat_activity (default: the app's PACKAGE)."""
+    DATABASE_SCRAM_CACHE: bool = True
+    """Reuse the SCRAM-derived key for the same password, salt and iteration count, in this process
+    only: ~1 ms less CPU per new connection (RFC 5802 §5.1). Default on; false derives it every time."""
     DATABASE_TAG_REQUESTS: bool = False
     """Show each request's controller and action in pg_stat_activity.application_name (default off)."""
     DATABASE_SLOW_QUERY_THRESHOLD: float | None = None

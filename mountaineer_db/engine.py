@@ -43,6 +43,7 @@ from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
 from mountaineer_db.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
 from mountaineer_db.origins import enable_tagging
+from mountaineer_db.scram import clear_scram_cache
 from mountaineer_db.slow_queries import install_slow_query_log
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 from mountaineer_db.tracing import instrument_new_engine
@@ -73,6 +74,7 @@ _ENGINE_FIELDS = (
     "DATABASE_LOCK_TIMEOUT",
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
     "POSTGRES_SSLMODE",
+    "DATABASE_SCRAM_CACHE",
     "DATABASE_TAG_REQUESTS",
     "DATABASE_SLOW_QUERY_THRESHOLD",
 )
@@ -338,7 +340,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def dispose_engines() -> None:
-    """Close every cached engine of this process. Call on shutdown, and in tests.
+    """Close every cached engine of this process (and forget its SCRAM cache). Call on shutdown, and in tests.
 
     Engines of the running loop are disposed here; those of other running loops are
     disposed on their own loop; those of closed loops are released without I/O. Sessions
@@ -354,6 +356,7 @@ async def dispose_engines() -> None:
     with _registry_lock:
         entries = list(_registry.values())
         _registry.clear()
+    clear_scram_cache()
     for entry in entries:
         loop = entry.loop()
         if loop is None or loop.is_closed():

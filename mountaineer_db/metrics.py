@@ -33,6 +33,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 
 from mountaineer_db.config import PoolType
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool
 
 __all__ = [
     "EngineMetrics",
@@ -137,8 +138,8 @@ class _Measured:
         pool.mdb_stats = self.mdb_stats  # type: ignore[attr-defined]  # `dispose()` swaps the pool; counters go on
 
 
-class MeasuredQueuePool(_Measured, AsyncAdaptedQueuePool):
-    """SQLAlchemy's async queue pool (FIXED_PROCESS), measured."""
+class MeasuredQueuePool(_Measured, FairAsyncAdaptedQueuePool):
+    """SQLAlchemy's async queue pool (FIXED_PROCESS), waiters served in order (`fair_pool`), measured."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

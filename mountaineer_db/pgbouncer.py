@@ -55,6 +55,7 @@ class PgBouncer:
         port: int | None = None,
         settings: dict[str, str] | None = None,
         binary: Path | None = None,
+        unix_socket: bool = False,
     ) -> None:
         found = binary or find_pgbouncer()
         if found is None:
@@ -77,6 +78,8 @@ class PgBouncer:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self._run_as = run_user()
+        # Also listen on a Unix-domain socket in work_dir/socket (`socket_url`), when asked.
+        self.socket_dir: Path | None = self.work_dir / "socket" if unix_socket else None
 
     def __repr__(self) -> str:
         return f"PgBouncer(127.0.0.1:{self.port} -> {self.server_host}:{self.server_port})"
@@ -87,6 +90,8 @@ class PgBouncer:
 
     def _write_files(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(exist_ok=True)
         userlist = self.work_dir / "userlist.txt"
         userlist.write_text("".join(f"{_quoted(user)} {_quoted(pw)}\n" for user, pw in self.users.items()))
         os.chmod(userlist, 0o600)
@@ -97,7 +102,7 @@ class PgBouncer:
             "[pgbouncer]",
             "listen_addr = 127.0.0.1",
             f"listen_port = {self.port}",
-            "unix_socket_dir =",
+            f"unix_socket_dir = {self.socket_dir or ''}",
             "auth_type = scram-sha-256",
             f"auth_file = {userlist}",
             f"admin_users = {admins}",
@@ -141,6 +146,19 @@ class PgBouncer:
             "postgresql+asyncpg", username=user, password=password, host="127.0.0.1", port=self.port, database=database
         )
 
+    def socket_url(self, database: str, *, user: str, password: str) -> URL:
+        """The URL of this PgBouncer's Unix-domain socket (`unix_socket=True`): `...@:PORT/db?host=DIR`."""
+        if self.socket_dir is None:
+            raise ValueError("This PgBouncer listens on TCP only; create it with unix_socket=True.")
+        return URL.create(
+            "postgresql+asyncpg",
+            username=user,
+            password=password,
+            port=self.port,
+            database=database,
+            query={"host": str(self.socket_dir)},
+        )
+
     async def admin(self, command: str, *, user: str, password: str, timeout: float = 10.0) -> None:
         """Run a console command (PAUSE, RESUME, RECONNECT, KILL db, ...) on the admin database.
 
@@ -175,5 +193,3 @@ class PgBouncer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

@@ -81,27 +81,39 @@ def shared_session() -> SharedSession | None:
     return _shared.get()
 
 
-@asynccontextmanager
-async def offer_to_rerender(
+class _Offer:
+    """`offer_to_rerender`'s context manager (a class: cheaper per request than a generator)."""
+
+    __slots__ = ("_state", "_token")
+
+    def __init__(self, state: SharedSession | None) -> None:
+        self._state = state
+        self._token: contextvars.Token[SharedSession | None] | None = None
+
+    async def __aenter__(self) -> None:
+        if self._state is not None:
+            self._token = _shared.set(self._state)
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
+        if self._state is not None and self._token is not None:
+            self._state.is_open = False
+            # Torn down from another context (ValueError): leave that context alone.
+            with contextlib.suppress(ValueError):
+                _shared.reset(self._token)
+        return False
+
+
+def offer_to_rerender(
     session: AsyncSession, request: HTTPConnection | None, *, engine: AsyncEngine | None = None
-) -> AsyncIterator[None]:
-    """Hand `session` to any re-render resolved inside this block (same task, same request).
+) -> _Offer:
+    """`async with offer_to_rerender(...)`: hand `session` to any re-render resolved inside the block
+    (same task, same request).
 
     Used by `get_db_session` and by `mountaineer_db.testing`. `engine=None` hands it over
-    whatever engine the re-render's own `get_db` would give.
+    whatever engine the re-render's own `get_db` would give. Without a request (resolved
+    outside one, by mountaineer_di), there is nothing to share.
     """
-    if request is None:  # resolved outside a request (mountaineer_di without one): nothing to share
-        yield
-        return
-    state = SharedSession(session, request, engine)
-    token = _shared.set(state)
-    try:
-        yield
-    finally:
-        state.is_open = False
-        # Torn down from another context (ValueError): leave that context alone.
-        with contextlib.suppress(ValueError):
-            _shared.reset(token)
+    return _Offer(None if request is None else SharedSession(session, request, engine))
 
 
 _WROTE = "mountaineer_db.wrote_since_commit"

@@ -52,7 +52,6 @@ __all__ = [
 logger = logging.getLogger("mountaineer_db")
 
 
-
 class RequestSyncSession(Session):
     """SQLModel's `Session`, keeping the connection it took across commits until it is closed.
 
@@ -159,9 +158,21 @@ event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_stateme
 
 
 async def run_shielded(work: Awaitable[None]) -> None:
-    """Run `work` to completion even if the caller is cancelled meanwhile (then re-raise)."""
+    """Run `work` to completion even if the caller is cancelled meanwhile (then re-raise).
+
+    `work` runs in a task of its own that the caller's cancellation does not reach. Only once a
+    cancellation has arrived does the caller wait inside an anyio shield too (so a cancelled
+    anyio scope, as FastAPI's and Starlette's, stops re-delivering it): the common path pays
+    for the task alone.
+    """
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError as error:
+        if task.done() and task.cancelled():
+            raise
+        cancelled = error
     while not task.done():
         try:
             with anyio.CancelScope(shield=True):
@@ -218,22 +229,31 @@ def _origin_note(engine: AsyncEngine) -> str:
     return f" in {origin}" if origin else ""
 
 
-@asynccontextmanager
-async def session_scope(
-    engine: AsyncEngine, *, sync_session_class: type[Session] | None = None
-) -> AsyncIterator[AsyncSession]:
-    """A session on `engine` with a transaction open; see the module docstring for the rules.
+class _SessionScope:
+    """`session_scope`'s context manager (a class: a generator-based one costs ~10 µs more per request)."""
 
-    `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
-    dependency passes one that keeps its connection across commits).
-    """
-    session = AsyncSession(engine, expire_on_commit=False, sync_session_class=sync_session_class)
-    # No I/O: the connection is taken by the first statement. Called on the sync session
-    # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
-    session.sync_session.begin()
-    try:
-        yield session
-    except Exception as error:
+    __slots__ = ("_engine", "_session", "_sync_session_class")
+
+    def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None) -> None:
+        self._engine = engine
+        self._sync_session_class = sync_session_class
+
+    async def __aenter__(self) -> AsyncSession:
+        session = AsyncSession(self._engine, expire_on_commit=False, sync_session_class=self._sync_session_class)
+        # No I/O: the connection is taken by the first statement. Called on the sync session
+        # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
+        session.sync_session.begin()
+        self._session = session
+        return session
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
+        session, engine = self._session, self._engine
+        if error is None:
+            await run_shielded(_release(session, invalidate=False))
+            return False
+        if not isinstance(error, Exception):  # cancelled or interrupted: drop the connection
+            await run_shielded(_release(session, invalidate=True))
+            return False
         unavailable = unavailable_error_for(error, url=engine.url)
         not_set_up = not_set_up_error_for(error) if unavailable is None else None
         if not_set_up is not None:
@@ -244,17 +264,22 @@ async def session_scope(
         if unavailable is None:
             _log_failure(error, engine)
             await run_shielded(_release(session, invalidate=False))
-            raise
+            return False  # the handler's exception propagates unchanged
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
         logger.error("Rolled back the request's transaction%s: %s", _origin_note(engine), unavailable.message)
         await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
-    except BaseException:
-        await run_shielded(_release(session, invalidate=True))
-        raise
-    else:
-        await run_shielded(_release(session, invalidate=False))
+
+
+def session_scope(engine: AsyncEngine, *, sync_session_class: type[Session] | None = None) -> _SessionScope:
+    """`async with session_scope(engine) as session:` a session on `engine` with a transaction
+    open; see the module docstring for the rules.
+
+    `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
+    dependency passes one that keeps its connection across commits).
+    """
+    return _SessionScope(engine, sync_session_class)
 
 
 class DisconnectGuard:

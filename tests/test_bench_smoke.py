@@ -39,11 +39,21 @@ def ratios(output: str) -> list[float]:
 
 def test_bench_sessions_prints_every_comparison_with_its_ratio() -> None:
     output = run("bench_sessions.py", "--rounds", "1", "--requests", "8")
-    for label in ("[1] default config", "[2] FIXED_PROCESS direct", "[3] FIXED_PROCESS via PgBouncer"):
+    labels = (
+        "[1] default config",
+        "[1u] default config",
+        "[2] FIXED_PROCESS direct",
+        "[3] FIXED_PROCESS via PgBouncer",
+    )
+    for label in labels:
         assert output.count(label) == 2, output  # concurrency 1 and 16
     found = ratios(output)
-    assert len(found) == 6 and all(r > 0 for r in found), output
+    assert len(found) == 8 and all(r > 0 for r in found), output
     assert "client CPU ratio" in output
+    # Every peer appears once per comparison, with a ratio to ours or its error rate.
+    for peer in ("sqlmodel-docs", "mountaineer.database", "advanced-alchemy"):
+        lines = [line for line in output.splitlines() if line.strip().startswith(f"peer  {peer} ")]
+        assert len(lines) == 8 and all("ours/peer = " in line or "errors " in line for line in lines), output
 
 
 def test_bench_breakdown_prints_each_layer() -> None:
@@ -68,6 +78,20 @@ def test_profile_session_prints_a_profile() -> None:
     output = run("profile_session.py", "--setup", "fixed-direct", "--requests", "20", "--limit", "5")
     assert "µs/request under the profiler" in output
     assert "function calls" in output
+
+
+def test_profile_http_prints_cpu_per_request_side_by_side() -> None:
+    output = run("profile_http.py", "--setup", "fixed-bouncer", "--rounds", "1", "--requests", "10")
+    assert output.count("[http-cpu]") == 2, output
+    for variant in ("rawpool-render", "ours-render", "rawpool-action", "ours-action"):
+        assert re.search(rf"{variant} +\d+ µs/req", output), output
+
+
+def test_count_calls_prints_both_counts_and_the_difference() -> None:
+    output = run("count_calls.py", "--requests", "20", "--limit", "5")
+    assert re.search(r"ours +\d+\.\d Python calls per request", output), output
+    assert re.search(r"sqlmodel-docs +\d+\.\d Python calls per request", output), output
+    assert "called more often per request by ours" in output
 
 
 def test_bench_http_serves_both_apps_and_prints_ratios() -> None:

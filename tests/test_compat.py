@@ -207,6 +207,46 @@ async def test_if_mountaineer_changes_its_rerender_the_fallback_is_a_correct_sec
     assert [note["text"] for note in rendered["notes"]] == ["committed"]
 
 
+async def test_canary_asyncpg_derives_the_scram_key_through_its_protocol_modules_hashlib(make_config: Any) -> None:
+    """Upstream: asyncpg 0.32's `SCRAMAuthentication._generate_salted_password` (asyncpg/protocol/scram.pyx,
+    compiled into `asyncpg.protocol.protocol`) calling `hashlib.pbkdf2_hmac` through that module's global
+    `hashlib`. Ours: the SCRAM cache (`mountaineer_db.scram`) replaces that one global. If asyncpg derives the
+    key another way, connections still work but pay ~1 ms of CPU each again: this fails to say so."""
+    import hashlib
+
+    from asyncpg.protocol import protocol
+
+    from mountaineer_db.scram import _HashlibForAsyncpg, cache_info, clear_scram_cache
+
+    found = getattr(protocol, "hashlib", None)
+    assert found is hashlib or isinstance(found, _HashlibForAsyncpg), (
+        "asyncpg.protocol.protocol has no module global `hashlib` any more; the SCRAM cache is bypassed"
+    )
+    clear_scram_cache()
+    config = make_config()  # the suite's server authenticates TCP connections with scram-sha-256
+    for _ in range(2):
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    assert cache_info().misses == 1, "asyncpg no longer derives the SCRAM key through `protocol.hashlib`"
+    assert cache_info().hits == 1, "the second connection derived the SCRAM key again"
+
+
+async def test_canary_sqlalchemy_queue_pool_builds_its_queue_from_queue_class(make_config: Any) -> None:
+    """Upstream: `QueuePool.__init__` building `self._pool = self._queue_class(pool_size, use_lifo=...)` and
+    checking out through `_pool.get(wait, timeout)` (sqlalchemy/pool/impl.py, 2.0 and 2.1). Ours: FIXED_PROCESS's
+    first-come-first-served waiters (`mountaineer_db.fair_pool`); without it waiters can be overtaken again."""
+    from mountaineer_db.fair_pool import FairQueue
+
+    config = make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=2, DATABASE_MAX_OVERFLOW=0)
+    pool = engine_for(config).pool
+    queue = getattr(pool, "_pool", None)
+    assert isinstance(queue, FairQueue), "SQLAlchemy's QueuePool no longer builds its queue from `_queue_class`"
+    for _ in range(2):
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    assert queue.qsize() == 1, "connections no longer return to the pool through `_queue_class`'s put()"
+
+
 async def test_if_mountaineer_changes_its_rerender_the_kit_still_reaches_it(
     notes_app: tuple[AppController, CompatConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:

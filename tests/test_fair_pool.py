@@ -1,0 +1,143 @@
+"""FIXED_PROCESS's pool serves waiting requests in the order they came (`mountaineer_db.fair_pool`)."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import event, exc, text
+from sqlalchemy.util import greenlet_spawn
+
+from mountaineer_db import DatabaseUnavailableError, database_session
+from mountaineer_db.engine import engine_for
+from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool, FairQueue
+
+
+def _fixed(make_config: Any, **settings: Any) -> Any:
+    return make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0, **settings)
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("timed out waiting for the pool's waiters")
+
+
+async def test_waiters_get_the_connection_in_arrival_order_and_a_newcomer_never_overtakes(make_config: Any) -> None:
+    """One connection, three waiters queued in order. A newcomer whose step is already scheduled when the
+    holder gives the connection back (the way busy servers interleave) asks for it in that very loop
+    iteration: the waiters are still served first, in order, and the newcomer last."""
+    config = _fixed(make_config)
+    engine = engine_for(config)
+    assert isinstance(engine.pool, FairAsyncAdaptedQueuePool)
+    queue = engine.pool._pool  # type: ignore[attr-defined]
+    assert isinstance(queue, FairQueue)
+    order: list[str] = []
+
+    async def request(name: str) -> None:
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            order.append(name)
+
+    release = asyncio.Event()
+    returned: list[bool] = []
+    event.listen(engine.sync_engine.pool, "checkin", lambda *_: returned.append(True))
+
+    async def holder() -> None:
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            await release.wait()
+
+    async def newcomer() -> None:
+        while not returned:
+            await asyncio.sleep(0)  # always scheduled: runs right after the step that returned it
+        await request("newcomer")
+
+    held = asyncio.ensure_future(holder())
+    await _until(lambda: engine.pool.checkedout() == 1)
+    waiters = []
+    for index, name in enumerate(("first", "second", "third")):
+        waiters.append(asyncio.ensure_future(request(name)))
+        await _until(lambda n=index + 1: queue.waiting() == n)
+    late = asyncio.ensure_future(newcomer())
+    release.set()
+    await asyncio.gather(held, *waiters, late)
+    assert order == ["first", "second", "third", "newcomer"]
+    assert queue.waiting() == 0 and engine.pool.checkedout() == 0
+
+
+async def test_the_queue_hands_a_returned_item_to_the_oldest_waiter_not_to_a_newcomer() -> None:
+    """The same at the queue level: the item is put back in one task's step while a newcomer's step is
+    already scheduled; SQLAlchemy's own AsyncAdaptedQueue lets that newcomer take it."""
+    queue: FairQueue[str] = FairQueue(2)
+    got: list[tuple[str, str]] = []
+
+    async def take(name: str) -> None:
+        got.append((name, await greenlet_spawn(queue.get, True, None)))
+
+    waiters = [asyncio.ensure_future(take(name)) for name in ("first", "second")]
+    await asyncio.sleep(0.01)
+    assert queue.waiting() == 2
+
+    async def give_back() -> None:
+        queue.put("a", False)
+
+    giver, late = asyncio.ensure_future(give_back()), asyncio.ensure_future(take("newcomer"))
+    await giver
+    queue.put("b", False)
+    await asyncio.sleep(0.01)
+    queue.put("c", False)
+    await asyncio.gather(*waiters, late)
+    assert got == [("first", "a"), ("second", "b"), ("newcomer", "c")]
+
+
+async def test_a_waiter_past_the_pool_timeout_gets_a_503_and_leaves_the_line(make_config: Any) -> None:
+    config = _fixed(make_config, DATABASE_POOL_TIMEOUT=0.2)
+    engine = engine_for(config)
+    queue = engine.pool._pool  # type: ignore[attr-defined]
+    async with database_session(config) as session:
+        await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        with pytest.raises(DatabaseUnavailableError, match="DATABASE_POOL_TIMEOUT") as raised:
+            async with database_session(config) as other:
+                await other.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        assert isinstance(raised.value.__cause__, exc.TimeoutError)
+        assert queue.waiting() == 0
+    async with database_session(config) as session:  # the connection came back to the pool
+        assert (await session.exec(text("SELECT 2"))).one()[0] == 2  # type: ignore[call-overload]
+
+
+async def test_a_cancelled_waiter_leaves_the_line_and_loses_no_connection(make_config: Any) -> None:
+    config = _fixed(make_config)
+    engine = engine_for(config)
+    queue = engine.pool._pool  # type: ignore[attr-defined]
+
+    async def request() -> int:
+        async with database_session(config) as session:
+            return int((await session.exec(text("SELECT 3"))).one()[0])  # type: ignore[call-overload]
+
+    async with database_session(config) as session:
+        await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        doomed = asyncio.ensure_future(request())
+        await _until(lambda: queue.waiting() == 1)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        assert queue.waiting() == 0
+    assert await request() == 3
+    assert engine.pool.checkedout() == 0 and queue.qsize() == 1
+
+
+async def test_an_item_handed_to_a_waiter_cancelled_before_it_ran_goes_to_the_next_waiter() -> None:
+    """The race the hand-off must survive: the item is set on the waiter's future, then its task is
+    cancelled before it resumes. The item is passed on, not lost."""
+    queue: FairQueue[str] = FairQueue(1)
+    first = asyncio.ensure_future(queue._wait(None))
+    second = asyncio.ensure_future(queue._wait(None))
+    await asyncio.sleep(0)
+    queue.put_nowait("connection")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second == "connection"
+    assert queue.waiting() == 0 and queue.qsize() == 0
