@@ -42,8 +42,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "rollback-at-the-end",
         "what the handler did not commit is rolled back",
         "mountaineer_db/session.py",
-        "    else:\n        await run_shielded(_release(session, invalidate=False))",
-        "    else:\n        await session.commit()\n        await run_shielded(_release(session, invalidate=False))",
+        "        if error is None:\n            await run_shielded(_release(session, invalidate=False))",
+        "        if error is None:\n            await session.commit()\n            await run_shielded(_release(session, invalidate=False))",
         ("tests/test_session.py", "tests/test_request_session.py"),
     ),
     M(
@@ -68,8 +68,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "expire-on-commit",
         "objects stay readable after commit without I/O",
         "mountaineer_db/session.py",
-        "AsyncSession(engine, expire_on_commit=False,",
-        "AsyncSession(engine, expire_on_commit=True,",
+        "AsyncSession(self._engine, expire_on_commit=False,",
+        "AsyncSession(self._engine, expire_on_commit=True,",
         ("tests/test_session.py",),
     ),
     M(
