@@ -43,7 +43,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "what the handler did not commit is rolled back",
         "mountaineer_db/session.py",
         "        if error is None:\n            await run_shielded(_release(session, invalidate=False))",
-        "        if error is None:\n            await session.commit()\n            await run_shielded(_release(session, invalidate=False))",
+        "        if error is None:\n            await session.commit()\n"
+        "            await run_shielded(_release(session, invalidate=False))",
         ("tests/test_session.py", "tests/test_request_session.py"),
     ),
     M(
