@@ -6,7 +6,7 @@ from mountaineer_db import dependencies as DatabaseDependencies
 from mountaineer_db.commit_hooks import on_commit
 from mountaineer_db.config import DatabaseConfig, PoolType, ReadRouting
 from mountaineer_db.dependencies import ReadSessionDep, SessionDep
-from mountaineer_db.engine import database_lifespan, dispose_engines
+from mountaineer_db.engine import dispose_engines
 from mountaineer_db.exceptions import (
     ClientDisconnectedError,
     ClusterError,
@@ -27,6 +27,7 @@ from mountaineer_db.exceptions import (
 )
 from mountaineer_db.health import DatabaseCheck, DatabaseStatus, check_database
 from mountaineer_db.http_errors import get_or_404, map_integrity_errors
+from mountaineer_db.lifespan import database_lifespan
 from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
 
