@@ -39,7 +39,7 @@ from mountaineer_db.origins import request_origin, work_origin
 from mountaineer_db.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
 from mountaineer_db.read_your_writes import Positions, ReplicatedRequestSession
 from mountaineer_db.replicas import remember_replicas, replicas_of
-from mountaineer_db.rerender import borrowed, offer_to_rerender, shared_session
+from mountaineer_db.rerender import SharedSession, borrowed, offer_to_rerender, shared_session
 from mountaineer_db.session import DisconnectGuard, RequestSyncSession, session_scope
 from mountaineer_db.setup_errors import install_setup_page
 
@@ -97,6 +97,14 @@ async def _request_work(request: HTTPConnection | None) -> AsyncIterator[None]:
             raise
 
 
+@asynccontextmanager
+async def _rerender(state: SharedSession, request: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """The re-render after a @sideeffect: the action's session; its work is the controller's `render`."""
+    with work_origin(request_origin(request)):
+        async with borrowed(state) as session:
+            yield session
+
+
 async def get_db_session(
     engine: AsyncEngine = Depends(get_db),
     # HTTPConnection, not Request: FastAPI injects the request either way, while mountaineer_di
@@ -115,10 +123,8 @@ async def get_db_session(
     engine = _given(engine, "engine", AsyncEngine) or _engine(registered_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        # The re-render after a @sideeffect: its work is the controller's `render`.
-        with work_origin(request_origin(request)):
-            async with borrowed(state) as session:
-                yield session
+        async with _rerender(state, request) as session:
+            yield session
         return
     replicas = replicas_of(engine)
     if replicas is not None and replicas.renders and is_page_read(request):
@@ -154,9 +160,8 @@ async def get_db_read_session(
     engine = _given(engine, "engine", AsyncEngine) or _engine(registered_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        with work_origin(request_origin(request)):
-            async with borrowed(state) as session:
-                yield session
+        async with _rerender(state, request) as session:
+            yield session
         return
     replicas = None if is_rerender(request) else replicas_of(engine)
     async with _request_work(request), read_session(engine, replicas, request, label=EXPLICIT) as session:

@@ -41,6 +41,18 @@ class MountaineerDBError(Exception):
     """Base class of every error raised by mountaineer_db."""
 
 
+class _HTTPMessageError(MountaineerDBError, HTTPException):
+    """Ours and an HTTP error: `detail` is what the client sees, `message` what we log and show."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
 class ConfigurationError(MountaineerDBError, ValueError):
     """A setting is missing, invalid or contradicts another one."""
 
@@ -60,7 +72,7 @@ def describe_target(url: URL, *, user: bool = True) -> str:
     return f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}{who}'
 
 
-class DatabaseUnavailableError(MountaineerDBError, HTTPException):
+class DatabaseUnavailableError(_HTTPMessageError):
     """The database could not be reached, refused us, or went away mid-request.
 
     It is also an HTTP 503 for FastAPI/Mountaineer: an action that hits it answers
@@ -90,12 +102,6 @@ class DatabaseUnavailableError(MountaineerDBError, HTTPException):
         self.port = port
         self.database = database
         self.args = (message,)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r})"
 
     def __reduce__(self) -> Any:
         return (_rebuild_unavailable, (self.message, self.host, self.port, self.database))
@@ -168,7 +174,7 @@ def unavailable_error_for(error: BaseException, *, url: URL) -> "DatabaseUnavail
     return None
 
 
-class ClientDisconnectedError(MountaineerDBError, HTTPException):
+class ClientDisconnectedError(_HTTPMessageError):
     """The client went away while its request held a transaction; the work was cancelled.
 
     Raised in place of the `CancelledError` our disconnect guard caused, so the server sees
@@ -181,11 +187,8 @@ class ClientDisconnectedError(MountaineerDBError, HTTPException):
         self.message = message
         self.args = (message,)
 
-    def __str__(self) -> str:
-        return self.message
 
-
-class _HTTPError(MountaineerDBError, HTTPException):
+class _HTTPError(_HTTPMessageError):
     """A library error that is also an HTTP error: `str()` is the message for logs and
     developers, `detail` the short text a client sees (never the message, which may name
     hosts, paths or tables)."""
@@ -197,12 +200,6 @@ class _HTTPError(MountaineerDBError, HTTPException):
         HTTPException.__init__(self, status_code=self.status, detail=detail or self.default_detail)
         self.message = message
         self.args = (message,)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r})"
 
     def __reduce__(self) -> Any:
         return (type(self), (self.message,), dict(self.__dict__))
