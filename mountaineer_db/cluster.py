@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -64,10 +65,12 @@ def find_postgres_bindir() -> Path:
     for candidate in candidates:
         if _has_server(candidate):
             return candidate
+    # pgserver publishes wheels up to Python 3.12 only: suggest it where pip can install it.
+    wheel = " or `pip install pgserver`" if sys.version_info < (3, 13) else ""
     raise ResourceNotFoundError(
         "No PostgreSQL server binaries found (looked at MOUNTAINEER_DB_PG_BINDIR, pg_config --bindir, "
-        "PATH and /usr/lib/postgresql/*/bin). Install PostgreSQL (apt-get install postgresql) or "
-        "`pip install pgserver`."
+        f"PATH and /usr/lib/postgresql/*/bin). Install PostgreSQL (apt-get install postgresql){wheel}, "
+        "or set MOUNTAINEER_DB_PG_BINDIR to the directory holding initdb and postgres."
     )
 
 

@@ -5,9 +5,11 @@
 #
 # Installs what the suite needs when it is missing (PgBouncer and Chromium from Debian's
 # packages; a virtualenv with the package, its dev extra and the example app), runs ruff and
-# mypy --strict, then pytest twice: on the newest releases of our dependencies (.venv), and on
-# the lowest versions pyproject.toml declares (.venv-lowest, pinned by constraints/lowest.txt).
-# MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two.
+# mypy --strict, then pytest twice: on the newest releases of our dependencies with the newest
+# Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
+# it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
+# MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two; PYTHON_NEWEST and
+# PYTHON_LOWEST choose the interpreters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,20 +27,36 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-PYTHON=${PYTHON:-python3}
 versions=${MOUNTAINEER_DB_VERSIONS:-both}
+
+# find_python 3.13 3.12 ...: the first of these CPython versions that runs here, on PATH or
+# installed by pyenv (whose shims refuse versions that are not selected); else python3.
+find_python() {
+  local version candidate
+  for version in "$@"; do
+    for candidate in "python$version" $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python"$version" 2>/dev/null | sort -V | tail -n 1); do
+      if "$candidate" -c 'import sys' >/dev/null 2>&1; then
+        echo "$candidate"
+        return
+      fi
+    done
+  done
+  echo python3
+}
+PYTHON_NEWEST=${PYTHON_NEWEST:-$(find_python 3.14 3.13 3.12 3.11)}
+PYTHON_LOWEST=${PYTHON_LOWEST:-$(find_python 3.11)}
 
 quiet_pip() {
   "$@" 2>&1 | grep -v -e '^WARNING: Location' -e 'ignored: it is neither' || true
 }
 
-# make_venv DIR [pip constraint args...]: the package with its dev extra, and the example app.
+# make_venv DIR PYTHON [pip constraint args...]: the package with its dev extra, and the example app.
 make_venv() {
-  local venv=$1
-  shift
+  local venv=$1 python=$2
+  shift 2
   if [ ! -x "$venv/bin/python" ]; then
-    echo "==> creating $venv"
-    "$PYTHON" -m venv "$venv"
+    echo "==> creating $venv with $("$python" --version 2>&1)"
+    "$python" -m venv "$venv"
   fi
   echo "==> installing Python packages into $venv $*"
   quiet_pip "$venv/bin/python" -m pip install -q --upgrade pip
@@ -46,9 +64,9 @@ make_venv() {
   "$venv/bin/python" -m pip check >/dev/null || { "$venv/bin/python" -m pip check; exit 1; }
 }
 
-make_venv .venv
+make_venv .venv "$PYTHON_NEWEST"
 if [ "$versions" != newest ]; then
-  make_venv .venv-lowest -c constraints/lowest.txt
+  make_venv .venv-lowest "$PYTHON_LOWEST" -c constraints/lowest.txt
   # The floors must be what is installed, not merely allowed.
   .venv-lowest/bin/python scripts/check_lowest.py constraints/lowest.txt
 fi
@@ -63,11 +81,11 @@ echo "==> linters"
 
 status=0
 if [ "$versions" != lowest ]; then
-  echo "==> pytest (newest releases)"
+  echo "==> pytest (newest releases, $(.venv/bin/python --version))"
   .venv/bin/python -m pytest "$@" || status=$?
 fi
 if [ "$versions" != newest ]; then
-  echo "==> pytest (lowest declared versions: constraints/lowest.txt)"
+  echo "==> pytest (lowest declared versions: constraints/lowest.txt, $(.venv-lowest/bin/python --version))"
   .venv-lowest/bin/python -m pytest "$@" || status=$?
 fi
 exit $status

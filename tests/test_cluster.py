@@ -4,13 +4,16 @@ import asyncio
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from mountaineer_db import cluster as cluster_module
 from mountaineer_db.cluster import PostgresCluster, find_postgres_bindir
+from mountaineer_db.exceptions import ResourceNotFoundError
 
 
 async def _server_version(cluster: PostgresCluster) -> str:
@@ -31,6 +34,22 @@ def test_bindir_override_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (default / "initdb").exists()
 
 
+def test_without_any_server_binaries_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("MOUNTAINEER_DB_PG_BINDIR", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pg_config, no initdb
+    monkeypatch.setattr(cluster_module.glob, "glob", lambda pattern: [])  # no /usr/lib/postgresql
+    monkeypatch.setattr(cluster_module.importlib.util, "find_spec", lambda name: None)  # no pgserver
+    with pytest.raises(ResourceNotFoundError) as caught:
+        find_postgres_bindir()
+    message = str(caught.value)
+    assert "apt-get install postgresql" in message and "MOUNTAINEER_DB_PG_BINDIR" in message
+    # pip can install pgserver only where it publishes wheels (up to Python 3.12).
+    assert ("pip install pgserver" in message) == (sys.version_info < (3, 13))
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver publishes no wheel for Python 3.13+")
 def test_pip_installed_postgres_runs_when_no_system_binaries() -> None:
     """The pgserver wheel's PostgreSQL starts, answers and stops like the system one."""
     spec = importlib.util.find_spec("pgserver")
