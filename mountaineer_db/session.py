@@ -39,6 +39,7 @@ from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
 from mountaineer_db.origins import current_origin, tags_requests
 from mountaineer_db.setup_errors import not_set_up_error_for
+from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
 
 __all__ = [
     "AsyncSession",
@@ -144,8 +145,16 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         return None
     try:
         return state.invoke_statement()
-    except SchemaChangedError:
+    except Exception as error:
+        if not isinstance(error, SchemaChangedError) and stale_statement_cause(error) is None:
+            raise
         logger.info("A statement met a schema change before anything else in its transaction; running it again.")
+        if not isinstance(error, SchemaChangedError):
+            # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
+            # skipped its error events): drop the connection here, its statements are stale.
+            for connection in session._kept.values():
+                if not connection.invalidated:
+                    connection.invalidate()
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
     session.expunge_all()
     session.rollback()
@@ -255,6 +264,9 @@ class _SessionScope:
             await run_shielded(_release(session, invalidate=True))
             return False
         unavailable = unavailable_error_for(error, url=engine.url)
+        if unavailable is None and not isinstance(error, SchemaChangedError):
+            stale = stale_statement_cause(error)  # missed by the engine's recovery: still a 503, not a 500
+            unavailable = schema_changed_error(stale) if stale is not None else None
         not_set_up = not_set_up_error_for(error) if unavailable is None else None
         if not_set_up is not None:
             # A missing table: the migrations were not applied. One line naming the fix.

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.exceptions import SchemaChangedError
 
-__all__ = ["install_stale_statement_recovery", "stale_statement_cause"]
+__all__ = ["install_stale_statement_recovery", "schema_changed_error", "stale_statement_cause"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -71,12 +71,21 @@ def _recover(context: ExceptionContext) -> BaseException | None:
     # replaces every pooled one at its next checkout, dropping all statements cached before.
     context.is_disconnect = True
     context.invalidate_pool_on_disconnect = True
-    reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".rstrip(": ")
     logger.warning(
-        "A cached prepared statement met a database schema change (%s); replacing every pooled connection.", reason
+        "A cached prepared statement met a database schema change (%s); replacing every pooled connection.",
+        _reason(cause),
     )
+    return schema_changed_error(cause)
+
+
+def _reason(cause: BaseException) -> str:
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".rstrip(": ")
+
+
+def schema_changed_error(cause: BaseException) -> SchemaChangedError:
+    """The 503 for a request whose statement met a schema change (`cause`: the asyncpg error)."""
     return SchemaChangedError(
-        f"The database schema changed under a statement this process had prepared and cached ({reason}), "
+        f"The database schema changed under a statement this process had prepared and cached ({_reason(cause)}), "
         "most likely a migration applied while the app was serving. The request was rolled back and every "
         "pooled connection is being replaced, so later requests prepare their statements anew; retry it."
     )

@@ -221,6 +221,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "        or True\n    ):",
         ("tests/test_stale_statements.py", "tests/test_migrating_while_serving.py"),
     ),
+    M(
+        "stale-error-missed-is-a-500",
+        "a stale statement that reaches the session untranslated is replayed or a 503, never a 500",
+        "mountaineer_db/session.py",
+        "            unavailable = schema_changed_error(stale) if stale is not None else None",
+        "            unavailable = None",
+        ("tests/test_stale_statements.py::test_a_stale_statement_the_engine_recovery_missed_is_still_replayed_or_a_503",),
+    ),
     # -- config ---------------------------------------------------------------------------------
     M(
         "password-shown",
