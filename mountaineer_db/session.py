@@ -145,16 +145,17 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         return None
     try:
         return state.invoke_statement()
+    except SchemaChangedError:
+        pass  # the engine's recovery has already discarded the connection
     except Exception as error:
-        if not isinstance(error, SchemaChangedError) and stale_statement_cause(error) is None:
+        if stale_statement_cause(error) is None:
             raise
-        logger.info("A statement met a schema change before anything else in its transaction; running it again.")
-        if not isinstance(error, SchemaChangedError):
-            # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
-            # skipped its error events): drop the connection here, its statements are stale.
-            for connection in session._kept.values():
-                if not connection.invalidated:
-                    connection.invalidate()
+        # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
+        # skipped its error events): drop the connection here, its statements are stale.
+        for connection in session._kept.values():
+            if not connection.invalidated:
+                connection.invalidate()
+    logger.info("A statement met a schema change before anything else in its transaction; running it again.")
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
     session.expunge_all()
     session.rollback()
