@@ -165,6 +165,13 @@ def unavailable_error_for(error: BaseException, *, url: URL) -> "DatabaseUnavail
             detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
             return DatabaseUnavailableError(f"Lost the connection to {where} mid-request: {detail}", url=url)
         return None
+    if isinstance(error, _CONNECTION_LOST) or _closed_under_us(error):
+        # Raised by the driver itself, not wrapped by SQLAlchemy: SQLAlchemy's own setup of a
+        # new connection (its codecs) met a server that closed the connection right after the
+        # login (a shutdown or a restart in that moment).
+        return DatabaseUnavailableError(
+            f"Lost the connection to {where} while opening it: {type(error).__name__}: {error}", url=url
+        )
     if isinstance(error, TimeoutError):  # asyncpg's command_timeout (DATABASE_COMMAND_TIMEOUT)
         return DatabaseUnavailableError(
             f"No answer from {where} within DATABASE_COMMAND_TIMEOUT; the connection was discarded. "
@@ -172,6 +179,12 @@ def unavailable_error_for(error: BaseException, *, url: URL) -> "DatabaseUnavail
             url=url,
         )
     return None
+
+
+def _closed_under_us(error: BaseException) -> bool:
+    """asyncpg's "connection is closed": the connection was used after it closed. Its other
+    `InterfaceError`s (bad arguments, an operation already in progress) are the caller's."""
+    return type(error) is asyncpg.InterfaceError and str(error) == "connection is closed"
 
 
 class ClientDisconnectedError(_HTTPMessageError):

@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from mountaineer_db import AsyncSession, database_session
+from mountaineer_db import AsyncSession, DatabaseUnavailableError, database_session
 from mountaineer_db.engine import engine_for
 from tests.core_app import OBSERVED, CoreAppConfig, CoreTodo, build_app
 
@@ -188,3 +188,21 @@ async def test_bound_values_never_reach_a_log_record_even_with_sql_echo(
     shown += [logging.Formatter().formatException(record.exc_info) for record in caplog.records if record.exc_info]
     assert not [line for line in shown if marker in line]
     assert "[SQL parameters hidden due to hide_parameters=True]" in str(caught.value)
+
+
+async def test_a_connection_closed_while_it_is_set_up_is_a_503_not_a_500(app_config: CoreAppConfig) -> None:
+    """A server shutting down right after a login closes the new connection while SQLAlchemy
+    sets up its codecs; asyncpg then raises its bare "connection is closed", unwrapped by
+    SQLAlchemy. That is the database being unavailable (503), not a bug in the app (500)."""
+    engine = engine_for(app_config)
+
+    def close_it(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.driver_connection.terminate()  # as the server's shutdown would
+
+    # insert=True: before SQLAlchemy's own on-connect setup, which then meets the closed connection.
+    event.listen(engine.sync_engine.pool, "connect", close_it, insert=True, once=True)
+    with pytest.raises(DatabaseUnavailableError, match="while opening it: InterfaceError: connection is closed"):
+        async with database_session(app_config) as session:
+            await session.exec(select(CoreTodo))
+    async with database_session(app_config) as session:  # the next session connects as usual
+        assert (await session.exec(select(CoreTodo))).all() == []

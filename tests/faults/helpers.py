@@ -77,12 +77,13 @@ async def app_client(config: DatabaseConfig, timeout: float = 30.0) -> AsyncIter
 
 @dataclass
 class Outcome:
-    """What one request got: the id it asked for, status, body, when it finished."""
+    """What one request got: the id it asked for, status, body, when it started and finished."""
 
     id: int
     status: int
     body: str
     finished: float
+    started: float = 0.0
 
 
 @dataclass
@@ -113,11 +114,12 @@ class Ledger:
 async def post_insert(client: httpx.AsyncClient, ledger: Ledger, *, sleep: float = 0.0) -> Outcome:
     """One insert action; records its outcome in `ledger` (status 0 = transport error)."""
     row_id = ledger.take_id()
+    started = time.monotonic()
     try:
         response = await client.post(INSERT_PATH, json={"id": row_id, "sleep_before_commit": sleep})
-        outcome = Outcome(row_id, response.status_code, response.text, time.monotonic())
+        outcome = Outcome(row_id, response.status_code, response.text, time.monotonic(), started)
     except httpx.HTTPError as error:
-        outcome = Outcome(row_id, 0, f"{type(error).__name__}: {error}", time.monotonic())
+        outcome = Outcome(row_id, 0, f"{type(error).__name__}: {error}", time.monotonic(), started)
     ledger.outcomes.append(outcome)
     return outcome
 

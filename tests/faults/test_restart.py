@@ -45,8 +45,9 @@ async def _restart_under_load(cluster: PostgresCluster, url: object, **config: o
             await asyncio.sleep(RECOVERY_BOUND + 0.5)
         final = await post_insert(client, ledger)
         assert final.status == 200, f"no recovery without a restart of the app: {final.body}"
-    # The fault was real: nothing succeeded while PostgreSQL was down.
-    assert not [o for o in ledger.outcomes if o.status == 200 and stopped < o.finished < starting]
+    # The fault was real: no request that started while PostgreSQL was down succeeded before it
+    # came back. (One that committed just before the stop may finish after it on a busy machine.)
+    assert not [o for o in ledger.outcomes if o.status == 200 and stopped < o.started and o.finished < starting]
     return ledger, ready
 
 
