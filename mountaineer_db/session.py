@@ -242,14 +242,15 @@ def _origin_note(engine: AsyncEngine) -> str:
 class _SessionScope:
     """`session_scope`'s context manager (a class: a generator-based one costs ~10 µs more per request)."""
 
-    __slots__ = ("_engine", "_session", "_sync_session_class")
+    __slots__ = ("_bind", "_engine", "_session", "_sync_session_class")
 
-    def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None) -> None:
+    def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None, bind: AsyncEngine) -> None:
         self._engine = engine
+        self._bind = bind
         self._sync_session_class = sync_session_class
 
     async def __aenter__(self) -> AsyncSession:
-        session = AsyncSession(self._engine, expire_on_commit=False, sync_session_class=self._sync_session_class)
+        session = AsyncSession(self._bind, expire_on_commit=False, sync_session_class=self._sync_session_class)
         # No I/O: the connection is taken by the first statement. Called on the sync session
         # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
         session.sync_session.begin()
@@ -285,14 +286,23 @@ class _SessionScope:
         raise unavailable from error
 
 
-def session_scope(engine: AsyncEngine, *, sync_session_class: type[Session] | None = None) -> _SessionScope:
+def session_scope(
+    engine: AsyncEngine,
+    *,
+    sync_session_class: type[Session] | None = None,
+    execution_options: dict[str, Any] | None = None,
+) -> _SessionScope:
     """`async with session_scope(engine) as session:` a session on `engine` with a transaction
     open; see the module docstring for the rules.
 
     `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
-    dependency passes one that keeps its connection across commits).
+    dependency passes one that keeps its connection across commits). `execution_options` hold
+    for every connection the session takes, so for each of its transactions, not only the first
+    (`{"isolation_level": "SERIALIZABLE"}`: SQLAlchemy's per-session isolation, a session bound
+    to `engine.execution_options(...)`; the level is reset when a pooled connection goes back).
     """
-    return _SessionScope(engine, sync_session_class)
+    bind = engine.execution_options(**execution_options) if execution_options else engine
+    return _SessionScope(engine, sync_session_class, bind)
 
 
 class DisconnectGuard:
