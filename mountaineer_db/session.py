@@ -34,6 +34,7 @@ from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.appconfig import registered_config
+from mountaineer_db.commit_hooks import hooks_carried_over
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
@@ -131,7 +132,9 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
 
     A `SchemaChangedError` (see `mountaineer_db.stale_statements`) on the first statement of
     a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
-    back and the statement runs once more on a fresh connection, so the request goes on.
+    back and the statement runs once more on a fresh connection, so the request goes on. The
+    objects loaded earlier and the `on_commit` hooks registered so far carry over to the new
+    transaction.
     Later statements of a transaction are never replayed; their request gets the 503.
     """
     session = state.session
@@ -157,10 +160,11 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
                 connection.invalidate()
     logger.info("A statement met a schema change before anything else in its transaction; running it again.")
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
-    session.expunge_all()
-    session.rollback()
-    for instance in kept:
-        session.add(instance)
+    with hooks_carried_over(session):  # on_commit hooks registered before the statement stay
+        session.expunge_all()
+        session.rollback()
+        for instance in kept:
+            session.add(instance)
     return state.invoke_statement()
 
 
