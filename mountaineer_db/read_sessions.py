@@ -153,11 +153,16 @@ class _Route:
         _read_only(connection, self.label)
         try:
             admitted = await_(_begin_and_admit(replicas, replica, connection, position, may_wait))
-        except Exception as error:  # noqa: BLE001 - could not begin or read its status: go elsewhere
-            # Drop the socket now: a graceful close would wait on the same silence.
+        except BaseException as error:
+            # Could not begin or read its status, or cancelled meanwhile: the connection is ours
+            # alone until it is returned, and its state unknown (BEGIN or a query may be in
+            # flight). Drop the socket now: a graceful close would wait on the same silence,
+            # and a cancelled task must not wait at all.
             connection.connection.driver_connection.terminate()  # type: ignore[union-attr]
             connection.invalidate()
             connection.close()
+            if not isinstance(error, Exception):
+                raise  # a cancellation says nothing about the replica
             replicas.mark_down(replica, error)
             return None
         if not admitted:

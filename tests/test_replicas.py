@@ -41,12 +41,13 @@ from mountaineer_db.cluster import PostgresCluster
 from mountaineer_db.engine import engine_for
 from mountaineer_db.migrations.environment import migration_engine
 from mountaineer_db.pgbouncer import PgBouncer
-from mountaineer_db.read_your_writes import COOKIE_NAME
-from mountaineer_db.replicas import REFRESH_INTERVAL, ReplicaSet, replica_status
+from mountaineer_db.read_your_writes import COOKIE_NAME, signer_for
+from mountaineer_db.replicas import REFRESH_INTERVAL, REPLAY_SQL, STATUS_SQL, ReplicaSet, replica_status
 from mountaineer_db.replication import StreamingReplica, streaming_replicas
 from mountaineer_db.testing import pause_replay, resume_replay, wait_for_replicas
 from tests.conftest import require_pgbouncer
 from tests.core_app import write_stub_views
+from tests.handovers import HoldingProxy, assert_nothing_stranded
 from tests.sample_apps import server_execute
 
 DB = "replica_app"
@@ -662,6 +663,60 @@ async def test_without_replicas_renders_get_the_usual_session(
         assert (await get(http, "/writing?how=orm")) == {"wrote": True}
     assert SESSION_KINDS == ["RequestSyncSession"]
     assert page["port"] == replicated.primary.port
+
+
+# -- Cancellation while a read picks its replica (issue 31, row 4) -------------------------------
+
+# What the read has sent, and awaits the answer to, when it is cancelled.
+PICKING_STEPS = {
+    "begin": b"BEGIN READ ONLY",  # its transaction's BEGIN, sent early on the replica
+    "status": b"SELECT pg_is_in_recovery()",  # the replica's status (STATUS_SQL)
+    "replay_wait": b"SELECT COALESCE((pg_last_wal_replay_lsn()",  # waiting for the client's last write (REPLAY_SQL)
+    "not_admitted": b"ROLLBACK",  # leaving a replica that has not replayed the client's last write
+}
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+@pytest.mark.parametrize("step", list(PICKING_STEPS))
+async def test_a_read_cancelled_while_it_picks_its_replica_gives_the_connection_back(
+    replicated: Replicated, make_config: Callable[..., ReplicaAppConfig], tmp_path: Path, step: str, pool: str
+) -> None:
+    """A render routed to a replica is cancelled (a client gone, a timeout) while it begins its
+    transaction there, reads the replica's status, waits for the replica to replay the client's last
+    write, or rolls back on a replica that had not replayed it (to read the primary instead): the
+    replica connection goes back (nothing checked out, nothing left on the replica), the replica is
+    not taken for down, and the next read is served there. A proxy in front of the replica holds the
+    answer to that step, so the cancellation lands exactly there."""
+    assert REPLAY_SQL.encode().startswith(PICKING_STEPS["replay_wait"])
+    assert STATUS_SQL.encode().startswith(PICKING_STEPS["status"])
+    replica = replicated.replicas[0]
+    name = f"mdb-cancel-{step}"
+    async with HoldingProxy(replica.port) as proxy:
+        url = replica.url(DB).set(port=proxy.port)
+        config = make_config(
+            DATABASE_REPLICA_URLS=[url],
+            DATABASE_POOL_TYPE=pool,
+            DATABASE_APPLICATION_NAME=name,
+            DATABASE_REPLICA_MAX_WAIT=0 if step == "not_admitted" else 30,
+        )
+        async with client(config, tmp_path) as http:
+            if step == "not_admitted":  # the replica engine has made its first connection (SQLAlchemy's setup)
+                assert (await get(http))["port"] == replica.port
+            if step in ("replay_wait", "not_admitted"):  # the client's last write: a position not replayed
+                http.cookies.set(COOKIE_NAME, signer_for(config).sign(1 << 60))
+            answer_held = proxy.hold_answers_to(PICKING_STEPS[step])
+            read = asyncio.ensure_future(http.get("/"))
+            await asyncio.wait_for(answer_held.wait(), 10)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            proxy.release()
+            await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
+            assert [item["state"] for item in replica_status(config)] != ["down"], "the cancellation was ours"
+            http.cookies.clear()
+            page = await get(http)
+            assert (page["in_recovery"], page["port"]) == (True, replica.port), "served by the replica"
+        await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
 
 
 # -- Through PgBouncer ------------------------------------------------------------------------
