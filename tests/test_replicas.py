@@ -38,16 +38,17 @@ from mountaineer_db import (
 )
 from mountaineer_db import replicas as replicas_module
 from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.dependencies import get_db
 from mountaineer_db.engine import engine_for
 from mountaineer_db.migrations.environment import migration_engine
 from mountaineer_db.pgbouncer import PgBouncer
 from mountaineer_db.read_your_writes import COOKIE_NAME, signer_for
-from mountaineer_db.replicas import REFRESH_INTERVAL, REPLAY_SQL, STATUS_SQL, ReplicaSet, replica_status
+from mountaineer_db.replicas import REFRESH_INTERVAL, REPLAY_SQL, STATUS_SQL, ReplicaSet, replica_status, replicas_of
 from mountaineer_db.replication import StreamingReplica, streaming_replicas
 from mountaineer_db.testing import pause_replay, resume_replay, wait_for_replicas
 from tests.conftest import require_pgbouncer
 from tests.core_app import write_stub_views
-from tests.handovers import HoldingProxy, assert_nothing_stranded
+from tests.handovers import HoldingProxy, assert_nothing_stranded, idle_connections
 from tests.sample_apps import server_execute
 
 DB = "replica_app"
@@ -714,6 +715,46 @@ async def test_a_read_cancelled_while_it_picks_its_replica_gives_the_connection_
             await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
             assert [item["state"] for item in replica_status(config)] != ["down"], "the cancellation was ours"
             http.cookies.clear()
+            page = await get(http)
+            assert (page["in_recovery"], page["port"]) == (True, replica.port), "served by the replica"
+        await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_a_replica_probe_cancelled_while_it_reads_the_status_gives_its_connection_back(
+    replicated: Replicated,
+    make_config: Callable[..., ReplicaAppConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: str,
+) -> None:
+    """The background probe of a replica marked down is cancelled (as `dispose_engines()` does at
+    shutdown) while it waits for the replica's status: its connection goes back, none is left on the
+    replica, and the replica engine serves the next read."""
+    monkeypatch.setattr(replicas_module, "_RETRY_FIRST", 0.0)  # probed again at the next read, not in 1 s
+    replica = replicated.replicas[0]
+    name = "mdb-cancel-probe"
+    async with HoldingProxy(replica.port) as proxy:
+        url = replica.url(DB).set(port=proxy.port)
+        config = make_config(
+            DATABASE_REPLICA_URLS=[url], DATABASE_POOL_TYPE=pool, DATABASE_APPLICATION_NAME=name, DATABASE_CONNECT_TIMEOUT=10
+        )
+        async with client(config, tmp_path) as http:
+            replicas = replicas_of(await get_db(config=config))
+            assert replicas is not None
+            replicas.mark_down(replicas.replicas[0], ConnectionResetError("reset by the test"))
+            answer_held = proxy.hold_answers_to(PICKING_STEPS["status"])
+            assert (await get(http))["port"] == replicated.primary.port, "skipped while down; its probe starts"
+            await asyncio.wait_for(answer_held.wait(), 10)
+            probes = list(replicas_module._probes)
+            assert len(probes) == 1
+            replicas_module.forget_replicas()
+            with pytest.raises(asyncio.CancelledError):
+                await probes[0]
+            engine = engine_for(config, url=url)
+            assert idle_connections(engine) == [], "interrupted mid-statement: dropped, never pooled"
+            proxy.release()
+            await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
             page = await get(http)
             assert (page["in_recovery"], page["port"]) == (True, replica.port), "served by the replica"
         await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
