@@ -737,7 +737,10 @@ async def test_a_replica_probe_cancelled_while_it_reads_the_status_gives_its_con
     async with HoldingProxy(replica.port) as proxy:
         url = replica.url(DB).set(port=proxy.port)
         config = make_config(
-            DATABASE_REPLICA_URLS=[url], DATABASE_POOL_TYPE=pool, DATABASE_APPLICATION_NAME=name, DATABASE_CONNECT_TIMEOUT=10
+            DATABASE_REPLICA_URLS=[url],
+            DATABASE_POOL_TYPE=pool,
+            DATABASE_APPLICATION_NAME=name,
+            DATABASE_CONNECT_TIMEOUT=10,
         )
         async with client(config, tmp_path) as http:
             replicas = replicas_of(await get_db(config=config))
