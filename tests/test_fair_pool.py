@@ -11,7 +11,7 @@ from mountaineer_db import DatabaseUnavailableError, database_session
 from mountaineer_db.dependencies import get_db
 from mountaineer_db.engine import engine_for
 from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool, FairQueue
-from tests.handovers import OneStep, assert_nothing_stranded
+from tests.handovers import OneStep, assert_nothing_stranded, backends
 
 
 def _fixed(make_config: Any, **settings: Any) -> Any:
@@ -195,4 +195,34 @@ async def test_a_waiter_cancelled_after_its_hand_over_while_another_connection_c
     await _until(lambda: engine.pool.checkedout() == 2)
     release.set()
     assert await asyncio.gather(*both) == [4, 4]
+    await assert_nothing_stranded(engine, pg_server, test_database, name)
+
+
+async def test_a_waiter_cancelled_after_its_hand_over_passes_the_connection_to_the_next_waiter(
+    make_config: Any, pg_server: Any, test_database: str
+) -> None:
+    """The same window with another request waiting behind: in one loop step the connection comes back
+    (handed to the first waiter) and the first waiter is cancelled. The connection goes on to the second
+    waiter, through the pool's own return path; nothing is closed, nothing stranded."""
+    name = "mdb-handover-next"
+    config = _fixed(make_config, DATABASE_APPLICATION_NAME=name)
+    engine = await get_db(config=config)
+    queue = engine.pool._pool  # type: ignore[attr-defined]
+    holder = await _taken(engine)
+    backend = (await backends(pg_server, test_database, name))[0]["pid"]
+
+    async def request() -> int:
+        async with database_session(config) as session:
+            return int((await session.exec(text("SELECT pg_backend_pid()"))).one()[0])  # type: ignore[call-overload]
+
+    first = asyncio.ensure_future(request())
+    await _until(lambda: queue.waiting() == 1)
+    second = asyncio.ensure_future(request())
+    await _until(lambda: queue.waiting() == 2)
+    with OneStep():
+        await holder.close()
+        first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 10) == backend, "the second waiter got the same connection"
     await assert_nothing_stranded(engine, pg_server, test_database, name)

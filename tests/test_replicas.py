@@ -763,6 +763,33 @@ async def test_a_replica_probe_cancelled_while_it_reads_the_status_gives_its_con
         await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
 
 
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_an_action_cancelled_while_it_reads_its_commit_position_gives_the_connection_back(
+    replicated: Replicated, make_config: Callable[..., ReplicaAppConfig], tmp_path: Path, pool: str
+) -> None:
+    """With replicas, an action's commit is followed by reading the primary's WAL position (for the
+    client's read-your-writes cookie), on the session's own connection. Cancelled while that answer is
+    held: the commit stands, the primary connection goes back, nothing stays open on the primary."""
+    name = "mdb-cancel-position"
+    async with HoldingProxy(replicated.primary.port) as proxy:
+        config = make_config(
+            SQLALCHEMY_DATABASE_URI=replicated.primary.url(DB).set(port=proxy.port),
+            DATABASE_POOL_TYPE=pool,
+            DATABASE_APPLICATION_NAME=name,
+        )
+        async with client(config, tmp_path) as http:
+            answer_held = proxy.hold_answers_to(b"pg_current_wal_insert_lsn()")
+            action = asyncio.ensure_future(http.post(f"{ACTION}/add_note", json={"body": "committed"}))
+            await asyncio.wait_for(answer_held.wait(), 10)
+            action.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await action
+            proxy.release()
+            await assert_nothing_stranded(engine_for(config), replicated.primary, DB, name)
+            assert (await add_note(http, "next"))["bodies"] == ["committed", "next"]
+        await assert_nothing_stranded(engine_for(config), replicated.primary, DB, name)
+
+
 # -- Through PgBouncer ------------------------------------------------------------------------
 
 
