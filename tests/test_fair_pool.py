@@ -143,7 +143,7 @@ async def test_an_item_handed_to_a_waiter_cancelled_before_it_ran_goes_to_the_ne
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert await second == "connection"
+    assert await asyncio.wait_for(second, 10) == "connection"
     assert queue.waiting() == 0 and queue.qsize() == 0
 
 
