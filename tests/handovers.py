@@ -150,6 +150,8 @@ class HoldingProxy:
         pumps = [asyncio.ensure_future(to_server()), asyncio.ensure_future(to_client())]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing; ending quietly (asyncio logs a stream handler that ends cancelled)
         finally:
             for pump in pumps:
                 pump.cancel()
