@@ -19,7 +19,8 @@ commit inside `run_sync` alike):
   transaction, or the savepoint (`begin_nested()`) in progress. Registered while the session
   has no transaction (right after a commit), it begins one, as the next statement would;
 - a savepoint that is released hands its hooks to the enclosing transaction; a savepoint
-  that is rolled back drops them, and so does a rollback or close of the whole transaction;
+  that is rolled back drops them, and so does a rollback or close of the whole transaction
+  (except the rollback of a replayed first statement, which loses nothing: `hooks_carried_over`);
 - when the outermost transaction commits, its hooks run in registration order, inside the
   `commit()` call, after COMMIT succeeded and after the session has left the transaction;
 - a hook that raises stops the rest and its exception propagates out of `commit()`; the data
@@ -47,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
-__all__ = ["CommitHook", "capturing", "describe_callback", "on_commit"]
+__all__ = ["CommitHook", "capturing", "describe_callback", "hooks_carried_over", "on_commit"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -119,6 +120,26 @@ def on_commit(session: AsyncSession | Session, callback: CommitHook, *, robust: 
         # What the session's next statement would do (no I/O): a rollback must find the hook.
         transaction = sync_session.begin()
     hooks.by_transaction.setdefault(transaction, []).append(hook)
+
+
+@contextlib.contextmanager
+def hooks_carried_over(session: Session) -> Iterator[None]:
+    """Keep the hooks of `session`'s open transaction across a rollback in the block that loses
+    nothing: the transaction is run again from its start (a replayed first statement).
+
+    The hooks are taken off the transaction before the block, so its rollback drops none, and
+    given to the session's next transaction after it (begun here, as the next statement would,
+    when the block left none). If the block raises, they are dropped with what it rolled back.
+    """
+    hooks = session.info.get(_INFO_KEY)
+    if not isinstance(hooks, _SessionHooks) or not hooks.by_transaction:
+        yield
+        return
+    carried = sorted((hook for own in hooks.by_transaction.values() for hook in own), key=lambda hook: hook.order)
+    hooks.by_transaction.clear()
+    yield
+    transaction = session.get_nested_transaction() or session.get_transaction() or session.begin()
+    hooks.by_transaction.setdefault(transaction, []).extend(carried)
 
 
 def _hooks_of(session: Session) -> _SessionHooks:

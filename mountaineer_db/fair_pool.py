@@ -13,10 +13,17 @@ whenever someone already does. A wait costs a future and, with a pool timeout, o
 (SQLAlchemy's `wait_for` started a task per wait). Everything else is SQLAlchemy's
 `QueuePool`: sizes, overflow, timeouts (`sqlalchemy.exc.TimeoutError`), events, recycling.
 
+A hand-over has one window: the connection is set on the waiter's future, and the waiter's
+task is cancelled before it runs. The waiter then gives the connection back through the
+pool's own return path (`QueuePool._do_return_conn`): to the next waiter, else idle, else,
+when other connections came back meanwhile and the pool is full, closed with its overflow
+slot released. The waiter's `CancelledError` propagates unchanged.
+
 What this relies on in SQLAlchemy (2.0 and 2.1, `sqlalchemy/pool/impl.py`): `QueuePool`
 builds its queue from the class attribute `_queue_class(pool_size, use_lifo=...)` and calls
 `get(block, timeout)`, `put(item, False)`, `qsize()` and `maxsize` on it; `get` raises
-`sqlalchemy.util.queue.Empty` when nothing came in time. `tests/test_compat.py` has the canary.
+`sqlalchemy.util.queue.Empty` when nothing came in time; `_do_return_conn(record)` puts a
+record back or, on `Full`, closes it and releases its overflow slot. `tests/test_compat.py` has the canary.
 """
 
 import asyncio
@@ -50,6 +57,9 @@ class FairQueue(QueueCommon[_T]):
         self.use_lifo = use_lifo  # which idle connection a newcomer gets; waiters stay FIFO
         self._items: deque[_T] = deque()
         self._waiters: deque[asyncio.Future[_T]] = deque()
+        # Where an item handed to a waiter that never used it goes (cancelled before it ran).
+        # The pool sets its own return path, which closes a connection the pool has no room for.
+        self.return_unused: Callable[[_T], None] = self.put_nowait
 
     def empty(self) -> bool:
         return not self._items
@@ -86,21 +96,24 @@ class FairQueue(QueueCommon[_T]):
     def get(self, block: bool = True, timeout: float | None = None) -> _T:
         if self._items or not block:
             return self.get_nowait()  # items are only ever idle while nobody waits
-        result: _T = _await(self._wait(timeout))
+        waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        try:
+            result: _T = _await(self._wait(waiter, timeout))
+        except BaseException:
+            # Cancelled (or timed out) after an item was handed over, before this waiter ran:
+            # give it back as if it had been used. Here, in SQLAlchemy's greenlet, where the
+            # pool's return path may close a surplus connection.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.return_unused(waiter.result())
+            raise
         return result
 
-    async def _wait(self, timeout: float | None) -> _T:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[_T] = loop.create_future()
+    async def _wait(self, waiter: "asyncio.Future[_T]", timeout: float | None) -> _T:
         self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
         try:
             return await waiter
-        except BaseException:
-            # Cancelled (or timed out) just after an item was handed over: pass it on.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.put_nowait(waiter.result())
-            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -114,3 +127,11 @@ class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's `AsyncAdaptedQueuePool` with `FairQueue`: no waiter is overtaken."""
 
     _queue_class = FairQueue  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        queue = self._pool
+        if isinstance(queue, FairQueue):
+            # A connection handed to a waiter cancelled before it ran comes back like any other:
+            # to the next waiter, else idle, else (the pool is full) closed, overflow given back.
+            queue.return_unused = self._do_return_conn

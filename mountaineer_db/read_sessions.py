@@ -153,16 +153,27 @@ class _Route:
         _read_only(connection, self.label)
         try:
             admitted = await_(_begin_and_admit(replicas, replica, connection, position, may_wait))
-        except Exception as error:  # noqa: BLE001 - could not begin or read its status: go elsewhere
-            # Drop the socket now: a graceful close would wait on the same silence.
+            if not admitted:
+                # Roll the read-only transaction back here, where an interruption is handled as
+                # below, not in the pool's reset when the connection is closed: SQLAlchemy 2.0
+                # leaves a connection checked out when that reset is cancelled.
+                connection.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+        except BaseException as error:
+            # Could not begin, read its status or roll back, or cancelled meanwhile: the connection is ours
+            # alone until it is returned, and its state unknown (BEGIN or a query may be in
+            # flight). Drop the socket now: a graceful close would wait on the same silence,
+            # and a cancelled task must not wait at all.
             connection.connection.driver_connection.terminate()  # type: ignore[union-attr]
             connection.invalidate()
             connection.close()
+            if not isinstance(error, Exception):
+                raise  # a cancellation says nothing about the replica
             replicas.mark_down(replica, error)
             return None
         if not admitted:
-            connection.close()  # rolls the read-only transaction back
-        return connection if admitted else None
+            connection.close()  # rolled back already: no I/O
+            return None
+        return connection
 
 
 async def _begin_and_admit(

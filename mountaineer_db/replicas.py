@@ -241,7 +241,16 @@ class ReplicaSet:
         try:
             async with asyncio.timeout(self.timeout), self.engine(replica).connect() as connection:
                 raw = await connection.get_raw_connection()
-                row = await raw.driver_connection.fetchrow(STATUS_SQL)  # type: ignore[union-attr]
+                driver: Any = raw.driver_connection
+                try:
+                    row = await driver.fetchrow(STATUS_SQL)
+                except BaseException:
+                    # Interrupted mid-statement (failed, timed out or cancelled): its state is
+                    # unknown, so it is dropped rather than pooled, as SQLAlchemy does when one of
+                    # its own statements is interrupted. No I/O: a cancelled task must not wait.
+                    driver.terminate()
+                    raw.invalidate()
+                    raise
         except Exception as error:  # noqa: BLE001 - any failure means "still unavailable"
             self.mark_down(replica, error)
         else:

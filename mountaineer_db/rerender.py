@@ -144,7 +144,14 @@ def track_writes(session: AsyncSession) -> None:
 
 
 async def has_uncommitted_changes(session: AsyncSession) -> bool:
-    """Pending ORM changes, or writes the server has seen in the open transaction."""
+    """Pending ORM changes, or writes the server has seen in the open transaction.
+
+    Reads, row locks included, are not changes. The server is asked only when the session's
+    connection is inside a transaction since its last commit (one round trip, `_WROTE_ON_SERVER`).
+    Not seen as a change: a `NOTIFY` alone (it takes no lock). Seen as one although nothing
+    changed: an UPDATE or DELETE that matched no row, or `LOCK TABLE` in a writer's mode, in a
+    transaction that also locked rows or advanced a sequence.
+    """
     if session.new or session.deleted or any(session.is_modified(item) for item in session.dirty):
         return True
     if session.info.get(_WROTE):
@@ -155,10 +162,23 @@ async def has_uncommitted_changes(session: AsyncSession) -> bool:
         return transaction is not None  # a failed transaction is "uncommitted" too
     if not isinstance(sync_session, RequestSyncSession) or not sync_session.holds_transaction():
         return False  # nothing reached the server since the last commit
-    # An xid is assigned on the first write of a transaction; reads never get one.
     connection = await session.connection()
-    query = text("SELECT txid_current_if_assigned() IS NOT NULL").execution_options(**{INTERNAL_STATEMENT: True})
-    return bool(await connection.scalar(query))
+    return bool(await connection.scalar(_WROTE_ON_SERVER))
+
+
+_WROTE_ON_SERVER = text(
+    # A transaction that changed data has a transaction id and holds, until it ends, a lock
+    # of a writer's mode on what it changed: ROW EXCLUSIVE for INSERT, UPDATE, DELETE and
+    # MERGE (whether sent as SQL, through the ORM or by a function), stronger for DDL. A row
+    # lock alone (`SELECT ... FOR UPDATE`) also gets a transaction id, but holds ROW SHARE.
+    # Sequences are left out: `nextval` takes ROW EXCLUSIVE, and no rollback undoes it. Locks
+    # taken after a savepoint that was rolled back are gone, with what it wrote. pg_locks is
+    # read only when a transaction id was assigned (CASE evaluates in order).
+    "SELECT CASE WHEN txid_current_if_assigned() IS NULL THEN false ELSE EXISTS ("
+    "SELECT FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation "
+    "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' "
+    "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock') AND c.relkind <> 'S') END"
+).execution_options(**{INTERNAL_STATEMENT: True})
 
 
 async def end_transaction(session: AsyncSession, *, keep: Sequence[Any] = ()) -> None:

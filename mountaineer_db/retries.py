@@ -18,9 +18,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from mountaineer_db.appconfig import registered_config
 from mountaineer_db.commit_hooks import describe_callback
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.session import database_session
+from mountaineer_db.engine import engine_for
+from mountaineer_db.session import session_scope
 
 __all__ = ["RETRYABLE_SQLSTATES", "run_in_transaction", "sqlstate_of"]
 
@@ -114,16 +116,17 @@ async def run_in_transaction(
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries={retries!r}: give the number of retries after the first attempt, 0 or more.")
     level = _isolation(isolation_level)
+    options = {"isolation_level": level} if level is not None else None
+    engine = engine_for(config or registered_config())
     name = describe_callback(work)
     attempt = 0
     while True:
         attempt += 1
         retryable: DBAPIError | None = None
-        async with database_session(config) as session:
+        # Every transaction of the attempt begins at the level (`work` may commit part-way, and
+        # each connection the session takes has it), not only the first.
+        async with session_scope(engine, execution_options=options) as session:
             committed = _watch_commits(session)
-            if level is not None:
-                # Before the first statement: the transaction begins at this isolation level.
-                await session.connection(execution_options={"isolation_level": level})
             try:
                 result = await work(session)
                 await session.commit()

@@ -34,6 +34,7 @@ from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.appconfig import registered_config
+from mountaineer_db.commit_hooks import hooks_carried_over
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
@@ -131,7 +132,9 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
 
     A `SchemaChangedError` (see `mountaineer_db.stale_statements`) on the first statement of
     a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
-    back and the statement runs once more on a fresh connection, so the request goes on.
+    back and the statement runs once more on a fresh connection, so the request goes on. The
+    objects loaded earlier and the `on_commit` hooks registered so far carry over to the new
+    transaction.
     Later statements of a transaction are never replayed; their request gets the 503.
     """
     session = state.session
@@ -157,10 +160,11 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
                 connection.invalidate()
     logger.info("A statement met a schema change before anything else in its transaction; running it again.")
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
-    session.expunge_all()
-    session.rollback()
-    for instance in kept:
-        session.add(instance)
+    with hooks_carried_over(session):  # on_commit hooks registered before the statement stay
+        session.expunge_all()
+        session.rollback()
+        for instance in kept:
+            session.add(instance)
     return state.invoke_statement()
 
 
@@ -242,14 +246,15 @@ def _origin_note(engine: AsyncEngine) -> str:
 class _SessionScope:
     """`session_scope`'s context manager (a class: a generator-based one costs ~10 µs more per request)."""
 
-    __slots__ = ("_engine", "_session", "_sync_session_class")
+    __slots__ = ("_bind", "_engine", "_session", "_sync_session_class")
 
-    def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None) -> None:
+    def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None, bind: AsyncEngine) -> None:
         self._engine = engine
+        self._bind = bind
         self._sync_session_class = sync_session_class
 
     async def __aenter__(self) -> AsyncSession:
-        session = AsyncSession(self._engine, expire_on_commit=False, sync_session_class=self._sync_session_class)
+        session = AsyncSession(self._bind, expire_on_commit=False, sync_session_class=self._sync_session_class)
         # No I/O: the connection is taken by the first statement. Called on the sync session
         # directly: `await session.begin()` would run the same call in a greenlet (~18 µs).
         session.sync_session.begin()
@@ -285,14 +290,23 @@ class _SessionScope:
         raise unavailable from error
 
 
-def session_scope(engine: AsyncEngine, *, sync_session_class: type[Session] | None = None) -> _SessionScope:
+def session_scope(
+    engine: AsyncEngine,
+    *,
+    sync_session_class: type[Session] | None = None,
+    execution_options: dict[str, Any] | None = None,
+) -> _SessionScope:
     """`async with session_scope(engine) as session:` a session on `engine` with a transaction
     open; see the module docstring for the rules.
 
     `sync_session_class` replaces SQLModel's `Session` behind the `AsyncSession` (the request
-    dependency passes one that keeps its connection across commits).
+    dependency passes one that keeps its connection across commits). `execution_options` hold
+    for every connection the session takes, so for each of its transactions, not only the first
+    (`{"isolation_level": "SERIALIZABLE"}`: SQLAlchemy's per-session isolation, a session bound
+    to `engine.execution_options(...)`; the level is reset when a pooled connection goes back).
     """
-    return _SessionScope(engine, sync_session_class)
+    bind = engine.execution_options(**execution_options) if execution_options else engine
+    return _SessionScope(engine, sync_session_class, bind)
 
 
 class DisconnectGuard:

@@ -467,6 +467,90 @@ CATALOGUE: tuple[Mutant, ...] = (
         "        if False and not hmac.compare_digest(",
         ("tests/test_read_your_writes.py", "tests/test_replicas.py::test_a_forged_cookie_is_ignored"),
     ),
+    # -- cancellation, retries and replays (issue 31) -------------------------------------------
+    M(
+        "pool-handover-full",
+        "a pool waiter cancelled after its hand-over gives the connection back even when the pool is full",
+        "mountaineer_db/fair_pool.py",
+        "            queue.return_unused = self._do_return_conn",
+        "            pass",
+        (
+            "tests/test_fair_pool.py::test_a_waiter_cancelled_after_its_hand_over_while_another_connection_comes_back_strands_nothing",
+            "tests/test_handovers.py::test_the_disconnect_guard_cancelling_right_after_a_hand_over_strands_nothing",
+        ),
+    ),
+    M(
+        "pool-handover-lost",
+        "a connection handed to a pool waiter cancelled before it ran is never lost",
+        "mountaineer_db/fair_pool.py",
+        "                self.return_unused(waiter.result())",
+        "                pass",
+        ("tests/test_fair_pool.py",),
+    ),
+    M(
+        "isolation-first-transaction-only",
+        "run_in_transaction's isolation level holds for every transaction of the attempt",
+        "mountaineer_db/retries.py",
+        "        async with session_scope(engine, execution_options=options) as session:\n",
+        "        async with session_scope(engine) as session:\n"
+        "            if options is not None:\n"
+        "                await session.connection(execution_options=options)\n",
+        ("tests/test_retries.py::test_every_transaction_of_an_attempt_runs_at_the_isolation_level",),
+    ),
+    M(
+        "replay-drops-hooks",
+        "on_commit hooks registered before a replayed first statement still run at the commit",
+        "mountaineer_db/session.py",
+        "    with hooks_carried_over(session):",
+        "    if True:",
+        (
+            "tests/test_stale_statements.py::test_an_on_commit_hook_registered_before_a_replayed_first_statement_still_runs",
+        ),
+    ),
+    M(
+        "replica-read-cancel-strands",
+        "a read cancelled while it picks its replica gives the replica connection back",
+        "mountaineer_db/read_sessions.py",
+        "        except BaseException as error:\n            # Could not begin",
+        "        except Exception as error:\n            # Could not begin",
+        ("tests/test_replicas.py::test_a_read_cancelled_while_it_picks_its_replica_gives_the_connection_back",),
+    ),
+    M(
+        "probe-pools-interrupted-connection",
+        "a replica probe interrupted mid-statement drops its connection instead of pooling it",
+        "mountaineer_db/replicas.py",
+        "                    driver.terminate()\n                    raw.invalidate()\n",
+        "",
+        ("tests/test_replicas.py::test_a_replica_probe_cancelled_while_it_reads_the_status_gives_its_connection_back",),
+    ),
+    M(
+        "row-lock-is-a-change",
+        "an action that only locked rows gets no 'uncommitted changes' warning",
+        "mountaineer_db/rerender.py",
+        "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')",
+        "AND l.mode NOT IN ('AccessShareLock')",
+        (
+            "tests/test_request_session.py::test_an_action_that_only_locks_rows_gets_no_warning_and_one_that_writes_in_sql_does",
+        ),
+    ),
+    M(
+        "sql-write-unseen",
+        "an action's uncommitted SQL write is rolled back with a warning",
+        "mountaineer_db/rerender.py",
+        '"SELECT CASE WHEN txid_current_if_assigned() IS NULL THEN false ELSE EXISTS ("',
+        '"SELECT CASE WHEN true THEN false ELSE EXISTS ("',
+        (
+            "tests/test_request_session.py::test_an_action_that_only_locks_rows_gets_no_warning_and_one_that_writes_in_sql_does",
+        ),
+    ),
+    M(
+        "cleanup-not-shielded-at-handover",
+        "a cancellation pending as a session's cleanup starts lets the cleanup finish",
+        "mountaineer_db/session.py",
+        "    task = asyncio.ensure_future(work)\n",
+        "    await work\n    return\n    task = asyncio.ensure_future(work)\n",
+        ("tests/test_handovers.py::test_a_cancellation_pending_as_the_cleanup_starts_lets_the_cleanup_finish",),
+    ),
 )
 
 

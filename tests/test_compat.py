@@ -247,6 +247,31 @@ async def test_canary_sqlalchemy_queue_pool_builds_its_queue_from_queue_class(ma
     assert queue.qsize() == 1, "connections no longer return to the pool through `_queue_class`'s put()"
 
 
+async def test_canary_sqlalchemy_queue_pool_returns_a_record_through_do_return_conn(make_config: Any) -> None:
+    """Upstream: `QueuePool._do_return_conn(record)` puts a record back in the queue or, when the queue
+    raises `Full`, closes it and releases its overflow slot (sqlalchemy/pool/impl.py, 2.0 and 2.1). Ours: a
+    connection handed to a pool waiter cancelled before it ran goes back through it (`fair_pool`); without
+    it, that connection is never given back."""
+    from mountaineer_db.fair_pool import FairQueue
+
+    config = make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=1)
+    pool = engine_for(config).pool
+    queue = getattr(pool, "_pool", None)
+    assert isinstance(queue, FairQueue)
+    assert queue.return_unused == pool._do_return_conn, "QueuePool no longer has `_do_return_conn`"  # type: ignore[attr-defined]
+    engine = engine_for(config)
+    first, second = await engine.connect().start(), await engine.connect().start()
+    await first.exec_driver_sql("SELECT 1")
+    await second.exec_driver_sql("SELECT 1")
+    await first.close()
+    record = pool._pool.get_nowait()  # type: ignore[attr-defined]
+    assert (pool.checkedout(), pool.overflow()) == (2, 1)
+    await second.close()  # into the queue, which is now full
+    await greenlet_spawn(pool._do_return_conn, record)  # type: ignore[attr-defined]
+    assert (pool.checkedout(), pool.overflow(), pool.checkedin()) == (0, 0, 1), "the surplus record was not closed"
+    assert record.dbapi_connection is None, "`_do_return_conn` no longer closes a record the full queue refused"
+
+
 async def test_if_mountaineer_changes_its_rerender_the_kit_still_reaches_it(
     notes_app: tuple[AppController, CompatConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:

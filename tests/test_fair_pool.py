@@ -8,12 +8,16 @@ from sqlalchemy import event, exc, text
 from sqlalchemy.util import greenlet_spawn
 
 from mountaineer_db import DatabaseUnavailableError, database_session
+from mountaineer_db.dependencies import get_db
 from mountaineer_db.engine import engine_for
 from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool, FairQueue
+from tests.handovers import OneStep, assert_nothing_stranded, backends
 
 
 def _fixed(make_config: Any, **settings: Any) -> Any:
-    return make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0, **settings)
+    return make_config(
+        **{"DATABASE_POOL_TYPE": "FIXED_PROCESS", "DATABASE_POOL_SIZE": 1, "DATABASE_MAX_OVERFLOW": 0, **settings}
+    )
 
 
 async def _until(condition: Any) -> None:
@@ -132,12 +136,93 @@ async def test_an_item_handed_to_a_waiter_cancelled_before_it_ran_goes_to_the_ne
     """The race the hand-off must survive: the item is set on the waiter's future, then its task is
     cancelled before it resumes. The item is passed on, not lost."""
     queue: FairQueue[str] = FairQueue(1)
-    first = asyncio.ensure_future(queue._wait(None))
-    second = asyncio.ensure_future(queue._wait(None))
-    await asyncio.sleep(0)
+    first = asyncio.ensure_future(greenlet_spawn(queue.get, True, None))
+    second = asyncio.ensure_future(greenlet_spawn(queue.get, True, None))
+    await _until(lambda: queue.waiting() == 2)
     queue.put_nowait("connection")
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert await second == "connection"
+    assert await asyncio.wait_for(second, 10) == "connection"
     assert queue.waiting() == 0 and queue.qsize() == 0
+
+
+async def _taken(engine: Any) -> Any:
+    """A connection checked out of `engine`'s pool, with no transaction open (so giving it back is no I/O)."""
+    connection = await engine.connect().start()
+    await connection.execute(text("SELECT 1"))
+    await connection.commit()
+    return connection
+
+
+async def test_a_waiter_cancelled_after_its_hand_over_while_another_connection_comes_back_strands_nothing(
+    make_config: Any, pg_server: Any, test_database: str
+) -> None:
+    """Issue 31, row 1. Pool size 1, overflow 1, both connections taken, one request waiting. In one
+    loop step: the first connection comes back (handed to the waiter), the waiter is cancelled before
+    it runs, the second comes back (into the idle queue, now full). The waiter gets its
+    CancelledError, not `sqlalchemy.util.queue.Full`; the unused connection goes back the way any
+    surplus connection does (closed, overflow given back); two connections at once work again."""
+    name = "mdb-handover-pool"
+    config = _fixed(make_config, DATABASE_MAX_OVERFLOW=1, DATABASE_APPLICATION_NAME=name)
+    engine = await get_db(config=config)
+    queue = engine.pool._pool  # type: ignore[attr-defined]
+    first, second = await _taken(engine), await _taken(engine)
+
+    async def request() -> int:
+        async with database_session(config) as session:
+            return int((await session.exec(text("SELECT 3"))).one()[0])  # type: ignore[call-overload]
+
+    waiter = asyncio.ensure_future(request())
+    await _until(lambda: queue.waiting() == 1)
+    with OneStep():
+        await first.close()
+        waiter.cancel()
+        await second.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await assert_nothing_stranded(engine, pg_server, test_database, name)
+    assert engine.pool.checkedin() == 1 and engine.pool.overflow() == 0
+
+    async def hold_one(release: asyncio.Event) -> int:
+        async with database_session(config) as session:
+            value = int((await session.exec(text("SELECT 4"))).one()[0])  # type: ignore[call-overload]
+            await release.wait()
+            return value
+
+    release = asyncio.Event()
+    both = [asyncio.ensure_future(hold_one(release)) for _ in range(2)]
+    await _until(lambda: engine.pool.checkedout() == 2)
+    release.set()
+    assert await asyncio.gather(*both) == [4, 4]
+    await assert_nothing_stranded(engine, pg_server, test_database, name)
+
+
+async def test_a_waiter_cancelled_after_its_hand_over_passes_the_connection_to_the_next_waiter(
+    make_config: Any, pg_server: Any, test_database: str
+) -> None:
+    """The same window with another request waiting behind: in one loop step the connection comes back
+    (handed to the first waiter) and the first waiter is cancelled. The connection goes on to the second
+    waiter, through the pool's own return path; nothing is closed, nothing stranded."""
+    name = "mdb-handover-next"
+    config = _fixed(make_config, DATABASE_APPLICATION_NAME=name)
+    engine = await get_db(config=config)
+    queue = engine.pool._pool  # type: ignore[attr-defined]
+    holder = await _taken(engine)
+    backend = (await backends(pg_server, test_database, name))[0]["pid"]
+
+    async def request() -> int:
+        async with database_session(config) as session:
+            return int((await session.exec(text("SELECT pg_backend_pid()"))).one()[0])  # type: ignore[call-overload]
+
+    first = asyncio.ensure_future(request())
+    await _until(lambda: queue.waiting() == 1)
+    second = asyncio.ensure_future(request())
+    await _until(lambda: queue.waiting() == 2)
+    with OneStep():
+        await holder.close()
+        first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 10) == backend, "the second waiter got the same connection"
+    await assert_nothing_stranded(engine, pg_server, test_database, name)

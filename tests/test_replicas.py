@@ -38,15 +38,17 @@ from mountaineer_db import (
 )
 from mountaineer_db import replicas as replicas_module
 from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.dependencies import get_db
 from mountaineer_db.engine import engine_for
 from mountaineer_db.migrations.environment import migration_engine
 from mountaineer_db.pgbouncer import PgBouncer
-from mountaineer_db.read_your_writes import COOKIE_NAME
-from mountaineer_db.replicas import REFRESH_INTERVAL, ReplicaSet, replica_status
+from mountaineer_db.read_your_writes import COOKIE_NAME, signer_for
+from mountaineer_db.replicas import REFRESH_INTERVAL, REPLAY_SQL, STATUS_SQL, ReplicaSet, replica_status, replicas_of
 from mountaineer_db.replication import StreamingReplica, streaming_replicas
 from mountaineer_db.testing import pause_replay, resume_replay, wait_for_replicas
 from tests.conftest import require_pgbouncer
 from tests.core_app import write_stub_views
+from tests.handovers import HoldingProxy, assert_nothing_stranded, idle_connections
 from tests.sample_apps import server_execute
 
 DB = "replica_app"
@@ -662,6 +664,130 @@ async def test_without_replicas_renders_get_the_usual_session(
         assert (await get(http, "/writing?how=orm")) == {"wrote": True}
     assert SESSION_KINDS == ["RequestSyncSession"]
     assert page["port"] == replicated.primary.port
+
+
+# -- Cancellation while a read picks its replica (issue 31, row 4) -------------------------------
+
+# What the read has sent, and awaits the answer to, when it is cancelled.
+PICKING_STEPS = {
+    "begin": b"BEGIN READ ONLY",  # its transaction's BEGIN, sent early on the replica
+    "status": b"SELECT pg_is_in_recovery()",  # the replica's status (STATUS_SQL)
+    "replay_wait": b"SELECT COALESCE((pg_last_wal_replay_lsn()",  # waiting for the client's last write (REPLAY_SQL)
+    "not_admitted": b"ROLLBACK",  # leaving a replica that has not replayed the client's last write
+}
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+@pytest.mark.parametrize("step", list(PICKING_STEPS))
+async def test_a_read_cancelled_while_it_picks_its_replica_gives_the_connection_back(
+    replicated: Replicated, make_config: Callable[..., ReplicaAppConfig], tmp_path: Path, step: str, pool: str
+) -> None:
+    """A render routed to a replica is cancelled (a client gone, a timeout) while it begins its
+    transaction there, reads the replica's status, waits for the replica to replay the client's last
+    write, or rolls back on a replica that had not replayed it (to read the primary instead): the
+    replica connection goes back (nothing checked out, nothing left on the replica), the replica is
+    not taken for down, and the next read is served there. A proxy in front of the replica holds the
+    answer to that step, so the cancellation lands exactly there."""
+    assert REPLAY_SQL.encode().startswith(PICKING_STEPS["replay_wait"])
+    assert STATUS_SQL.encode().startswith(PICKING_STEPS["status"])
+    replica = replicated.replicas[0]
+    name = f"mdb-cancel-{step}"
+    async with HoldingProxy(replica.port) as proxy:
+        url = replica.url(DB).set(port=proxy.port)
+        config = make_config(
+            DATABASE_REPLICA_URLS=[url],
+            DATABASE_POOL_TYPE=pool,
+            DATABASE_APPLICATION_NAME=name,
+            DATABASE_REPLICA_MAX_WAIT=0 if step == "not_admitted" else 30,
+        )
+        async with client(config, tmp_path) as http:
+            if step == "not_admitted":  # the replica engine has made its first connection (SQLAlchemy's setup)
+                assert (await get(http))["port"] == replica.port
+            if step in ("replay_wait", "not_admitted"):  # the client's last write: a position not replayed
+                http.cookies.set(COOKIE_NAME, signer_for(config).sign(1 << 60))
+            answer_held = proxy.hold_answers_to(PICKING_STEPS[step])
+            read = asyncio.ensure_future(http.get("/"))
+            await asyncio.wait_for(answer_held.wait(), 10)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            proxy.release()
+            await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
+            assert [item["state"] for item in replica_status(config)] != ["down"], "the cancellation was ours"
+            http.cookies.clear()
+            page = await get(http)
+            assert (page["in_recovery"], page["port"]) == (True, replica.port), "served by the replica"
+        await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_a_replica_probe_cancelled_while_it_reads_the_status_gives_its_connection_back(
+    replicated: Replicated,
+    make_config: Callable[..., ReplicaAppConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: str,
+) -> None:
+    """The background probe of a replica marked down is cancelled (as `dispose_engines()` does at
+    shutdown) while it waits for the replica's status: its connection goes back, none is left on the
+    replica, and the replica engine serves the next read."""
+    monkeypatch.setattr(replicas_module, "_RETRY_FIRST", 0.0)  # probed again at the next read, not in 1 s
+    replica = replicated.replicas[0]
+    name = "mdb-cancel-probe"
+    async with HoldingProxy(replica.port) as proxy:
+        url = replica.url(DB).set(port=proxy.port)
+        config = make_config(
+            DATABASE_REPLICA_URLS=[url],
+            DATABASE_POOL_TYPE=pool,
+            DATABASE_APPLICATION_NAME=name,
+            DATABASE_CONNECT_TIMEOUT=10,
+        )
+        async with client(config, tmp_path) as http:
+            replicas = replicas_of(await get_db(config=config))
+            assert replicas is not None
+            replicas.mark_down(replicas.replicas[0], ConnectionResetError("reset by the test"))
+            answer_held = proxy.hold_answers_to(PICKING_STEPS["status"])
+            assert (await get(http))["port"] == replicated.primary.port, "skipped while down; its probe starts"
+            await asyncio.wait_for(answer_held.wait(), 10)
+            probes = list(replicas_module._probes)
+            assert len(probes) == 1
+            replicas_module.forget_replicas()
+            with pytest.raises(asyncio.CancelledError):
+                await probes[0]
+            engine = engine_for(config, url=url)
+            assert idle_connections(engine) == [], "interrupted mid-statement: dropped, never pooled"
+            proxy.release()
+            await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
+            page = await get(http)
+            assert (page["in_recovery"], page["port"]) == (True, replica.port), "served by the replica"
+        await assert_nothing_stranded(engine_for(config, url=url), replica, DB, name)
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_an_action_cancelled_while_it_reads_its_commit_position_gives_the_connection_back(
+    replicated: Replicated, make_config: Callable[..., ReplicaAppConfig], tmp_path: Path, pool: str
+) -> None:
+    """With replicas, an action's commit is followed by reading the primary's WAL position (for the
+    client's read-your-writes cookie), on the session's own connection. Cancelled while that answer is
+    held: the commit stands, the primary connection goes back, nothing stays open on the primary."""
+    name = "mdb-cancel-position"
+    async with HoldingProxy(replicated.primary.port) as proxy:
+        config = make_config(
+            SQLALCHEMY_DATABASE_URI=replicated.primary.url(DB).set(port=proxy.port),
+            DATABASE_POOL_TYPE=pool,
+            DATABASE_APPLICATION_NAME=name,
+        )
+        async with client(config, tmp_path) as http:
+            answer_held = proxy.hold_answers_to(b"pg_current_wal_insert_lsn()")
+            action = asyncio.ensure_future(http.post(f"{ACTION}/add_note", json={"body": "committed"}))
+            await asyncio.wait_for(answer_held.wait(), 10)
+            action.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await action
+            proxy.release()
+            await assert_nothing_stranded(engine_for(config), replicated.primary, DB, name)
+            assert (await add_note(http, "next"))["bodies"] == ["committed", "next"]
+        await assert_nothing_stranded(engine_for(config), replicated.primary, DB, name)
 
 
 # -- Through PgBouncer ------------------------------------------------------------------------

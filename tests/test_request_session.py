@@ -47,7 +47,7 @@ class ItemsRender(RenderBase):
 
 class NewItem(BaseModel):
     name: str
-    mode: str = "commit"  # commit | flush | add | commit_then_flush | read | fail_render
+    mode: str = "commit"  # commit | flush | add | commit_then_flush | read | fail_render | lock | sql_write
 
 
 # What the handlers saw, for the tests to assert on.
@@ -77,6 +77,10 @@ class ItemsController(ControllerBase):
         pid = None
         if payload.mode == "read":
             pid = await _backend_pid(session)
+        elif payload.mode == "lock":  # reads with a row lock (which assigns a transaction id), writes nothing
+            await session.exec(select(RequestItem).with_for_update())
+        elif payload.mode == "sql_write":  # a write the ORM does not see
+            await session.exec(text("UPDATE request_session_item SET name = name || ' (uncommitted)'"))  # type: ignore[call-overload]
         else:
             session.add(RequestItem(name=payload.name))
         if payload.mode in ("commit", "commit_then_flush", "fail_render"):
@@ -325,3 +329,31 @@ async def test_concurrent_sideeffect_requests_each_keep_their_own_session(
     assert all(render["backend_pid"] == pid_of_action[render["session_id"]] for render in rendered)
     assert len(connects) == 3
     assert sorted(await _committed_names(direct_config)) == ["concurrent 0", "concurrent 1", "concurrent 2"]
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_an_action_that_only_locks_rows_gets_no_warning_and_one_that_writes_in_sql_does(
+    direct_config: ItemsConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture, pool: str
+) -> None:
+    """Issue 31, row 5. A @sideeffect that reads with `with_for_update()` and does not commit changed
+    nothing: no "left uncommitted changes" warning before its re-render (a row lock assigns a
+    transaction id, so that alone does not tell). One that writes in plain SQL, which the ORM does not
+    see, still gets it, and its write is rolled back."""
+    unregister_config()
+    config = ItemsConfig(
+        SQLALCHEMY_DATABASE_URI=direct_config.SQLALCHEMY_DATABASE_URI,
+        DATABASE_APPLICATION_NAME=APP_NAME,
+        DATABASE_POOL_TYPE=pool,
+    )
+    caplog.set_level(logging.INFO, logger="mountaineer_db")
+    async for http in _client(config, tmp_path / "views"):
+        assert (await http.post(f"{ACTION}/add_item", json={"name": "locked"})).status_code == 200
+        caplog.clear()
+        response = await http.post(f"{ACTION}/add_item", json={"name": "unused", "mode": "lock"})
+        assert response.json()["sideeffect"]["names"] == ["locked"]
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        response = await http.post(f"{ACTION}/add_item", json={"name": "unused", "mode": "sql_write"})
+        assert response.json()["sideeffect"]["names"] == ["locked"], "the re-render never shows uncommitted data"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "left uncommitted changes; rolled them back" in warnings[0], warnings
+    assert await _committed_names(config) == ["locked"]

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from mountaineer_db import AsyncSession, DatabaseConfig, on_commit, run_in_transaction
+from mountaineer_db import AsyncSession, DatabaseConfig, database_session, on_commit, run_in_transaction
 from mountaineer_db.engine import engine_for
 from mountaineer_db.retries import sqlstate_of
 
@@ -287,3 +287,32 @@ async def test_bad_arguments_are_refused_before_any_work(kwargs: dict[str, Any],
     with pytest.raises(ValueError) as caught:
         await run_in_transaction(never, **kwargs)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_every_transaction_of_an_attempt_runs_at_the_isolation_level(
+    make_config: Callable[..., DatabaseConfig], pool: str
+) -> None:
+    """Issue 31, row 2: `work` commits part-way, then rolls back part-way; each transaction after that
+    (the last one ended by run_in_transaction's own commit) begins at the level asked for too. The
+    level does not outlive the call on a pooled connection."""
+    sizes = {"DATABASE_POOL_SIZE": 1, "DATABASE_MAX_OVERFLOW": 0} if pool == "FIXED_PROCESS" else {}
+    config = make_config(DATABASE_POOL_TYPE=pool, **sizes)
+    levels: list[str] = []
+
+    async def show(session: AsyncSession) -> None:
+        levels.append(str((await session.exec(text("SHOW transaction_isolation"))).one()[0]))  # type: ignore[call-overload]
+
+    async def work(session: AsyncSession) -> None:
+        await show(session)
+        await session.commit()
+        await show(session)
+        await session.rollback()
+        await show(session)  # committed by run_in_transaction once `work` returns
+
+    await run_in_transaction(work, isolation_level="SERIALIZABLE", config=config)
+    assert levels == ["serializable"] * 3
+    levels.clear()
+    async with database_session(config) as session:
+        await show(session)
+    assert levels == ["read committed"]

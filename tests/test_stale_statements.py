@@ -13,13 +13,18 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from mountaineer import AppController, ControllerBase, RenderBase, sideeffect
+from pydantic import BaseModel
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import select
 
-from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, SchemaChangedError
+from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, SchemaChangedError, SessionDep, on_commit
 from mountaineer_db.engine import engine_for
 from mountaineer_db.stale_statements import _recover, stale_statement_cause, uninstall_stale_statement_recovery
+from tests.core_app import write_stub_views
 from tests.sample_apps import server_execute
 from tests.stale_load import (
     CONCURRENCY,
@@ -28,6 +33,7 @@ from tests.stale_load import (
     SCENARIOS,
     SCHEMA,
     Outcome,
+    StaleItem,
     app_client,
     fixed_pool_config,
     run_load,
@@ -234,3 +240,61 @@ def test_schema_changed_error_is_a_503_that_keeps_its_message_when_pickled() -> 
     assert str(error) == "what happened"
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is SchemaChangedError and str(copy) == "what happened" and copy.detail == DETAIL["detail"]
+
+
+# -- after-commit hooks across a replay -------------------------------------------------------
+
+HOOKS_RAN: list[str] = []
+
+
+class ScoresRender(RenderBase):
+    scores: list[int]
+
+
+class Bump(BaseModel):
+    commit: bool = True
+
+
+class BumpController(ControllerBase):
+    url = "/bump"
+    view_path = "/app/bump/page.tsx"
+
+    async def render(self, session: SessionDep) -> ScoresRender:
+        items = (await session.exec(select(StaleItem).where(StaleItem.id <= 2).order_by(StaleItem.id))).all()  # type: ignore[arg-type]
+        return ScoresRender(scores=[item.score for item in items])
+
+    @sideeffect
+    async def bump(self, payload: Bump, session: SessionDep) -> None:
+        on_commit(session, lambda: HOOKS_RAN.append("bumped"))  # before the transaction's first statement
+        items = (await session.exec(select(StaleItem).where(StaleItem.id <= 2).order_by(StaleItem.id))).all()  # type: ignore[arg-type]
+        for item in items:
+            item.score += 10
+        if payload.commit:
+            await session.commit()
+
+
+async def test_an_on_commit_hook_registered_before_a_replayed_first_statement_still_runs(
+    pg_server: Any, test_database: str, schema: None, tmp_path: Path
+) -> None:
+    """Issue 31, row 3. An action registers an on_commit hook, then runs its transaction's first
+    statement, which meets a migration and is replayed: the hook runs at the action's commit. A hook
+    of an action that does not commit is still dropped, replay or not."""
+    config = fixed_pool_config(pg_server.url(test_database), DATABASE_POOL_SIZE=1)
+    write_stub_views(tmp_path / "views", "bump-views", "bump")
+    app = AppController(view_root=tmp_path / "views", config=config)
+    app.register(BumpController())
+    action = "/internal/api/bump_controller/bump"
+    HOOKS_RAN.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver") as client:
+        response = await client.post(action, json={})  # the statement is now cached on the pooled connection
+        assert response.json() == {"sideeffect": {"scores": [11, 12]}} and HOOKS_RAN == ["bumped"]
+        HOOKS_RAN.clear()
+        await server_execute(pg_server, SCENARIOS["column_type"][1], database=test_database)
+        response = await client.post(action, json={})
+        assert response.json() == {"sideeffect": {"scores": [21, 22]}}, "replayed, then committed"
+        assert HOOKS_RAN == ["bumped"], "the hook registered before the replayed statement ran at the commit"
+        HOOKS_RAN.clear()
+        await server_execute(pg_server, SCENARIOS["drop_and_add_column"][1], database=test_database)
+        response = await client.post(action, json={"commit": False})
+        assert response.json() == {"sideeffect": {"scores": [21, 22]}}, "replayed, never committed"
+        assert HOOKS_RAN == [], "a hook of a transaction that was rolled back never runs"
