@@ -28,6 +28,8 @@ from tests.sample_apps import (
     write_migrations_folder,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+
 TABLES = """
 from sqlalchemy import CheckConstraint, Column, ForeignKey, Integer, MetaData, String, Table
 
@@ -143,6 +145,8 @@ async def test_a_database_of_mountaineer_0_8_against_models_named_by_mountaineer
         assert line in differences, differences
     assert len(differences) == 6, differences
     assert str(caught.value).endswith(RENAME_ADVICE)
+    guide = " ".join((ROOT / "docs" / "moving-from-mountaineer-database.md").read_text().split())
+    assert "`rename primary key detailitem_pkey on detailitem to pk_detailitem`" in guide  # its step 6 quotes it
 
 
 async def test_a_database_named_by_mountaineer_db_against_models_with_postgres_names(

@@ -6,15 +6,19 @@ tests/test_moving_from_mountaineer_database_app.py.
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mountaineer import ConfigBase
 
-from mountaineer_db import DatabaseConfig, DatabaseConfigError
+from mountaineer_db import DatabaseConfig, DatabaseConfigError, migrations
+from tests.sample_apps import fresh_database, server_execute
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (ROOT / "docs" / "moving-from-mountaineer-database.md").read_text()
+PROSE = " ".join(PAGE.split())
 
 
 # -- the config ---------------------------------------------------------------------------
@@ -111,3 +115,65 @@ def test_table_models_do_not_validate_on_construction_but_model_validate_does() 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "refused", result.stderr[-2000:]
     assert "`Todo.model_validate(data)`" in PAGE
+
+
+# -- a new required column on a table with rows -------------------------------------------
+
+REQUIRED_COLUMN = """
+from sqlalchemy import Column, Integer, MetaData, String, Table
+
+def detailitem(*extra):
+    metadata = MetaData()
+    Table("detailitem", metadata, Column("id", Integer, primary_key=True), Column("description", String), *extra)
+    return metadata
+
+before = detailitem()
+after = detailitem(Column("priority", Integer, nullable=False))  # `priority: int` added to the model
+"""
+
+
+class RequiredColumnConfig(DatabaseConfig):
+    PACKAGE: str | None = "reqcol"
+
+
+@pytest.fixture
+def reqcol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    package = tmp_path / "reqcol"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tables.py").write_text(REQUIRED_COLUMN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield package
+    for module in [name for name in sys.modules if name == "reqcol" or name.startswith("reqcol.")]:
+        del sys.modules[module]
+
+
+@pytest.fixture
+def database(pg_server: Any) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="mdb_reqcol") as name:
+        yield name
+
+
+async def test_a_new_required_column_fails_on_existing_rows_and_lint_flags_it(
+    pg_server: Any, reqcol: Path, database: str
+) -> None:
+    """What the page's last paragraph says, with the quoted error (#32 item 9)."""
+
+    def config(metadata: str) -> DatabaseConfig:
+        return RequiredColumnConfig(
+            SQLALCHEMY_DATABASE_URI=pg_server.url(database), MIGRATIONS_METADATA=f"reqcol.tables:{metadata}"
+        )
+
+    await migrations.init(config=config("before"))
+    await migrations.generate("baseline", config=config("before"))
+    await migrations.apply(config=config("before"))
+    await server_execute(pg_server, "INSERT INTO detailitem (description) VALUES ('a row')", database=database)
+    await migrations.generate("add priority", config=config("after"))
+    with pytest.raises(migrations.MigrationError) as caught:
+        await migrations.apply(config=config("after"))
+    quoted = 'column "priority" of relation "detailitem" contains null values'
+    assert quoted in str(caught.value)
+    assert f"`{quoted}`" in PROSE and "migrations.md#a-new-required-column" in PAGE
+    findings = await migrations.lint(config=config("after"))
+    assert [finding.rule for finding in findings] == ["adding-required-field"]
+    assert "`mountaineer-db migrate lint`" in PROSE

@@ -10,6 +10,7 @@ taken from the page itself.
 """
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -37,13 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = (ROOT / "docs" / "moving-from-mountaineer-database.md").read_text()
 PROSE = " ".join(PAGE.split())
 OLD_APP = Path(__file__).parent / "sample_apps" / "old_template_app"
-
-ADD_PRIORITY = """
-class DetailItem(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    description: str
-    priority: int
-"""
 
 REQUEST = """
 import asyncio, json, logging, sys
@@ -185,13 +179,17 @@ async def _constraint_names(server: Any, database: str) -> list[str]:
     return [row[0] for row in rows]
 
 
+@pytest.mark.timeout(900)  # some twenty steps, each a process of its own: minutes on a loaded machine
 def test_the_page_moves_the_old_template_app(project: Project, pg_server: Any) -> None:
     files = files_in(PAGE)
     assert set(files) >= {"myapp/cli.py", "myapp/models/__init__.py", ".env", ".gitignore"}
 
     # The old cli.py takes runserver and build down with it (the page's "The app's cli.py").
-    old_cli = _failed(project.python("import myapp.cli"))
-    assert "No module named 'mountaineer.database'" in old_cli and "`No module named 'mountaineer.database'`" in PROSE
+    spec = importlib.util.spec_from_file_location("old_template_cli", project.root / "myapp" / "cli.py")
+    assert spec is not None and spec.loader is not None
+    with pytest.raises(ModuleNotFoundError, match=r"^No module named 'mountaineer.database'$"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert "`No module named 'mountaineer.database'`" in PROSE
 
     # -- The development database ----------------------------------------------------------
     # DATABASE_EMBEDDED=true added to the old .env: refused, naming the line to delete (#32 item 1).
@@ -287,15 +285,6 @@ def test_the_page_moves_the_old_template_app(project: Project, pg_server: Any) -
         asyncio.run(server_execute(pg_server, "DROP TABLE migration_info", database=old_database))
         _ok(project.run(check, production))
 
-        # A key under another name is a difference (#32 item 6), as the page's step 6 says.
-        rename = "ALTER TABLE detailitem RENAME CONSTRAINT detailitem_pkey TO pk_detailitem"
-        asyncio.run(server_execute(pg_server, rename, database=old_database))
-        renamed = project.run(check, production)
-        assert renamed.returncode == 1, renamed.stdout
-        assert "rename primary key pk_detailitem on detailitem to detailitem_pkey" in renamed.stderr
-        assert "`rename primary key detailitem_pkey on detailitem to pk_detailitem`" in PROSE
-        back = "ALTER TABLE detailitem RENAME CONSTRAINT pk_detailitem TO detailitem_pkey"
-        asyncio.run(server_execute(pg_server, back, database=old_database))
         assert asyncio.run(_constraint_names(pg_server, old_database)) == old_names  # nothing else was run
 
         # A new database gets its tables, and the old names, from the baseline.
@@ -304,14 +293,3 @@ def test_the_page_moves_the_old_template_app(project: Project, pg_server: Any) -
             new = {"DATABASE_EMBEDDED": "false", "DATABASE_URL": fresh_url.render_as_string(hide_password=False)}
             _ok(project.run([sys.executable, "-m", "mountaineer_db.cli", "migrate", "apply"], new))
             assert asyncio.run(_constraint_names(pg_server, new_database)) == old_names
-
-    # -- A new required column on a table with rows (#32 item 9) ---------------------------
-    detail = project.root / "myapp" / "models" / "detail.py"
-    detail.write_text(detail.read_text().split("class DetailItem", 1)[0] + ADD_PRIORITY.lstrip())
-    _ok(project.shell('mountaineer-db migrate generate -m "add priority"'))
-    failed = _failed(project.shell("mountaineer-db migrate apply"))
-    assert 'column "priority" of relation "detailitem" contains null values' in failed, failed
-    assert '`column "priority" of relation "detailitem" contains null values`' in PROSE
-    assert "migrations.md#a-new-required-column" in PAGE and "`mountaineer-db migrate lint`" in PROSE
-    linted = project.shell("mountaineer-db migrate lint")
-    assert linted.returncode == 1 and "adding-required-field" in linted.stdout, linted.stdout + linted.stderr
