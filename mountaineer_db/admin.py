@@ -11,6 +11,9 @@ await admin.dropdb(config)
 `createdb` and `dropdb` connect to the `postgres` maintenance database with the
 credentials of `config.migrations_url` (the direct URL when the app goes through
 PgBouncer). Database names are always quoted as identifiers, so any name is only a name.
+With DATABASE_EMBEDDED=true (development) each function starts (or reuses) the embedded
+PostgreSQL first, as the `mountaineer-db` commands do, so an app's own `cli.py` needs no
+more than `await admin.createdb(create_tables=True)`.
 """
 
 import asyncio
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.connections import Connector
+from mountaineer_db.embedded import ensure_embedded_database
 from mountaineer_db.exceptions import (
     ConfigurationError,
     DatabaseAdminError,  # defined there with every other error
@@ -69,6 +73,16 @@ def _target_name(url: URL) -> str:
     return name
 
 
+def _app_config(config: DatabaseConfig | None, *, create_database: bool = False) -> DatabaseConfig:
+    """`config` (default: `load_config()`), on the embedded server when DATABASE_EMBEDDED asks for it.
+
+    The embedded server is started without creating the app's database, so `createdb` is the
+    one that creates it (and says so) and `dropdb` finds a missing one missing.
+    """
+    config = config if config is not None else load_config()
+    return ensure_embedded_database(config, apply_migrations=False, create_database=create_database)
+
+
 async def _connect(config: DatabaseConfig, url: URL) -> Any:
     """A raw asyncpg connection, opened the library's way (bounded, clear errors, no password leaks)."""
     return await Connector(migration_settings(config), url, statement_cache_size=0).connect()
@@ -88,7 +102,7 @@ async def wait_for_database(
     DATABASE_CONNECT_TIMEOUT. Raises `DatabaseUnavailableError` with the attempts made and
     the last reason when the time is up.
     """
-    config = config if config is not None else load_config()
+    config = _app_config(config)
     url = config.migrations_url if database is None else config.migrations_url.set(database=database)
     started = time.monotonic()
     attempts = 0
@@ -117,7 +131,7 @@ async def wait_for_database(
 
 async def database_exists(config: DatabaseConfig | None = None) -> bool:
     """Whether the configured database exists (asked of the maintenance database)."""
-    config = config if config is not None else load_config()
+    config = _app_config(config)
     name = _target_name(config.migrations_url)
     connection = await _connect(config, config.migrations_url.set(database=MAINTENANCE_DATABASE))
     try:
@@ -131,7 +145,7 @@ async def createdb(config: DatabaseConfig | None = None, *, create_tables: bool 
 
     With `create_tables=True`, also create the models' tables (see `create_model_tables`).
     """
-    config = config if config is not None else load_config()
+    config = _app_config(config)
     url = config.migrations_url
     name = _target_name(url)
     connection = await _connect(config, url.set(database=MAINTENANCE_DATABASE))
@@ -165,7 +179,7 @@ async def create_model_tables(config: DatabaseConfig | None = None) -> list[str]
     revisions (the tables must then match the head: keep models and revisions in step,
     `migrate check` tells). Returns the stamped revision ids ([] when nothing was stamped).
     """
-    config = config if config is not None else load_config()
+    config = _app_config(config, create_database=True)
     metadata = load_metadata(config)
     engine = migration_engine(config)
     try:
@@ -193,7 +207,7 @@ async def dropdb(config: DatabaseConfig | None = None, *, force: bool = False) -
 
     Fails while other sessions use it, unless `force=True` (PostgreSQL 13+), which ends them.
     """
-    config = config if config is not None else load_config()
+    config = _app_config(config)
     url = config.migrations_url
     name = _target_name(url)
     if name == MAINTENANCE_DATABASE:

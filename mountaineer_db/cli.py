@@ -73,16 +73,18 @@ async def _then_dispose(work: Awaitable[T]) -> T:
         await dispose_engines()
 
 
-def _load_config() -> DatabaseConfig:
+def _load_config(*, create_database: bool = True) -> DatabaseConfig:
     options = _options()
     try:
         config = migrations.load_config(options.config)
         if config.DATABASE_EMBEDDED and config.SQLALCHEMY_DATABASE_URI is None:
             # Development: start or reuse the app's embedded PostgreSQL (.mountaineer_db/ in the
             # current directory); it stops when this command ends unless the app still uses it.
+            # createdb and dropdb leave the app's database to the command itself, so what they
+            # print is what they did.
             from mountaineer_db.embedded import ensure_embedded_database
 
-            config = ensure_embedded_database(config, apply_migrations=False)
+            config = ensure_embedded_database(config, apply_migrations=False, create_database=create_database)
         return config
     except MountaineerDBError as error:
         if options.debug:
@@ -150,6 +152,11 @@ def migrate_generate(message: str, empty: bool, renames: tuple[str, ...]) -> Non
         click.echo("No changes between the models and the database; no revision written.")
     else:
         click.echo(f"Wrote {revision.path} ({revision.id}). Review it, then run: mountaineer-db migrate apply")
+        if not revision.down_revisions:  # the first revision: databases that have its tables adopt it instead
+            click.echo(
+                f"A database whose tables exist already (made by createdb --create-tables or an older tool) is "
+                f"adopted instead: mountaineer-db migrate stamp {revision.id}"
+            )
 
 
 @migrate.command("apply")
@@ -263,7 +270,7 @@ def createdb(create_tables: bool, wait_seconds: float) -> None:
         created = await admin.createdb(config)
         return created, (await admin.create_model_tables(config) if create_tables else [])
 
-    config = _load_config()
+    config = _load_config(create_database=False)
     created, stamped = _run(operation, config)
     target = describe_target(config.migrations_url)
     click.echo(f"{'Created' if created else 'Already exists:'} {target}")
@@ -278,7 +285,7 @@ def createdb(create_tables: bool, wait_seconds: float) -> None:
 @click.option("--force", is_flag=True, help="End other sessions using the database (PostgreSQL 13+).")
 def dropdb(yes: bool, force: bool) -> None:
     """Drop the configured database, after asking (all its data is lost)."""
-    config = _load_config()
+    config = _load_config(create_database=False)
     target = describe_target(config.migrations_url)
     if not yes:
         click.confirm(f"Drop {target}? All its data will be lost", abort=True)

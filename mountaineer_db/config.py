@@ -229,7 +229,7 @@ class DatabaseConfig(BaseSettings):
         problems = config_problems(self)
         if problems:
             raise ValueError("\n  ".join(problems))
-        if self.SQLALCHEMY_DATABASE_URI is None and self.POSTGRES_HOST is not None:
+        if self.SQLALCHEMY_DATABASE_URI is None and self.POSTGRES_HOST:  # an empty POSTGRES_HOST= line names no host
             # Frozen model: fill in the derived URL, the way `mountaineer.database` did;
             # `model_copy` derives it again from the copy's parts.
             object.__setattr__(self, "SQLALCHEMY_DATABASE_URI", self._url_from_parts())
@@ -274,8 +274,11 @@ class DatabaseConfig(BaseSettings):
                         "input": None,
                         "ctx": {
                             "error": ValueError(
-                                "no database location yet: DATABASE_EMBEDDED is on but the embedded "
-                                "server has not been started; call mountaineer_db.embedded.ensure_embedded_database()"
+                                "no database location yet: DATABASE_EMBEDDED is on but the development "
+                                "database was not started for this config; pass the config through "
+                                "mountaineer_db.embedded.ensure_embedded_database(config) first (the request "
+                                "dependencies, database_lifespan, mountaineer_db.admin and the mountaineer-db "
+                                "commands do that for the registered app config)"
                             )
                         },
                     }

@@ -42,6 +42,7 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
                 f"{described('POSTGRES_SSLMODE')} is {config.POSTGRES_SSLMODE.value} but the URL says "
                 f"sslmode={url_sslmode}. Keep one of them."
             )
+    problems.extend(_embedded_problems(config))
     if url is None and not config.DATABASE_EMBEDDED:
         missing = [n for n in ("POSTGRES_HOST", "POSTGRES_DB") if not getattr(config, n)]
         if missing:
@@ -92,6 +93,34 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
     return problems
 
+
+def _embedded_problems(config: "DatabaseConfig") -> list[str]:
+    """DATABASE_EMBEDDED=true while the config also says where a database is: which one wins is a guess.
+
+    An old `.env` that still holds POSTGRES_HOST (docker-compose days) next to a new
+    DATABASE_EMBEDDED=true is the usual way to get here. (POSTGRES_DB alone names the database
+    on the development server; the advice is to delete it too, so that a command given a
+    DATABASE_URL and DATABASE_EMBEDDED=false does not meet it.) The copy
+    `ensure_embedded_database` makes carries the embedded URL but is never validated again,
+    so it does not trip this.
+    """
+    if not config.DATABASE_EMBEDDED:
+        return []
+    named = [
+        described(name)
+        for name in ("SQLALCHEMY_DATABASE_URI", "MIGRATIONS_DATABASE_URI", "POSTGRES_HOST")
+        if getattr(config, name)
+    ]
+    if not named:
+        return []
+    return [
+        f"{described('DATABASE_EMBEDDED')} is true, but the config also names a database: {', '.join(named)}. "
+        "Use one or the other: for the development database delete POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, "
+        "POSTGRES_PASSWORD and POSTGRES_DB (or DATABASE_URL) from .env and the environment; to use that server "
+        "instead, set DATABASE_EMBEDDED=false."
+    ]
+
+
 def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
     problems: list[str] = []
     pool_fields = (
@@ -116,4 +145,3 @@ def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
     if config.DATABASE_POOL_TIMEOUT is not None and config.DATABASE_POOL_TIMEOUT <= 0:
         problems.append("DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.")
     return problems
-

@@ -35,6 +35,7 @@ from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
+from mountaineer_db.lifespan import with_development_database
 from mountaineer_db.origins import request_origin, work_origin
 from mountaineer_db.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
 from mountaineer_db.read_your_writes import Positions, ReplicatedRequestSession
@@ -53,9 +54,19 @@ __all__ = [
 ]
 
 
+def _app_config() -> DatabaseConfig:
+    # The registered config; with DATABASE_EMBEDDED, on the development database, started on
+    # first use when no `database_lifespan` did it at startup.
+    return with_development_database(registered_config())
+
+
 async def get_database_config() -> DatabaseConfig:
-    """The registered app config, as a `DatabaseConfig` (async: no thread hop per request)."""
-    return registered_config()
+    """The registered app config, as a `DatabaseConfig` (async: no thread hop per request).
+
+    With DATABASE_EMBEDDED=true, the config of the development database, which the first
+    request starts when the app's lifespan did not (`with_development_database`).
+    """
+    return _app_config()
 
 
 def _given(value: Any, name: str, kind: type) -> Any:
@@ -82,7 +93,7 @@ async def get_db(config: DatabaseConfig = Depends(get_database_config)) -> Async
     Outside FastAPI: `engine = await get_db(config=my_config)`, or `await get_db()` for the
     registered app config.
     """
-    return _engine(_given(config, "config", DatabaseConfig) or registered_config())
+    return _engine(_given(config, "config", DatabaseConfig) or _app_config())
 
 
 @asynccontextmanager
@@ -120,7 +131,7 @@ async def get_db_session(
     and the session keeps one connection across commits. With DATABASE_READ_ROUTING=renders
     and replicas configured, a GET request gets a read-only session on a replica instead.
     """
-    engine = _given(engine, "engine", AsyncEngine) or _engine(registered_config())
+    engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
         async with _rerender(state, request) as session:
@@ -157,7 +168,7 @@ async def get_db_read_session(
     Mountaineer's re-render after a `@sideeffect` reads the primary (the action's session).
     Without DATABASE_REPLICA_URLS it is a read-only session on the primary.
     """
-    engine = _given(engine, "engine", AsyncEngine) or _engine(registered_config())
+    engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
         async with _rerender(state, request) as session:

@@ -15,12 +15,11 @@ config = ensure_embedded_database(AppConfig())   # e.g. in the app's lifespan or
   so a restart reuses the same data. Add `.mountaineer_db/` to `.gitignore`.
 - A server already running for that folder (another process of the app, or one left behind
   by a process that was killed) is reused rather than started twice.
-- The last process using the server stops it: each process that starts or reuses it is
-  noted in `server.json`, and when the owner leaves (`stop_embedded_database()`, which
-  `database_lifespan` calls at shutdown, or at exit: atexit, SIGTERM and SIGHUP included)
-  while other processes still use it, ownership passes to one of them instead. So a
-  development server that restarts its app process (the new process starts before the old
-  one ends) keeps its database. A server left behind by a killed process is adopted.
+- The last process using the server stops it: each user is noted in `server.json`; when the
+  owner leaves (`stop_embedded_database()`, at shutdown by `database_lifespan`, or at exit,
+  SIGTERM/SIGHUP included) while others remain, ownership passes to one of them. So a
+  development server that restarts its app process keeps its database. A server left
+  behind by a killed process is adopted.
 - It refuses to run with `ENVIRONMENT=production`.
 """
 
@@ -47,7 +46,13 @@ from mountaineer_db.cluster import PostgresCluster, free_port
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_DIRECTORY", "EmbeddedDatabase", "ensure_embedded_database", "stop_embedded_database"]
+__all__ = [
+    "DEFAULT_DIRECTORY",
+    "EmbeddedDatabase",
+    "ensure_embedded_database",
+    "points_at_embedded_server",
+    "stop_embedded_database",
+]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -305,15 +310,24 @@ def stop_embedded_database(directory: Path | str | None = None) -> None:
         server.stop()
 
 
-async def _prepare(config: DatabaseConfig, apply_migrations: bool) -> None:
+async def _prepare(config: DatabaseConfig, *, create_database: bool, apply_migrations: bool) -> None:
     from mountaineer_db import admin, migrations
 
     # Both dispose of the engines they open; the app's own engines are left alone.
-    await admin.createdb(config)
+    if create_database:
+        await admin.createdb(config)
     package = getattr(config, "PACKAGE", None)
-    if apply_migrations and isinstance(package, str) and migrations.migrations_directory(config).is_dir():
-        for revision in await migrations.apply(config=config):
-            logger.info("Applied migration %s", revision)
+    # A migrations folder without env.py is not ours (say, the old mountaineer.migrations' rev_*.py files).
+    if not (apply_migrations and isinstance(package, str)):
+        return
+    if not (migrations.migrations_directory(config) / "env.py").is_file():
+        return
+    advice = await migrations.adoption_advice(config)
+    if advice is not None:  # tables made before the migrations: applying them would fail on the first table
+        logger.warning("Development database: %s", advice)
+        return
+    for revision in await migrations.apply(config=config):
+        logger.info("Applied migration %s", revision)
 
 
 def ensure_embedded_database(
@@ -321,19 +335,21 @@ def ensure_embedded_database(
     *,
     directory: Path | str | None = None,
     apply_migrations: bool = True,
+    create_database: bool = True,
 ) -> ConfigT:
     """Start or reuse the embedded PostgreSQL and return `config` pointed at it.
 
-    Does nothing (returns `config` itself) unless `config.DATABASE_EMBEDDED` is true. The
-    database is named after POSTGRES_DB (default: the app's PACKAGE, else "app"); it is
-    created when missing, and the migrations in `<PACKAGE>/migrations/` are applied when
-    that folder exists. If `config` is the registered Mountaineer config, the returned copy
-    replaces it in the registry, so `DatabaseDependencies` use the embedded server.
-
-    Raises `ConfigurationError` when ENVIRONMENT is "production", or when the config also
-    names a database (SQLALCHEMY_DATABASE_URI or POSTGRES_HOST).
+    Returns `config` itself unless DATABASE_EMBEDDED is true and it is not yet pointed at a
+    server of this process. The database is POSTGRES_DB (default: PACKAGE, else "app"),
+    created when missing (`create_database`; `createdb`/`dropdb` pass False). With
+    `apply_migrations`, `<PACKAGE>/migrations/` (with its env.py) is applied, except to a
+    database with the models' tables and no migration recorded (made by `createdb
+    --create-tables` before there were migrations): that one gets a warning saying to adopt it
+    with `migrate stamp`. A registered Mountaineer config is replaced by the returned copy, so
+    `DatabaseDependencies` use it. Raises `ConfigurationError` with ENVIRONMENT=production, or
+    when the config names another database.
     """
-    if not config.DATABASE_EMBEDDED:
+    if not config.DATABASE_EMBEDDED or points_at_embedded_server(config):
         return config
     if _environment(config) == "production":
         raise ConfigurationError(
@@ -357,9 +373,19 @@ def ensure_embedded_database(
     package = getattr(config, "PACKAGE", None)
     database = config.POSTGRES_DB or (package if isinstance(package, str) and package else "app")
     embedded = config.model_copy(update={"SQLALCHEMY_DATABASE_URI": server.url(database), "POSTGRES_DB": database})
-    _run_coroutine(lambda: _prepare(embedded, apply_migrations))
+    if create_database or apply_migrations:
+        _run_coroutine(lambda: _prepare(embedded, create_database=create_database, apply_migrations=apply_migrations))
     _swap_registration(config, embedded)
     return embedded
+
+
+def points_at_embedded_server(config: DatabaseConfig) -> bool:
+    """True for a config `ensure_embedded_database` pointed at a server this process still uses."""
+    url = config.SQLALCHEMY_DATABASE_URI
+    return url is not None and any(
+        url.host == "127.0.0.1" and url.port == server.port and url.username == "postgres"
+        for server in _servers.values()
+    )
 
 
 def _swap_registration(old: DatabaseConfig, new: DatabaseConfig) -> None:

@@ -38,6 +38,7 @@ from mountaineer_db.commit_hooks import hooks_carried_over
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.lifespan import with_development_database
 from mountaineer_db.origins import current_origin, tags_requests
 from mountaineer_db.setup_errors import not_set_up_error_for
 from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
@@ -379,7 +380,8 @@ async def database_session(config: DatabaseConfig | None = None) -> AsyncIterato
         await session.commit()
     ```
 
-    `config` defaults to the registered Mountaineer app config.
+    `config` defaults to the registered Mountaineer app config. With DATABASE_EMBEDDED=true
+    the development database is started first when nothing started it yet.
     """
-    async with session_scope(engine_for(config or registered_config())) as session:
+    async with session_scope(engine_for(with_development_database(config or registered_config()))) as session:
         yield session

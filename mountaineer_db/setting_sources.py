@@ -52,10 +52,13 @@ def recording_sources(
 ) -> tuple[PydanticBaseSettingsSource, ...]:
     """pydantic-settings' sources, in its order, each noting the fields it supplied."""
     env_file = settings_cls.model_config.get("env_file") or ".env"
+    # `env_file=(".env",)`, as the old create-mountaineer-app template wrote it, is one file too.
+    files = [str(name) for name in env_file] if isinstance(env_file, (list, tuple)) else [str(env_file)]
+    dotenv_origin = f"from the file {files[0]}" if len(files) == 1 else f"from one of the files {', '.join(files)}"
     return (
         _RecordingSource(init_settings, f"passed to {settings_cls.__name__}()"),
         _RecordingSource(plain_text_lists(env_settings), _FROM_ENVIRONMENT),
-        _RecordingSource(plain_text_lists(dotenv_settings), f"from the file {env_file}"),
+        _RecordingSource(plain_text_lists(dotenv_settings), dotenv_origin),
         _RecordingSource(file_secret_settings, "from the secrets directory"),
     )
 

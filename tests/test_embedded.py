@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -37,6 +38,11 @@ def folder() -> Iterator[Path]:
     yield root / ".mountaineer_db"
     stop_embedded_database()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _state(folder: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((folder / "server.json").read_text())
+    return state
 
 
 def _server_pid(folder: Path) -> int:
@@ -126,9 +132,59 @@ def test_refuses_production_from_the_environment(folder: Path, monkeypatch: pyte
 
 
 def test_refuses_a_config_that_also_names_a_database(folder: Path) -> None:
-    config = DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_HOST="db.example", POSTGRES_DB="app")
+    """Built from settings such a config is refused already (tests/test_config_embedded.py); made otherwise too."""
+    with pytest.raises(ConfigurationError, match="Use one or the other"):
+        DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_HOST="db.example", POSTGRES_DB="app")
+    config = DatabaseConfig(POSTGRES_HOST="db.example", POSTGRES_DB="app").model_copy(
+        update={"DATABASE_EMBEDDED": True}
+    )
     with pytest.raises(ConfigurationError, match="Use one or the other"):
         ensure_embedded_database(config, directory=folder)
+    assert not folder.exists()
+
+
+async def test_a_config_it_returned_comes_back_as_it_is(folder: Path) -> None:
+    """Started once: passing the embedded config again neither refuses it nor prepares anything again."""
+    config = ensure_embedded_database(DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes"), directory=folder)
+    assert ensure_embedded_database(config, directory=folder) is config
+
+
+async def test_admin_starts_the_development_database_itself(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app's own `createdb` command: `await admin.createdb(create_tables=True)`, nothing else (#32 item 2).
+
+    It says what it did: True the first time, as the database did not exist before (#32 item 8).
+    """
+    from mountaineer_db import admin
+
+    monkeypatch.chdir(folder.parent)  # the server lives in .mountaineer_db/ of the working directory
+    mountaineer_config.unregister_config()
+    EmbeddedAppConfig(DATABASE_EMBEDDED=True, MIGRATIONS_METADATA="tests.sample_apps.migrapp.tables:metadata")
+    assert await admin.createdb(create_tables=True) is True
+    running = mountaineer_config.APP_CONFIG
+    assert isinstance(running, EmbeddedAppConfig) and running.database_url.port == _state(folder)["port"]
+    tables = await _query(running, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+    assert [row["tablename"] for row in tables] == ["author", "note"]
+    assert await admin.createdb(create_tables=True) is False
+
+
+async def test_without_the_lifespan_the_first_session_starts_the_development_database(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `database_lifespan`: the request dependencies and `database_session()` start it (#32 item 3)."""
+    from sqlalchemy import text
+
+    from mountaineer_db import DatabaseDependencies, database_session
+
+    monkeypatch.chdir(folder.parent)
+    mountaineer_config.unregister_config()
+    config = EmbeddedAppConfig(DATABASE_EMBEDDED=True)
+    running = await DatabaseDependencies.get_database_config()
+    assert running is not config and mountaineer_config.APP_CONFIG is running
+    assert running.database_url.port == _state(folder)["port"]
+    async with database_session() as session:
+        name = (await session.exec(text("SELECT current_database()"))).scalar_one()  # type: ignore[call-overload]
+    assert name == "embedded_app"
+    assert await DatabaseDependencies.get_database_config() is running  # started once
 
 
 async def test_registered_app_config_is_replaced(folder: Path) -> None:
@@ -292,9 +348,20 @@ def test_the_cli_runs_against_the_embedded_database(folder: Path) -> None:
         [*command, "createdb", "--create-tables"], cwd=root, env=env, capture_output=True, text=True, timeout=120
     )
     assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith('Created database "embcli_app" on 127.0.0.1:'), created.stdout  # #32 item 8
     assert "Created the tables of the models." in created.stdout
     state = json.loads((folder / "server.json").read_text())
     assert state["owner_pid"] == 0, "the command left the embedded server running"
+
+    # migrations.md "From createdb --create-tables to migrations": dropdb, then createdb (#25 item 3).
+    dropped = subprocess.run(
+        [*command, "dropdb", "--yes"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert dropped.returncode == 0 and dropped.stdout.startswith('Dropped database "embcli_app"'), dropped.stderr
+    again = subprocess.run(
+        [*command, "createdb", "--create-tables"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.stdout.startswith('Created database "embcli_app" on 127.0.0.1:'), again.stdout + again.stderr
 
     reused = ensure_embedded_database(
         DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="embcli_app"), directory=folder

@@ -78,6 +78,7 @@ def test_the_page_lists_every_file_and_step() -> None:
     assert set(files_in(PAGE)) == {
         "pyproject.toml",
         ".env",
+        ".gitignore",
         "myapp/__init__.py",
         "myapp/config.py",
         "myapp/models.py",
@@ -89,6 +90,8 @@ def test_the_page_lists_every_file_and_step() -> None:
         "tests/conftest.py",
         "tests/test_home.py",
     }
+    # server.json in .mountaineer_db/ holds the development database's password
+    assert ".mountaineer_db/" in files_in(PAGE)[".gitignore"].splitlines()
     commands = commands_in(PAGE)
     assert commands[-len(STEPS) :] == STEPS
     assert 'pip install -e "../mountaineer-db[embedded]"' in commands
@@ -117,7 +120,7 @@ def prepared(project: Path, env: dict[str, str]) -> Path:
         [str(BIN / "mountaineer-db"), "--config", "myapp.config:AppConfig", "createdb", "--create-tables"], project, env
     )
     lines = output.splitlines()
-    assert lines[0].startswith('Already exists: database "myapp" on 127.0.0.1:'), output
+    assert lines[0].startswith('Created database "myapp" on 127.0.0.1:'), output  # the first run creates it
     assert lines[1] == "Created the tables of the models.", output
     assert _embedded_state(project)["owner_pid"] == 0, "the command left the development database running"
     return project

@@ -80,8 +80,16 @@ async def test_stamp_adopts_a_database_made_without_migrations(
         first = await migrations.generate("create notes", config=dev)
         assert first is not None
 
-        with pytest.raises(migrations.MigrationError, match=r"relation \"author\" already exists"):
+        with pytest.raises(migrations.MigrationError, match=r"relation \"author\" already exists") as caught:
             await migrations.apply(config=old)  # what adopting is for
+        assert str(caught.value) == (
+            'A migration failed and was rolled back: relation "author" already exists. The database already has '
+            "tables but records no migration (made by `createdb --create-tables`, by mountaineer.database or by "
+            f"hand): adopt it with `mountaineer-db migrate stamp {first.id}` (the first revision, or the later one "
+            "its tables match) instead of applying, then run `mountaineer-db migrate check`."
+        )
+        assert await migrations.adoption_advice(old) is not None  # what the development database checks
+        assert await migrations.adoption_advice(dev) is None  # no tables: nothing to adopt
         stamped = await migrations.stamp("head", config=old)
         assert [r.id for r in stamped] == [first.id]
         assert await migrations.apply(config=old) == []

@@ -72,6 +72,7 @@ def test_the_quickstart_names_every_file_an_app_needs() -> None:
     expected = {
         "pyproject.toml",
         ".env",
+        ".gitignore",
         "myapp/__init__.py",
         "myapp/config.py",
         "myapp/models.py",

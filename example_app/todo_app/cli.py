@@ -24,13 +24,14 @@ def cli(context: click.Context) -> None:
     """The todo example app."""
     if context.invoked_subcommand in DATABASE_COMMANDS:
         # Registers the config; with DATABASE_EMBEDDED=true, starts (or reuses) the local server.
-        _app_config(apply_migrations=False)
+        # createdb and dropdb create and drop the app's database themselves, and say so.
+        _app_config(apply_migrations=False, create_database=context.invoked_subcommand == "migrate")
 
 
-def _app_config(*, apply_migrations: bool) -> AppConfig:
+def _app_config(*, apply_migrations: bool, create_database: bool = True) -> AppConfig:
     """The app config (registered), on the embedded database when DATABASE_EMBEDDED=true."""
     try:
-        return ensure_embedded_database(AppConfig(), apply_migrations=apply_migrations)
+        return ensure_embedded_database(AppConfig(), apply_migrations=apply_migrations, create_database=create_database)
     except MountaineerDBError as error:
         raise click.ClickException(" ".join(str(error).split())) from None
 

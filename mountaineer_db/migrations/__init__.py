@@ -10,6 +10,7 @@ await migrations.check()                         # MigrationCheckError when mode
 print(await migrations.sql())                    # the SQL a deploy would run, to review
 await migrations.lint()                          # squawk's findings on that SQL
 await migrations.stamp("head")                   # adopt a database whose tables already exist
+await migrations.adoption_advice()               # says so when a database needs that, else None
 ```
 
 The `mountaineer-db migrate ...` commands are a thin shell over these; an app's own click
@@ -17,6 +18,7 @@ CLI can call them too. `naming_convention` is the constraint naming applied to t
 metadata (unless it has its own) so later migrations can drop constraints by name.
 """
 
+from mountaineer_db.migrations.adoption import adoption_advice, unadopted_tables
 from mountaineer_db.migrations.commands import (
     apply,
     check,
@@ -36,6 +38,7 @@ from mountaineer_db.migrations.environment import (
     migration_settings,
     render_item,
 )
+from mountaineer_db.migrations.names import name_differences
 from mountaineer_db.migrations.plumbing import (
     MigrationCheckError,
     MigrationError,
@@ -61,6 +64,7 @@ __all__ = [
     "MigrationError",
     "MigrationLockTimeoutError",
     "Revision",
+    "adoption_advice",
     "apply",
     "apply_naming_convention",
     "check",
@@ -76,10 +80,12 @@ __all__ = [
     "migration_lock",
     "migration_settings",
     "migrations_directory",
+    "name_differences",
     "naming_convention",
     "parse_enum_renames",
     "render_item",
     "rollback",
     "sql",
     "stamp",
+    "unadopted_tables",
 ]

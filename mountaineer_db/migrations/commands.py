@@ -38,8 +38,10 @@ from sqlalchemy.exc import DBAPIError
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import describe_target
 from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
+from mountaineer_db.migrations.adoption import adoption_error, is_adoption_failure
 from mountaineer_db.migrations.differences import describe_difference
 from mountaineer_db.migrations.enums import EnumRenames, rename_enum_values
+from mountaineer_db.migrations.names import RENAME_ADVICE, name_differences
 from mountaineer_db.migrations.plumbing import (
     LOCK_NOT_AVAILABLE,
     MigrationCheckError,
@@ -184,6 +186,8 @@ async def apply(revision: str = "head", *, config: DatabaseConfig | None = None)
             try:
                 command.upgrade(alembic_config, revision)
             except DBAPIError as error:
+                if is_adoption_failure(error, before):  # tables made before migrations: stamp, not apply
+                    raise adoption_error(error, script) from error
                 if sqlstate(error) != LOCK_NOT_AVAILABLE:
                     raise
                 raise _lock_timeout(config, connection, script, upgrading_to=revision) from error
@@ -298,7 +302,8 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
     """Raise `MigrationCheckError` unless the database is at head and matches the models.
 
     Usable in CI and at app start. The error lists the unapplied revisions, or else every
-    difference autogenerate finds, one per line.
+    difference autogenerate finds and every constraint named otherwise in the database
+    (`mountaineer_db.migrations.names`), one per line.
     """
     config, alembic_config, script = setup(config)
     alembic_config.attributes["target_metadata"] = load_metadata(config)
@@ -307,6 +312,10 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
     def compare(heads: Any, context: MigrationContext) -> list[Any]:
         found["heads"] = as_tuple(heads)
         found["diffs"] = compare_metadata(context, context.opts["target_metadata"])
+        # Alembic matches primary keys, foreign keys and checks without their names; a later
+        # migration that drops one by name needs the name the database really has.
+        bind = context.bind  # always set here: `check` runs online
+        found["names"] = name_differences(bind, context.opts["target_metadata"]) if bind is not None else []
         return []
 
     def work(connection: Connection) -> None:
@@ -325,12 +334,14 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
             pending=pending,
             differences=[],
         )
-    differences = [describe_difference(diff) for diff in found["diffs"]]
+    differences = [describe_difference(diff) for diff in found["diffs"]] + found["names"]
     if differences:
         lines = "\n".join(f"  {line}" for line in differences)
+        generate = "; generate a migration (mountaineer-db migrate generate -m MESSAGE) and apply it"
+        advice = f"\n{RENAME_ADVICE}" if found["names"] else ""
         raise MigrationCheckError(
-            f"The database does not match the models ({len(differences)} difference(s)); generate a "
-            f"migration (mountaineer-db migrate generate -m MESSAGE) and apply it:\n{lines}",
+            f"The database does not match the models ({len(differences)} difference(s))"
+            f"{generate if found['diffs'] else ''}:\n{lines}{advice}",
             pending=[],
             differences=differences,
         )

@@ -3,6 +3,8 @@ development database started by the app's own lifespan (as `todo-app runserver` 
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +76,20 @@ async def test_lifespan_starts_the_embedded_database_with_migrations(project_dir
             response = await client.post("/internal/api/home_controller/add_todo", json={"description": "embedded"})
         assert response.status_code == 200, response.text
         assert [t["description"] for t in response.json()["sideeffect"]["todos"]] == ["embedded"]
+
+
+@pytest.mark.slow
+def test_the_apps_createdb_says_it_created_the_database(project_dir: Path) -> None:
+    """`todo-app createdb` on a new development database: `Created`, not `Already exists` (#32 item 8)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("POSTGRES_", "DATABASE_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", "from todo_app.cli import cli; cli()", "createdb"],
+        cwd=project_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('Created database "todo_app" on 127.0.0.1:'), result.stdout

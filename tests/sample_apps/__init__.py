@@ -30,6 +30,13 @@ _SCRUBBED = (
 )
 
 
+def old_template_schema() -> list[str]:
+    """The statements mountaineer 0.8 ran for the moving guide's models (old_template_app/schema_0_8.sql)."""
+    lines = (HERE / "old_template_app" / "schema_0_8.sql").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("--"))
+    return [statement for statement in text.split(";") if statement.strip()]
+
+
 def copy_sample_app(root: Path, name: str = "migrapp") -> Path:
     """Copy the sample package into `root` (a directory to put on sys.path); returns the package dir."""
     target = root / name

@@ -1,0 +1,4 @@
+from myapp.app import controller
+
+# Expose for WSGI
+app = controller.app
