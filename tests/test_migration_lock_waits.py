@@ -221,6 +221,7 @@ async def test_a_waiter_says_who_holds_the_lock_and_finds_the_work_done(
     assert all(getattr(record, lock_module.PROGRESS_ATTRIBUTE, False) for record in waits)
 
 
+@pytest.mark.slow
 async def test_an_env_py_generated_before_keeps_working_with_three_alembic_processes(
     pg_server: Any, database: str, app: Path
 ) -> None:
