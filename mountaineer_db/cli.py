@@ -16,6 +16,7 @@ Nothing connects to a database before a command runs, so `--help` works anywhere
 """
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -28,6 +29,7 @@ from mountaineer_db import admin, migrations
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import describe_target, dispose_engines
 from mountaineer_db.exceptions import DatabaseConfigError, MountaineerDBError
+from mountaineer_db.migrations.lock import PROGRESS_ATTRIBUTE
 
 __all__ = ["cli", "createdb", "dropdb", "main", "migrate"]
 
@@ -293,11 +295,26 @@ def dropdb(yes: bool, force: bool) -> None:
     click.echo(f"Dropped {target}")
 
 
+def _show_progress() -> None:
+    """On stderr: warnings, and the progress of long waits (who holds the migration lock, an
+    INVALID index rebuilt), unless logging is configured already (then it decides)."""
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or hasattr(record, PROGRESS_ATTRIBUTE))
+    logger = logging.getLogger("mountaineer_db")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def main() -> None:
     """Entry point of the `mountaineer-db` console script."""
     # Like `python -m`, let `--config myapp.config:AppConfig` find a package in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    _show_progress()
     cli(prog_name="mountaineer-db")
 
 

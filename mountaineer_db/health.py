@@ -79,6 +79,10 @@ class DatabaseCheck:
     """The head revisions in the code's migrations folder; None when it has none."""
     error: str | None = None
     """Why the database is not ready, when it is not."""
+    invalid_indexes: tuple[str, ...] = ()
+    """INVALID indexes (`schema.name`) nobody is building: left by a failed or killed `CREATE INDEX
+    CONCURRENTLY`. Queries ignore them and writes still maintain them; the next `migrate apply`
+    rebuilds the ones its revisions create (docs: Migrations). They do not change `status`."""
 
     @property
     def ok(self) -> bool:
@@ -100,6 +104,7 @@ class DatabaseCheck:
             "database_revisions": list(self.database_revisions) if self.database_revisions is not None else None,
             "head_revisions": list(self.head_revisions) if self.head_revisions is not None else None,
             "error": self.error,
+            "invalid_indexes": list(self.invalid_indexes),
         }
 
 
@@ -135,13 +140,20 @@ def _code_heads(config: DatabaseConfig) -> _Heads | None:
     return cached
 
 
-async def _probe(engine: AsyncEngine, *, revisions: bool) -> tuple[float, tuple[str, ...] | None]:
+_FIRST = text(
+    "SELECT to_regclass('alembic_version') IS NOT NULL, ARRAY("
+    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid AND NOT EXISTS "
+    "(SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid) ORDER BY 1)"
+).execution_options(**{INTERNAL_STATEMENT: True})
+"""Is there a version table; which indexes are INVALID (not counting those being built right now)."""
+
+
+async def _probe(engine: AsyncEngine, *, revisions: bool) -> tuple[float, tuple[str, ...] | None, tuple[str, ...]]:
     internal = {INTERNAL_STATEMENT: True}
     async with engine.connect() as connection:
         # The first statement carries the BEGIN; the second is timed alone.
-        has_table = await connection.scalar(
-            text("SELECT to_regclass('alembic_version') IS NOT NULL").execution_options(**internal)
-        )
+        has_table, invalid = (await connection.execute(_FIRST)).one()
         started = time.perf_counter()
         if revisions and has_table:
             rows = (
@@ -153,7 +165,7 @@ async def _probe(engine: AsyncEngine, *, revisions: bool) -> tuple[float, tuple[
             found = () if revisions else None
         round_trip = time.perf_counter() - started
         await connection.rollback()
-    return round_trip, found
+    return round_trip, found, tuple(invalid)
 
 
 async def check_database(config: DatabaseConfig | None = None) -> DatabaseCheck:
@@ -182,7 +194,7 @@ async def check_database(config: DatabaseConfig | None = None) -> DatabaseCheck:
     timeout = config.DATABASE_CONNECT_TIMEOUT
     try:
         async with asyncio.timeout(timeout):
-            round_trip, found = await _probe(engine_for(config), revisions=heads is not None)
+            round_trip, found, invalid = await _probe(engine_for(config), revisions=heads is not None)
     except TimeoutError:
         return result(
             DatabaseStatus.UNREACHABLE,
@@ -198,7 +210,11 @@ async def check_database(config: DatabaseConfig | None = None) -> DatabaseCheck:
             return result(DatabaseStatus.UNREACHABLE, error=unavailable.message)
         reason = getattr(error, "orig", None) or error
         return result(DatabaseStatus.ERROR, error=f"The readiness check failed on {where}: {reason}")
-    values: dict[str, Any] = {"round_trip_ms": round(round_trip * 1000, 3), "database_revisions": found}
+    values: dict[str, Any] = {
+        "round_trip_ms": round(round_trip * 1000, 3),
+        "database_revisions": found,
+        "invalid_indexes": invalid,
+    }
     if heads is None or found is None or set(found) == set(heads.heads):
         return result(DatabaseStatus.OK, **values)
     if set(found) - heads.known:

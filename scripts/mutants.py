@@ -274,9 +274,9 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "no-advisory-lock",
         "concurrent `apply` runs apply each revision once",
-        "mountaineer_db/migrations/environment.py",
-        'text("SELECT pg_advisory_lock(:key)")',
-        'text("SELECT CAST(:key AS bigint)")',
+        "mountaineer_db/migrations/lock.py",
+        '_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")',
+        '_TRY_LOCK = text("SELECT CAST(:key AS bigint) <> 0")',
         ("tests/test_migrations.py",),
     ),
     M(
@@ -490,6 +490,61 @@ CATALOGUE: tuple[Mutant, ...] = (
         '            "DATABASE_LOCK_TIMEOUT": config.MIGRATIONS_LOCK_TIMEOUT,',
         '            "DATABASE_LOCK_TIMEOUT": None,',
         ("tests/test_migration_locks.py::test_ddl_behind_a_lock_fails_fast_naming_the_setting",),
+    ),
+    M(
+        "lock-wait-in-transaction",
+        "waiting for the migration lock holds no transaction, so the holder's CREATE INDEX CONCURRENTLY completes",
+        "mountaineer_db/migrations/lock.py",
+        '    while not await connection.scalar(_TRY_LOCK, {"key": MIGRATION_LOCK_KEY}):\n',
+        # The old way: pg_advisory_lock inside a transaction (lock_timeout lifted for the wait).
+        "    await connection.commit()\n"
+        "    await connection.execution_options(isolation_level=connection.default_isolation_level)\n"
+        '    await connection.execute(text("SET LOCAL lock_timeout = 0"))\n'
+        '    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})\n'
+        "    while False:\n",
+        (
+            "tests/test_migration_lock_waits.py::"
+            "test_a_waiting_apply_holds_nothing_so_the_holders_concurrent_index_completes",
+            "tests/test_concurrent_deploys.py",
+        ),
+    ),
+    M(
+        "no-fast-path-at-head",
+        "`apply` on a database already at head returns at once, without waiting for the migration lock",
+        "mountaineer_db/migrations/commands.py",
+        "on_connection(config, work, lock=True, unless=fast_path)",
+        "on_connection(config, work, lock=True, unless=None)",
+        ("tests/test_migration_lock_waits.py::test_at_head_apply_returns_at_once_without_waiting_for_the_lock",),
+    ),
+    M(
+        "invalid-index-kept",
+        "`apply` drops an INVALID index left by a failed build before building it again",
+        "mountaineer_db/migrations/autocommit.py",
+        "        if found is None or found.valid or found.building:\n            return\n        logger.warning(",
+        "        if True:\n            return\n        logger.warning(",
+        (
+            "tests/test_invalid_indexes.py::"
+            "test_a_failed_concurrent_index_is_named_with_its_fix_and_the_next_apply_rebuilds_it",
+        ),
+    ),
+    M(
+        "killed-holder-keeps-building",
+        "a killed `apply` stops its index build on the server and releases the lock within a second",
+        "mountaineer_db/migrations/lock.py",
+        ">= (14,):",
+        ">= (99,):",
+        ("tests/test_invalid_indexes.py::test_a_leader_killed_mid_concurrently_is_recovered_by_the_next_apply",),
+    ),
+    M(
+        "claims-rolled-back",
+        "a failure says \"rolled back\" only when it was",
+        "mountaineer_db/migrations/autocommit.py",
+        "        if self.failed_outside:\n",
+        "        if False:\n",
+        (
+            "tests/test_invalid_indexes.py::"
+            "test_a_failed_concurrent_index_is_named_with_its_fix_and_the_next_apply_rebuilds_it",
+        ),
     ),
     # -- read replicas --------------------------------------------------------------------------
     M(

@@ -10,15 +10,20 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from fastapi import FastAPI, Request
 from mountaineer import AppController, ConfigBase, ControllerBase, Depends, RenderBase, sideeffect
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.util import greenlet_spawn
 from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, database_session
 from mountaineer_db.connections import MountaineerConnection
 from mountaineer_db.engine import engine_for
+from mountaineer_db.migrations import migration_engine
+from mountaineer_db.migrations.autocommit import OutsideTransactions
 from tests.core_app import write_stub_views
 
 
@@ -332,3 +337,39 @@ def test_canary_mountaineer_routes_name_their_controller(tmp_path: Path) -> None
     assert notes.route is not None
     assert origin_label(notes.route.view_route) == "NotesController.render"
     assert [origin_label(route.endpoint) for route in notes.route.router.routes] == ["NotesController.add_note"]
+
+
+async def test_canary_alembic_runs_autocommit_blocks_on_its_connection_and_stamps_ids_as_literals(
+    make_config: Any, tmp_path: Path
+) -> None:
+    """Upstream: `MigrationContext.autocommit_block()` switches the migration connection itself to
+    `isolation_level="AUTOCOMMIT"` (`Connection.execution_options`, in place), and the version
+    stamps are written with the revision id as a literal (`literal_column("'%s'" % version)` in
+    `alembic/runtime/migration.py`). Ours: `OutsideTransactions` sees the statements run outside a
+    transaction on that connection, and recognises a committed stamp by that literal to tell an
+    applied revision's statements from those a failure left behind."""
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    (versions / "canary.py").write_text('revision = "abc123def456"\ndown_revision = None\n')
+    script = ScriptDirectory(str(tmp_path), version_locations=[str(versions)])
+    watch = OutsideTransactions(["abc123def456"])
+    engine = migration_engine(make_config())
+
+    def run(connection: Connection) -> None:
+        context = MigrationContext.configure(connection, opts={"version_table": "canary_version"})
+        with watch.watch(connection), context.begin_transaction():
+            with context.autocommit_block():
+                context.execute("SELECT 1")
+            context.stamp(script, "abc123def456")
+
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run)
+            await connection.execute(text("DROP TABLE canary_version"))
+            await connection.commit()
+    finally:
+        await engine.dispose()
+    assert [(statement.summary, statement.done) for statement in watch.statements] == [("SELECT", True)], (
+        "Alembic's autocommit_block() no longer runs on the migration connection switched to AUTOCOMMIT"
+    )
+    assert watch.left_behind() == [], "Alembic no longer writes the version stamp with the revision id as a literal"

@@ -3,13 +3,15 @@
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from mountaineer_db import DatabaseCheck, DatabaseConfig, DatabaseStatus, check_database
 from mountaineer_db.testing import counted_queries
+from tests.sample_apps import fresh_database, superuser_connect
 
 PASSWORD = "s3cret-Pa55"
 
@@ -81,3 +83,40 @@ async def test_a_silent_database_is_reported_within_the_connect_timeout(silent_s
     assert result.status is DatabaseStatus.UNREACHABLE
     assert result.error is not None and "DATABASE_CONNECT_TIMEOUT" in result.error
     assert PASSWORD not in str(result.as_dict())
+
+
+@pytest.fixture
+def own_database(pg_server: Any) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="mdb_health") as name:
+        yield name
+
+
+async def test_invalid_indexes_are_listed_but_not_one_being_built(pg_server: Any, own_database: str) -> None:
+    """A failed CREATE INDEX CONCURRENTLY leaves an INVALID index: listed (status unchanged). An
+    index still being built is INVALID too until it is done: not listed."""
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(own_database))
+    admin = await superuser_connect(pg_server, own_database)
+    writer = await superuser_connect(pg_server, own_database)
+    builder = await superuser_connect(pg_server, own_database)
+    try:
+        await admin.execute("CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1), (2, 1)")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await admin.execute("CREATE UNIQUE INDEX CONCURRENTLY ux_t_v ON t (v)")
+        await writer.execute("BEGIN; UPDATE t SET id = id")
+        building = asyncio.create_task(builder.execute("CREATE INDEX CONCURRENTLY ix_t_id ON t (id)"))
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'"
+        )
+        async with asyncio.timeout(30):
+            while not await admin.fetchval(waiting):
+                await asyncio.sleep(0.05)
+        result = await check_database(config)
+        assert (result.ok, result.invalid_indexes) == (True, ("public.ux_t_v",))
+        assert result.as_dict()["invalid_indexes"] == ["public.ux_t_v"]
+        await writer.execute("COMMIT")
+        await building
+        assert (await check_database(config)).invalid_indexes == ("public.ux_t_v",)
+    finally:
+        for connection in (admin, writer, builder):
+            await connection.close()

@@ -3,12 +3,8 @@ Mountaineer app (uvicorn, a separate process, real HTTP) is under load, with bot
 The app runs the code deployed before the migration (it knows only `id` and `title`)."""
 
 import asyncio
-import contextlib
-import subprocess
 import textwrap
-import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +14,8 @@ import pytest
 from mountaineer_db import migrations
 from mountaineer_db.cluster import free_port
 from mountaineer_db.config import DatabaseConfig
-from tests.sample_apps import PYTHON, cli_env, fresh_database, sample_app_on_path, server_fetch, write_migrations_folder
-
-ADD_PATH = "/internal/api/items_controller/add_item"
-PEEK_PATH = "/internal/api/items_controller/peek"
+from tests.sample_apps import cli_env, fresh_database, sample_app_on_path, server_fetch, write_migrations_folder
+from tests.serving import Load, steady_load, uvicorn, wait_until_serving
 
 REVISIONS = {
     "0001_create.py": '''
@@ -63,70 +57,10 @@ REVISIONS = {
 }
 
 
-@dataclass
-class Load:
-    """Every request's outcome: (path, status, body start); status 0 is a transport error."""
-
-    outcomes: list[tuple[str, int, str]] = field(default_factory=list)
-
-    def failures(self) -> list[tuple[str, int, str]]:
-        return [outcome for outcome in self.outcomes if outcome[1] != 200]
-
-
 @pytest.fixture
 def database(pg_server: Any) -> Iterator[str]:
     with fresh_database(pg_server, prefix="mdb_serve") as name:
         yield name
-
-
-@contextlib.contextmanager
-def uvicorn(root: Path, env: dict[str, str], port: int) -> Iterator[Path]:
-    """`migrapp.serve` under uvicorn in its own process; yields its log file."""
-    log = root / "server.log"
-    argv = [PYTHON, "-m", "uvicorn", "migrapp.serve:create_app", "--factory", "--host", "127.0.0.1"]
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [*argv, "--port", str(port), "--log-level", "warning"], cwd=root, env=env, stdout=output, stderr=output
-        )
-    try:
-        yield log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-async def wait_until_serving(client: httpx.AsyncClient, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if (await client.post(PEEK_PATH, json={})).status_code == 200:
-                return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the app did not start: {log.read_text()[-2000:]}")
-
-
-@contextlib.asynccontextmanager
-async def steady_load(client: httpx.AsyncClient, load: Load, concurrency: int = 6) -> AsyncIterator[None]:
-    """Each worker alternates an ORM insert action (with its re-render) and a raw SELECT *."""
-    stop = asyncio.Event()
-
-    async def worker(number: int) -> None:
-        sent = 0
-        while not stop.is_set():
-            sent += 1
-            path, body = (ADD_PATH, {"title": f"w{number}-{sent}"}) if sent % 2 else (PEEK_PATH, {})
-            try:
-                response = await client.post(path, json=body)
-                load.outcomes.append((path, response.status_code, response.text[:300]))
-            except httpx.HTTPError as error:
-                load.outcomes.append((path, 0, repr(error)))
-
-    tasks = [asyncio.create_task(worker(number)) for number in range(concurrency)]
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
 
 
 @pytest.mark.slow

@@ -92,10 +92,12 @@ async def test_add_remove_and_rename_enum_values(
     assert removal is not None and "op.sync_enum_values(" in removal.path.read_text()
     with pytest.raises(migrations.MigrationError) as in_use:
         await migrations.apply(config=config)
+    before = [revision.id for revision in await migrations.current(config=config)]
     assert str(in_use.value) == (
-        'A migration failed and was rolled back: invalid input value for enum ticket_status: "closed". Rows '
-        "still hold an enum value this migration removes: update them first, or for a rename generate the "
-        "migration with --rename-enum-value ENUM:OLD:NEW."
+        f"Revision {removal.id} (remove closed) failed and its transaction was rolled back: invalid input value "
+        'for enum ticket_status: "closed". Rows still hold an enum value this migration removes: update them '
+        "first, or for a rename generate the migration with --rename-enum-value ENUM:OLD:NEW. The database "
+        f"stays at revision {before[0]}."
     )
     assert await labels(pg_server, database) == ["open", "tree", "closed", "archived"]
     await server_execute(pg_server, "UPDATE ticket SET status = 'archived' WHERE id = 3", database=database)

@@ -170,7 +170,8 @@ async def test_four_processes_applying_at_once_apply_each_revision_exactly_once(
     """Four deploy processes start `apply` together; the migration lock makes them take turns.
 
     To make "together" certain, the test holds the version table locked until all four are
-    waiting (one on that table, the others on the migration lock), then lets them go.
+    waiting on it (each reads the revision there first, for the fast path at head), then lets
+    them go: all four find revisions to apply, one applies them, three wait and find them done.
     """
     package = copy_sample_app(tmp_path)
     write_migrations_folder(package)

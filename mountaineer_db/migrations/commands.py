@@ -13,14 +13,19 @@ Every function takes `config=` (default: see `load_config`). Alembic gets no ini
 app's `DatabaseConfig`, the target metadata and an open connection on the migrations URL
 reach `env.py` through `Config.attributes`, so a password with `%` or `@` is never parsed
 as ini text. `apply`, `rollback` and `stamp` hold a PostgreSQL advisory lock for the whole
-run, so N deploy processes running `apply` at once apply each revision exactly once.
+run, so N deploy processes running `apply` at once apply each revision exactly once; waiting
+for it holds no transaction (`mountaineer_db.migrations.lock`), and `apply` on a database
+already at its target does not wait at all. A failure says what was rolled back and what
+stays, INVALID indexes included (`mountaineer_db.migrations.autocommit`).
 Each transaction they run has `lock_timeout` = MIGRATIONS_LOCK_TIMEOUT (see
 `migration_settings`), so DDL stuck behind a long transaction fails fast instead of
 queueing every request behind its lock request.
 """
 
 import logging
+import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,7 +48,6 @@ from mountaineer_db.migrations.differences import describe_difference
 from mountaineer_db.migrations.enums import EnumRenames, rename_enum_values
 from mountaineer_db.migrations.names import RENAME_ADVICE, name_differences
 from mountaineer_db.migrations.plumbing import (
-    LOCK_NOT_AVAILABLE,
     MigrationCheckError,
     MigrationError,
     MigrationLockTimeoutError,
@@ -53,11 +57,10 @@ from mountaineer_db.migrations.plumbing import (
     as_tuple,
     current_heads,
     lineage,
-    lock_timeout_message,
     on_connection,
     ordered,
+    run_watched,
     setup,
-    sqlstate,
 )
 from mountaineer_db.migrations.project import load_config, load_metadata, migrations_directory
 
@@ -153,48 +156,62 @@ async def generate(
     return revision
 
 
-def _lock_timeout(
-    config: DatabaseConfig, connection: Connection, script: ScriptDirectory, *, upgrading_to: str | None
-) -> MigrationLockTimeoutError:
-    """The error for a lock timeout, naming the revision that waited and where the database stays."""
-    connection.rollback()
-    heads = current_heads(connection)
-    failing: Revision | None = None
+def _wanted(script: ScriptDirectory, revision: str) -> set[str] | None:
+    """Every revision `apply(revision)` needs applied; None for a relative or unknown target."""
+    if re.search(r"[+-]", revision):
+        return None
     try:
-        if upgrading_to is not None:
-            wanted = lineage(script, [item.revision for item in script.get_revisions(upgrading_to) if item])
-            pending = ordered(script, wanted - lineage(script, heads), newest_first=False)
-            failing = pending[0] if pending else None
-        elif len(heads) == 1:
-            failing = Revision.from_script(script.get_revision(heads[0]))
+        if revision in ("head", "heads"):
+            return lineage(script, script.get_heads())
+        return lineage(script, [item.revision for item in script.get_revisions(revision) if item])
     except (CommandError, ResolutionError, ValueError):
-        failing = None  # a relative target such as +2: the message just says "A migration"
-    return MigrationLockTimeoutError(lock_timeout_message(config, failing, list(heads)))
+        return None  # the upgrade itself reports it
 
 
 async def apply(revision: str = "head", *, config: DatabaseConfig | None = None) -> list[Revision]:
     """Upgrade the database to `revision` (default: head); returns what was applied, oldest first.
 
-    Holds the migration lock throughout: a process that waited for it finds the work done.
+    A database already at `revision` returns [] at once, without waiting for the migration
+    lock (the fast path of N replicas starting after one of them migrated). Otherwise it
+    waits for the lock (holding nothing meanwhile, see `migration_lock`), then looks again:
+    a process that waited finds the work done and returns []. Statements run outside a
+    transaction are watched (`OutsideTransactions`): an INVALID index left by an earlier
+    failed run is dropped before it is built again, and a failure says what stays.
     """
     config, alembic_config, script = setup(config, target_metadata=None)
+    wanted = _wanted(script, revision)
+
+    def reached(connection: Connection) -> bool:
+        if wanted is None:
+            return False
+        try:
+            return wanted <= applied(connection, script)
+        except (CommandError, ResolutionError, ValueError):
+            return False  # a revision this code does not know: the upgrade reports it
+
+    def fast_path(connection: Connection) -> list[Revision] | None:
+        with alembic_errors():
+            return [] if reached(connection) else None
 
     def work(connection: Connection) -> list[Revision]:
         with alembic_errors():
             before = applied(connection, script)
+            if wanted is not None and wanted <= before:
+                return []  # another process applied everything while this one waited
             alembic_config.attributes["connection"] = connection
+            upgrade = partial(command.upgrade, alembic_config, revision)
             try:
-                command.upgrade(alembic_config, revision)
-            except DBAPIError as error:
-                if is_adoption_failure(error, before):  # tables made before migrations: stamp, not apply
-                    raise adoption_error(error, script) from error
-                if sqlstate(error) != LOCK_NOT_AVAILABLE:
-                    raise
-                raise _lock_timeout(config, connection, script, upgrading_to=revision) from error
+                run_watched(config, connection, script, upgrade, upgrading_to=revision)
+            except MigrationError as failure:
+                cause = failure.__cause__
+                if isinstance(cause, DBAPIError) and is_adoption_failure(cause, before):
+                    # Tables made before migrations (createdb --create-tables, mountaineer.database): stamp.
+                    raise adoption_error(cause, script) from cause
+                raise
             after = applied(connection, script)
             return ordered(script, after - before, newest_first=False)
 
-    done = await on_connection(config, work, lock=True)
+    done = await on_connection(config, work, lock=True, unless=fast_path)
     logger.info("Applied %d revision(s) to %s", len(done), describe_target(config.migrations_url))
     return done
 
@@ -223,12 +240,8 @@ async def rollback(
             if not before:
                 raise MigrationError("Nothing to roll back: no migration has been applied to this database.")
             alembic_config.attributes["connection"] = connection
-            try:
-                command.downgrade(alembic_config, target)
-            except DBAPIError as error:
-                if sqlstate(error) != LOCK_NOT_AVAILABLE:
-                    raise
-                raise _lock_timeout(config, connection, script, upgrading_to=None) from error
+            downgrade = partial(command.downgrade, alembic_config, target)
+            run_watched(config, connection, script, downgrade, upgrading_to=None)
             after = applied(connection, script)
             return ordered(script, before - after, newest_first=True)
 

@@ -3,24 +3,16 @@
 Kept apart from the commands so an app's `env.py` imports only these small pieces.
 """
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.engine import engine_for
+from mountaineer_db.migrations.lock import MIGRATION_LOCK_KEY, migration_lock
 
 __all__ = ["MIGRATION_LOCK_KEY", "migration_engine", "migration_lock", "migration_settings", "render_item"]
-
-logger = logging.getLogger("mountaineer_db")
-
-MIGRATION_LOCK_KEY: Final = 0x6D64625F6D696772  # "mdb_migr": fixed, so every process takes the same lock
-"""Key of the PostgreSQL session advisory lock held while migrations run (per database)."""
 
 
 def migration_settings(config: DatabaseConfig) -> DatabaseConfig:
@@ -49,31 +41,6 @@ def migration_settings(config: DatabaseConfig) -> DatabaseConfig:
 def migration_engine(config: DatabaseConfig) -> AsyncEngine:
     """An engine on `config.migrations_url` with `migration_settings`; dispose it after use."""
     return engine_for(migration_settings(config), url=config.migrations_url)
-
-
-@asynccontextmanager
-async def migration_lock(connection: AsyncConnection) -> AsyncIterator[None]:
-    """Hold the migration advisory lock on `connection`; other processes wait for it.
-
-    The lock belongs to the database session, not to a transaction: the connection comes
-    out of this with no transaction open, so Alembic manages its own. If releasing fails,
-    the connection is invalidated, and closing it releases the lock on the server. Waiting
-    for it is not bounded by MIGRATIONS_LOCK_TIMEOUT: a replica waits for the whole run of
-    another one.
-    """
-    await connection.execute(text("SET LOCAL lock_timeout = 0"))
-    await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    await connection.commit()
-    try:
-        yield
-    finally:
-        try:
-            await connection.rollback()
-            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            await connection.commit()
-        except Exception as error:  # noqa: BLE001 - must not hide the migration's own outcome
-            logger.warning("Could not release the migration lock (%s); closing the connection.", error)
-            await connection.invalidate()
 
 
 def render_item(kind: str, item: Any, autogen_context: AutogenContext) -> str | Literal[False]:

@@ -1,4 +1,5 @@
-"""What every migration command shares: errors, `Revision`, Alembic's config, the connection.
+"""What every migration command shares: errors, `Revision`, Alembic's config, the connection,
+and running an upgrade or downgrade with its failures reported as they are (`run_watched`).
 
 Internal to `mountaineer_db.migrations` (the commands, the review of SQL, stamping); the
 errors and `Revision` are public through `mountaineer_db.migrations`.
@@ -26,6 +27,7 @@ from mountaineer_db.exceptions import (  # defined there with every other error
     MigrationLockTimeoutError,
     ResourceNotFoundError,
 )
+from mountaineer_db.migrations.autocommit import OutsideTransactions
 from mountaineer_db.migrations.environment import migration_engine, migration_lock
 from mountaineer_db.migrations.project import load_config, migrations_directory
 
@@ -37,9 +39,13 @@ __all__ = [
     "alembic_errors",
     "applied",
     "as_tuple",
+    "failing_revision",
+    "failure_detail",
     "lineage",
+    "lock_timeout_error",
     "on_connection",
     "ordered",
+    "run_watched",
     "setup",
 ]
 
@@ -155,9 +161,14 @@ _ENUM_VALUE_IN_USE: Final = (
 
 
 def _failed(error: DBAPIError) -> str:
+    return f"A migration failed and was rolled back: {failure_detail(error)}"
+
+
+def failure_detail(error: DBAPIError) -> str:
+    """The database's reason for a failed statement, in one line, with what to do when we know it."""
     detail = _first_line(error)
     hint = _ENUM_VALUE_IN_USE if detail.startswith("invalid input value for enum") else ""
-    return f"A migration failed and was rolled back: {detail}{hint}"
+    return f"{detail}{hint}"
 
 
 def _first_line(error: DBAPIError) -> str:
@@ -166,11 +177,99 @@ def _first_line(error: DBAPIError) -> str:
     return text.split(">: ", 1)[1] if text.startswith("<class '") and ">: " in text else text
 
 
-async def on_connection(config: DatabaseConfig, work: Callable[[Connection], T], *, lock: bool) -> T:
-    """Run `work` on a sync connection to the migrations URL (optionally under the lock)."""
+def failing_revision(script: ScriptDirectory, heads: tuple[str, ...], *, upgrading_to: str | None) -> Revision | None:
+    """The revision a failed run was on: the first one still pending, or for a downgrade the head."""
+    try:
+        if upgrading_to is not None:
+            wanted = lineage(script, [item.revision for item in script.get_revisions(upgrading_to) if item])
+            pending = ordered(script, wanted - lineage(script, heads), newest_first=False)
+            return pending[0] if pending else None
+        if len(heads) == 1:
+            return Revision.from_script(script.get_revision(heads[0]))
+    except (CommandError, ResolutionError, ValueError):
+        pass  # a relative target such as +2: the message just says "A migration"
+    return None
+
+
+def lock_timeout_error(
+    config: DatabaseConfig, connection: Connection, script: ScriptDirectory, *, upgrading_to: str | None
+) -> MigrationLockTimeoutError:
+    """The error for a lock timeout, naming the revision that waited and where the database stays."""
+    connection.rollback()
+    heads = current_heads(connection)
+    failing = failing_revision(script, heads, upgrading_to=upgrading_to)
+    return MigrationLockTimeoutError(lock_timeout_message(config, failing, list(heads)))
+
+
+def _failure(
+    connection: Connection,
+    script: ScriptDirectory,
+    watch: OutsideTransactions,
+    error: DBAPIError,
+    *,
+    upgrading_to: str | None,
+) -> MigrationError:
+    """The error for a failed run: what failed, what was rolled back and what stays (never more)."""
+    detail = failure_detail(error)
+    try:
+        connection.rollback()
+        heads = current_heads(connection)
+        failing = failing_revision(script, heads, upgrading_to=upgrading_to)
+        what = f"Revision {failing.id} ({failing.message})" if failing is not None else "A migration"
+        where = f"revision {', '.join(heads)}" if heads else "no revision"
+        return MigrationError(watch.failure_message(connection, what=what, detail=detail, where=where))
+    except DBAPIError as lookup:
+        return MigrationError(
+            f"A migration failed: {detail}. What it left could not be read ({type(lookup.orig or lookup).__name__}): "
+            "check the revision with `mountaineer-db migrate current` and look for INVALID indexes "
+            "(check_database() lists them) before running it again."
+        )
+
+
+def run_watched(
+    config: DatabaseConfig,
+    connection: Connection,
+    script: ScriptDirectory,
+    run: Callable[[], None],
+    *,
+    upgrading_to: str | None,
+) -> None:
+    """`run()` (an Alembic upgrade or downgrade) with its statements outside transactions watched,
+    and its database errors reported as what they left behind."""
+    watch = OutsideTransactions(item.revision for item in script.walk_revisions())
+    try:
+        with watch.watch(connection):
+            run()
+    except DBAPIError as error:
+        if sqlstate(error) == LOCK_NOT_AVAILABLE:
+            raise lock_timeout_error(config, connection, script, upgrading_to=upgrading_to) from error
+        raise _failure(connection, script, watch, error, upgrading_to=upgrading_to) from error
+    except ValueError as error:
+        # alembic-postgresql-enum wraps some database errors of sync_enum_values in a ValueError.
+        if not isinstance(error.__cause__, DBAPIError):
+            raise
+        raise _failure(connection, script, watch, error.__cause__, upgrading_to=upgrading_to) from error
+
+
+async def on_connection(
+    config: DatabaseConfig,
+    work: Callable[[Connection], T],
+    *,
+    lock: bool,
+    unless: Callable[[Connection], T | None] | None = None,
+) -> T:
+    """Run `work` on a sync connection to the migrations URL (optionally under the lock).
+
+    `unless`, run first and without the lock, may return the result instead (the fast path
+    of `apply` on a database already migrated); it must leave no transaction open.
+    """
     engine = migration_engine(config)
     try:
         async with engine.connect() as connection:
+            if unless is not None:
+                early = await connection.run_sync(unless)
+                if early is not None:
+                    return early
             if not lock:
                 return await connection.run_sync(work)
             async with migration_lock(connection):

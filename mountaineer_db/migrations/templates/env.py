@@ -41,18 +41,22 @@ def run_migrations_offline() -> None:
 
 
 def do_run_migrations(connection: Connection) -> None:
+    # One transaction per revision, committed with its version stamp: what an autocommit_block()
+    # (CREATE INDEX CONCURRENTLY) commits belongs to a recorded revision, and a failure rolls
+    # back only the revision that failed.
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
         render_item=render_item,
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def run_async_migrations() -> None:
-    """Connect to the migrations URL (no pool), take the migration lock, run, dispose."""
+    """Connect to the migrations URL (no pool), take the migration lock (waiting holds nothing), run, dispose."""
     engine = migration_engine(db_config)
     try:
         async with engine.connect() as connection, migration_lock(connection):
