@@ -341,12 +341,28 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_retries.py",),
     ),
     M(
+        "retry-wait-unbounded",
+        "run_in_transaction never waits more than 1 s between attempts, however many retries",
+        "mountaineer_db/retries.py",
+        "    ceiling = min(_MAX_DELAY, _FIRST_DELAY * 2 ** (retry - 1))",
+        "    ceiling = _FIRST_DELAY * 2 ** (retry - 1)",
+        ("tests/test_retries.py::test_waits_double_from_25_ms_and_never_exceed_one_second_however_many_retries",),
+    ),
+    M(
         "get-or-404-returns-none",
         "get_or_404 raises ResourceNotFoundError for a missing row",
         "mountaineer_db/http_errors.py",
         "    instance = await session.get(",
         "    return await session.get(  # type: ignore[return-value]",
         ("tests/test_http_errors.py",),
+    ),
+    M(
+        "get-or-404-ignores-for-update",
+        "get_or_404(..., with_for_update=True) locks the row (SELECT ... FOR UPDATE)",
+        "mountaineer_db/http_errors.py",
+        "populate_existing=populate_existing, with_for_update=with_for_update or None",
+        "populate_existing=populate_existing",
+        ("tests/test_http_errors.py::test_get_or_404_with_for_update_locks_the_row_until_the_transaction_ends",),
     ),
     M(
         "unique-violation-not-409",
@@ -373,6 +389,17 @@ CATALOGUE: tuple[Mutant, ...] = (
         "            if True:\n                raise",
         ("tests/test_commit_hooks.py",),
     ),
+    M(
+        "released-hooks-skip-outer-savepoint",
+        "a released savepoint's hooks join the enclosing savepoint, and are dropped if that one rolls back",
+        "mountaineer_db/commit_hooks.py",
+        "    while parent is not None and not parent.nested and parent.parent is not None:",
+        "    while parent is not None and parent.parent is not None:",
+        (
+            "tests/test_commit_hooks.py::"
+            "test_a_released_savepoints_hooks_are_dropped_when_the_enclosing_savepoint_rolls_back",
+        ),
+    ),
     # -- operations -----------------------------------------------------------------------------
     M(
         "scram-cache-ignores-password",
@@ -389,6 +416,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "str(iterations).encode(), salt, password)",
         "str(iterations).encode(), password)",
         ("tests/test_scram.py",),
+    ),
+    M(
+        "scram-cache-unbounded",
+        "the SCRAM cache holds at most 64 entries, the least recently used dropped first",
+        "mountaineer_db/scram.py",
+        "            while len(self._entries) > _MAX_ENTRIES:\n                self._entries.popitem(last=False)\n",
+        "",
+        ("tests/test_scram.py::test_the_cache_holds_at_most_its_bound_dropping_the_least_recently_used",),
     ),
     M(
         "tag-outlives-transaction",
@@ -466,6 +501,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "        if not hmac.compare_digest(",
         "        if False and not hmac.compare_digest(",
         ("tests/test_read_your_writes.py", "tests/test_replicas.py::test_a_forged_cookie_is_ignored"),
+    ),
+    M(
+        "cookie-never-secure",
+        "the read-your-writes cookie is Secure over HTTPS (and HttpOnly, SameSite=Lax)",
+        "mountaineer_db/read_your_writes.py",
+        '        secure = self.request is not None and self.request.url.scheme in ("https", "wss")',
+        "        secure = False",
+        ("tests/test_read_your_writes.py::test_the_cookie_is_httponly_samesite_lax_and_secure_over_https",),
     ),
 )
 
