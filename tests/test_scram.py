@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, database_session
+from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, database_session, dispose_engines
 from mountaineer_db.engine import engine_for
 from mountaineer_db.pgbouncer import PgBouncer
 from mountaineer_db.scram import _HashlibForAsyncpg, _key, cache_info, clear_scram_cache, scram_attempt
@@ -145,6 +145,8 @@ async def test_direct_connections_derive_the_key_once_and_cache_exactly_hashlibs
     from mountaineer_db.scram import _cache
 
     assert _cache._entries[_key("sha256", role.encode(), salt, iterations, None)] == expected
+    await dispose_engines()
+    assert cache_info() == (0, 0, 0), "dispose_engines() empties the cache"
 
 
 async def test_through_pgbouncer_with_a_scram_auth_file_every_later_connection_hits(

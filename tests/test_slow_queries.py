@@ -41,6 +41,21 @@ async def test_a_slow_statement_logs_one_warning_without_its_parameters(
     assert SECRET not in caplog.text
 
 
+async def test_a_long_statement_is_logged_on_one_line_cut_at_2000_characters(
+    make_config: Callable[..., DatabaseConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(DATABASE_SLOW_QUERY_THRESHOLD=0.1)
+    caplog.set_level(logging.WARNING, logger="mountaineer_db")
+    filler = "x" * 3000
+    async with database_session(config) as session:
+        await session.exec(text(f"SELECT pg_sleep(0.15),\n       '{filler}'\n       AS filler"))  # type: ignore[call-overload]
+    (line,) = _slow_lines(caplog)
+    statement = line.split("s): ", 1)[1]
+    assert "\n" not in line
+    assert statement.startswith("SELECT pg_sleep(0.15), 'xxx")
+    assert len(statement) == 2000 and statement.endswith("x…"), len(statement)
+
+
 async def test_a_slow_request_names_its_controller_and_action(
     pg_server: Any, test_database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
