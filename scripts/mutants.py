@@ -1,6 +1,6 @@
 """Mutation check of the guarantees: break the library on purpose, one way at a time.
 
-    .venv/bin/python scripts/mutants.py              # every mutant (about fifteen minutes)
+    .venv/bin/python scripts/mutants.py              # every mutant (about thirty-five minutes)
     .venv/bin/python scripts/mutants.py shielded-cleanup hide-parameters
     .venv/bin/python scripts/mutants.py --list
     .venv/bin/python scripts/mutants.py --baseline   # the guarding tests pass unmutated
