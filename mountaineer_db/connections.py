@@ -255,6 +255,8 @@ def _reason(error: BaseException) -> str:
         return f"{error}. The server is out of connection slots; put PgBouncer in front or lower the pool sizes."
     if isinstance(error, asyncpg.CannotConnectNowError):
         return f"{error}. The server is starting up or shutting down; retry shortly."
+    if isinstance(error, ConnectionError) and str(error).endswith("rejected SSL upgrade"):  # asyncpg's words
+        return f"{error}. The server does not accept SSL connections: check POSTGRES_SSLMODE (or the URL's sslmode)."
     if isinstance(error, OSError):
         detail = error.strerror or str(error)
         return f"{detail}. Check POSTGRES_HOST and POSTGRES_PORT and that the server accepts TCP connections."

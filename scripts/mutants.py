@@ -1,6 +1,6 @@
 """Mutation check of the guarantees: break the library on purpose, one way at a time.
 
-    .venv/bin/python scripts/mutants.py              # every mutant (about fifteen minutes)
+    .venv/bin/python scripts/mutants.py              # every mutant (about thirty-five minutes)
     .venv/bin/python scripts/mutants.py shielded-cleanup hide-parameters
     .venv/bin/python scripts/mutants.py --list
     .venv/bin/python scripts/mutants.py --baseline   # the guarding tests pass unmutated
@@ -69,8 +69,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "expire-on-commit",
         "objects stay readable after commit without I/O",
         "mountaineer_db/session.py",
-        "AsyncSession(self._engine, expire_on_commit=False,",
-        "AsyncSession(self._engine, expire_on_commit=True,",
+        "AsyncSession(self._bind, expire_on_commit=False,",
+        "AsyncSession(self._bind, expire_on_commit=True,",
         ("tests/test_session.py",),
     ),
     M(
@@ -96,6 +96,17 @@ CATALOGUE: tuple[Mutant, ...] = (
         '    where = describe_target(url, user=False)\n    if isinstance(error, sa_exc.TimeoutError):',
         '    where = describe_target(url, user=False)\n    return None\n    if isinstance(error, sa_exc.TimeoutError):',
         ("tests/faults/test_terminate.py",),
+    ),
+    M(
+        "no-retry-after",
+        "a 503 carries Retry-After (1 s; 0 after a schema change)",
+        "mountaineer_db/exceptions.py",
+        'headers={"Retry-After": str(retry_after)},',
+        "headers=None,",
+        (
+            "tests/faults/test_bad_config.py::test_unavailable_action_answers_503",
+            "tests/test_stale_statements.py::test_schema_changed_error_is_a_503_that_keeps_its_message_when_pickled",
+        ),
     ),
     # -- connections ----------------------------------------------------------------------------
     M(
@@ -156,6 +167,46 @@ CATALOGUE: tuple[Mutant, ...] = (
         '"host": url.host,',
         ("tests/test_engine.py::test_a_unix_socket_url_connects",),
     ),
+    M(
+        "command-timeout-ignored",
+        "DATABASE_COMMAND_TIMEOUT bounds every statement",
+        "mountaineer_db/connections.py",
+        '"command_timeout": config.DATABASE_COMMAND_TIMEOUT,',
+        '"command_timeout": None,',
+        ("tests/faults/test_timeouts.py::test_command_timeout_on_a_black_hole",),
+    ),
+    M(
+        "sslmode-ignored",
+        "POSTGRES_SSLMODE reaches the connection: require encrypts and never falls back",
+        "mountaineer_db/connections.py",
+        "    if mode in (SSLMode.DISABLE, SSLMode.ALLOW):",
+        "    if True:",
+        ("tests/test_connections.py",),
+    ),
+    M(
+        "ssl-require-verifies",
+        "sslmode=require encrypts without verifying the certificate (libpq's meaning)",
+        "mountaineer_db/connections.py",
+        "        context.check_hostname = False\n        context.verify_mode = ssl_module.CERT_NONE\n",
+        "",
+        ("tests/test_connections.py::test_the_sslmode_decides_whether_the_connection_is_encrypted",),
+    ),
+    M(
+        "application-name-ignored",
+        "DATABASE_APPLICATION_NAME (default PACKAGE) reaches pg_stat_activity",
+        "mountaineer_db/connections.py",
+        'server_settings["application_name"] = config.application_name',
+        "pass",
+        ("tests/test_connections.py::test_the_application_name_reaches_the_server",),
+    ),
+    M(
+        "url-application-name-ignored",
+        "an application_name in the URL's query reaches the server",
+        "mountaineer_db/connections.py",
+        "        if isinstance(app_name, str):\n",
+        "        if False:\n",
+        ("tests/test_connections.py::test_the_application_name_reaches_the_server",),
+    ),
     # -- engines --------------------------------------------------------------------------------
     M(
         "hide-parameters",
@@ -206,6 +257,38 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_lifecycle.py::test_dispose_with_a_session_in_flight_closes_its_connection_when_it_comes_back",),
     ),
     M(
+        "pool-size-ignored",
+        "DATABASE_POOL_SIZE sizes the FIXED_PROCESS pool",
+        "mountaineer_db/engine.py",
+        '            ("DATABASE_POOL_SIZE", "pool_size"),\n',
+        "",
+        ("tests/test_engine.py::test_fixed_process_pool_uses_the_pool_settings",),
+    ),
+    M(
+        "pool-recycle-ignored",
+        "DATABASE_POOL_RECYCLE replaces pooled connections older than it",
+        "mountaineer_db/engine.py",
+        '            ("DATABASE_POOL_RECYCLE", "pool_recycle"),\n',
+        "",
+        ("tests/test_engine.py::test_fixed_process_replaces_connections_older_than_the_pool_recycle",),
+    ),
+    M(
+        "pool-pre-ping-ignored",
+        "DATABASE_POOL_PRE_PING pings a pooled connection at checkout",
+        "mountaineer_db/engine.py",
+        '            ("DATABASE_POOL_PRE_PING", "pool_pre_ping"),\n',
+        "",
+        ("tests/test_engine.py::test_fixed_process_pings_a_pooled_connection_at_checkout_with_pool_pre_ping",),
+    ),
+    M(
+        "echo-ignored",
+        "DATABASE_ECHO logs every statement (and is off by default)",
+        "mountaineer_db/engine.py",
+        '"echo": config.DATABASE_ECHO,',
+        '"echo": False,',
+        ("tests/test_engine.py::test_database_echo_logs_every_statement_and_is_off_by_default",),
+    ),
+    M(
         "stale-statements",
         "statements cached before a migration are never reused",
         "mountaineer_db/engine.py",
@@ -244,6 +327,38 @@ CATALOGUE: tuple[Mutant, ...] = (
         "mountaineer_db/config_checks.py",
         "        if not 1 <= port <= 65535:",
         "        if False:",
+        ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
+    ),
+    M(
+        "connect-timeout-default",
+        "connecting is bounded by default (DATABASE_CONNECT_TIMEOUT=5)",
+        "mountaineer_db/config.py",
+        "    DATABASE_CONNECT_TIMEOUT: float = 5.0",
+        "    DATABASE_CONNECT_TIMEOUT: float = 60.0",
+        ("tests/test_config.py::test_the_documented_defaults",),
+    ),
+    M(
+        "negative-overflow-accepted",
+        "a negative DATABASE_MAX_OVERFLOW is refused when the config is built",
+        "mountaineer_db/config_checks.py",
+        "config.DATABASE_MAX_OVERFLOW is not None and config.DATABASE_MAX_OVERFLOW < 0:",
+        "False:",
+        ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
+    ),
+    M(
+        "zero-pool-timeout-accepted",
+        "a DATABASE_POOL_TIMEOUT of 0 or less is refused when the config is built",
+        "mountaineer_db/config_checks.py",
+        "config.DATABASE_POOL_TIMEOUT is not None and config.DATABASE_POOL_TIMEOUT <= 0:",
+        "False:",
+        ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
+    ),
+    M(
+        "negative-cache-size-accepted",
+        "a negative DATABASE_STATEMENT_CACHE_SIZE is refused when the config is built",
+        "mountaineer_db/config_checks.py",
+        "config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:",
+        "False:",
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
     ),
     M(
@@ -288,12 +403,36 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_migrations.py", "tests/test_cli.py"),
     ),
     M(
+        "rollback-two-steps",
+        "`migrate rollback` without a revision rolls back one step",
+        "mountaineer_db/migrations/commands.py",
+        "    if revision is None and steps is None:\n        steps = 1",
+        "    if revision is None and steps is None:\n        steps = 2",
+        ("tests/test_migrations.py::test_full_cycle_through_the_cli",),
+    ),
+    M(
         "migrations-inherit-statement-timeout",
         "migrations are not cut short by the app's DATABASE_STATEMENT_TIMEOUT",
         "mountaineer_db/migrations/environment.py",
         '            "DATABASE_STATEMENT_TIMEOUT": None,\n',
         "",
-        ("tests/test_migration_locks.py::test_migrations_do_not_inherit_the_apps_statement_timeout",),
+        ("tests/test_migration_locks.py::test_migrations_do_not_inherit_the_apps_timeouts",),
+    ),
+    M(
+        "migrations-inherit-command-timeout",
+        "migrations are not cut short by the app's DATABASE_COMMAND_TIMEOUT",
+        "mountaineer_db/migrations/environment.py",
+        '            "DATABASE_COMMAND_TIMEOUT": None,\n',
+        "",
+        ("tests/test_migration_locks.py::test_migrations_do_not_inherit_the_apps_timeouts",),
+    ),
+    M(
+        "migrations-inherit-idle-timeout",
+        "migrations are not cut short by the app's idle-in-transaction timeout",
+        "mountaineer_db/migrations/environment.py",
+        '            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": None,\n',
+        "",
+        ("tests/test_migration_locks.py::test_migrations_do_not_inherit_the_apps_timeouts",),
     ),
     M(
         "unquoted-identifiers",
@@ -315,7 +454,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "apply-on-unadopted-without-advice",
         "`apply` failing on tables that exist says to `migrate stamp`",
         "mountaineer_db/migrations/commands.py",
-        "                if is_adoption_failure(error, before):",
+        "                if isinstance(cause, DBAPIError) and is_adoption_failure(cause, before):",
         "                if False:",
         ("tests/test_migration_stamp.py::test_stamp_adopts_a_database_made_without_migrations",),
     ),
@@ -390,12 +529,28 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_retries.py",),
     ),
     M(
+        "retry-wait-unbounded",
+        "run_in_transaction never waits more than 1 s between attempts, however many retries",
+        "mountaineer_db/retries.py",
+        "    ceiling = min(_MAX_DELAY, _FIRST_DELAY * 2 ** (retry - 1))",
+        "    ceiling = _FIRST_DELAY * 2 ** (retry - 1)",
+        ("tests/test_retries.py::test_waits_double_from_25_ms_and_never_exceed_one_second_however_many_retries",),
+    ),
+    M(
         "get-or-404-returns-none",
         "get_or_404 raises ResourceNotFoundError for a missing row",
         "mountaineer_db/http_errors.py",
         "    instance = await session.get(",
         "    return await session.get(  # type: ignore[return-value]",
         ("tests/test_http_errors.py",),
+    ),
+    M(
+        "get-or-404-ignores-for-update",
+        "get_or_404(..., with_for_update=True) locks the row (SELECT ... FOR UPDATE)",
+        "mountaineer_db/http_errors.py",
+        "populate_existing=populate_existing, with_for_update=with_for_update or None",
+        "populate_existing=populate_existing",
+        ("tests/test_http_errors.py::test_get_or_404_with_for_update_locks_the_row_until_the_transaction_ends",),
     ),
     M(
         "unique-violation-not-409",
@@ -422,6 +577,17 @@ CATALOGUE: tuple[Mutant, ...] = (
         "            if True:\n                raise",
         ("tests/test_commit_hooks.py",),
     ),
+    M(
+        "released-hooks-skip-outer-savepoint",
+        "a released savepoint's hooks join the enclosing savepoint, and are dropped if that one rolls back",
+        "mountaineer_db/commit_hooks.py",
+        "    while parent is not None and not parent.nested and parent.parent is not None:",
+        "    while parent is not None and parent.parent is not None:",
+        (
+            "tests/test_commit_hooks.py::"
+            "test_a_released_savepoints_hooks_are_dropped_when_the_enclosing_savepoint_rolls_back",
+        ),
+    ),
     # -- operations -----------------------------------------------------------------------------
     M(
         "scram-cache-ignores-password",
@@ -438,6 +604,22 @@ CATALOGUE: tuple[Mutant, ...] = (
         "str(iterations).encode(), salt, password)",
         "str(iterations).encode(), password)",
         ("tests/test_scram.py",),
+    ),
+    M(
+        "scram-cache-unbounded",
+        "the SCRAM cache holds at most 64 entries, the least recently used dropped first",
+        "mountaineer_db/scram.py",
+        "            while len(self._entries) > _MAX_ENTRIES:\n                self._entries.popitem(last=False)\n",
+        "",
+        ("tests/test_scram.py::test_the_cache_holds_at_most_its_bound_dropping_the_least_recently_used",),
+    ),
+    M(
+        "scram-cache-kept-at-dispose",
+        "dispose_engines() empties the SCRAM cache",
+        "mountaineer_db/engine.py",
+        "    clear_scram_cache()\n",
+        "",
+        ("tests/test_scram.py::test_direct_connections_derive_the_key_once_and_cache_exactly_hashlibs_value",),
     ),
     M(
         "tag-outlives-transaction",
@@ -457,6 +639,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "            if elapsed > threshold:\n                _log(elapsed, threshold, statement, None)",
         "            if elapsed > threshold * 1000:\n                _log(elapsed, threshold, statement, None)",
         ("tests/test_slow_queries.py",),
+    ),
+    M(
+        "slow-statement-not-cut",
+        "the slow-query log shows a statement on one line, cut at 2,000 characters",
+        "mountaineer_db/slow_queries.py",
+        "MAX_STATEMENT_CHARS: Final = 2000",
+        "MAX_STATEMENT_CHARS: Final = 20000",
+        ("tests/test_slow_queries.py::test_a_long_statement_is_logged_on_one_line_cut_at_2000_characters",),
     ),
     M(
         "num-queries-counts-savepoints",
@@ -481,6 +671,24 @@ CATALOGUE: tuple[Mutant, ...] = (
         "    if heads is None or found is None or set(found) == set(heads.heads):",
         "    if True:",
         ("tests/example_app/test_readiness.py",),
+    ),
+    M(
+        "health-via-migrations-url",
+        "check_database goes the app's own way, never through MIGRATIONS_DATABASE_URI",
+        "mountaineer_db/health.py",
+        "await _probe(engine_for(config), revisions",
+        "await _probe(engine_for(config, url=config.migrations_url), revisions",
+        ("tests/test_health.py::test_it_never_goes_through_the_migrations_url",),
+    ),
+    M(
+        "health-unbounded",
+        "check_database answers within DATABASE_CONNECT_TIMEOUT, even when queries hang",
+        "mountaineer_db/health.py",
+        "        async with asyncio.timeout(timeout):",
+        "        async with asyncio.timeout(None):",
+        (
+            "tests/test_health.py::test_a_database_that_accepts_but_never_answers_is_reported_within_the_connect_timeout",
+        ),
     ),
     # -- migrations for deploys -----------------------------------------------------------------
     M(
@@ -562,6 +770,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "            if not health.standby or health.lag > self.max_lag:",
         "            if not health.standby:",
         ("tests/test_replicas.py::test_a_lagging_replica_is_skipped_for_everyone_until_it_catches_up",),
+    ),
+    M(
+        "max-wait-unbounded",
+        "a read waits at most DATABASE_REPLICA_MAX_WAIT for a replica, then reads the primary",
+        "mountaineer_db/replicas.py",
+        "        deadline = time.monotonic() + self.max_wait",
+        "        deadline = time.monotonic() + 3600",
+        ("tests/test_replicas.py::test_a_read_waits_no_longer_than_the_max_wait_then_reads_its_write_on_the_primary",),
     ),
     M(
         "forged-cookie-trusted",
@@ -654,6 +870,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         "    task = asyncio.ensure_future(work)\n",
         "    await work\n    return\n    task = asyncio.ensure_future(work)\n",
         ("tests/test_handovers.py::test_a_cancellation_pending_as_the_cleanup_starts_lets_the_cleanup_finish",),
+    ),
+    M(
+        "cookie-never-secure",
+        "the read-your-writes cookie is Secure over HTTPS (and HttpOnly, SameSite=Lax)",
+        "mountaineer_db/read_your_writes.py",
+        '        secure = self.request is not None and self.request.url.scheme in ("https", "wss")',
+        "        secure = False",
+        ("tests/test_read_your_writes.py::test_the_cookie_is_httponly_samesite_lax_and_secure_over_https",),
     ),
 )
 

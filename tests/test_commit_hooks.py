@@ -132,6 +132,24 @@ async def test_a_released_savepoint_hands_its_hooks_to_the_outer_transaction(con
     assert RAN == ["outer", "released savepoint", "inner released savepoint", "outer again"]
 
 
+async def test_a_released_savepoints_hooks_are_dropped_when_the_enclosing_savepoint_rolls_back(
+    config: DatabaseConfig,
+) -> None:
+    """Released into the enclosing savepoint, not into the whole transaction: that savepoint decides."""
+    async with database_session(config) as session:
+        on_commit(session, _recorder("outer"))
+        enclosing = await session.begin_nested()
+        async with session.begin_nested():
+            session.add(HookRow(name="rolled back with the enclosing savepoint"))
+            on_commit(session, _recorder("released into a savepoint that rolls back"))
+        await enclosing.rollback()
+        async with session.begin_nested(), session.begin_nested():
+            on_commit(session, _recorder("released twice"))
+        await session.commit()
+    assert RAN == ["outer", "released twice"]
+    assert await _committed_count(config) == 0, "the enclosing savepoint's work was rolled back too"
+
+
 async def test_session_commit_inside_a_savepoint_commits_everything_and_runs_all_hooks(config: DatabaseConfig) -> None:
     async with database_session(config) as session:
         on_commit(session, _recorder("outer"))

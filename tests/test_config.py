@@ -112,6 +112,9 @@ def test_application_name_defaults_to_package() -> None:
     assert DbFirstConfig(POSTGRES_HOST="h", DATABASE_APPLICATION_NAME="web").application_name == "web"
 
 
+FIXED = {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_POOL_TYPE": "FIXED_PROCESS"}
+
+
 def _error_text(**values: Any) -> str:
     with pytest.raises(DatabaseConfigError) as caught:
         DatabaseConfig(**values)
@@ -148,6 +151,18 @@ def _error_text(**values: Any) -> str:
             {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_POOL_SIZE": 5},
             "DATABASE_POOL_SIZE only apply when DATABASE_POOL_TYPE=FIXED_PROCESS",
         ),
+        (
+            {**FIXED, "DATABASE_MAX_OVERFLOW": -1},
+            "DATABASE_MAX_OVERFLOW is -1; use 0 or more.",
+        ),
+        (
+            {**FIXED, "DATABASE_POOL_TIMEOUT": 0},
+            "DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.",
+        ),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_STATEMENT_CACHE_SIZE": -1},
+            "DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.",
+        ),
         ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_CONNECT_TIMEOUT": 0}, "DATABASE_CONNECT_TIMEOUT is 0"),
         ({"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_STATEMENT_TIMEOUT": -1}, "DATABASE_STATEMENT_TIMEOUT"),
     ],
@@ -180,6 +195,29 @@ def test_sslmode_defaults_to_disable_on_loopback_and_prefer_elsewhere() -> None:
     assert local.sslmode_for(local.database_url).value == "disable"
     assert remote.sslmode_for(remote.database_url).value == "prefer"
     assert explicit.sslmode_for(explicit.database_url).value == "require"
+
+
+def test_the_documented_defaults() -> None:
+    """The defaults the docs promise: a bounded connect (5 s), no other timeout, no client pool, and so on."""
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://u@db.example.com/d")
+    documented = {
+        "POSTGRES_PORT": 5432,
+        "DATABASE_POOL_TYPE": PoolType.NULL,
+        "DATABASE_CONNECT_TIMEOUT": 5.0,
+        "DATABASE_COMMAND_TIMEOUT": None,
+        "DATABASE_STATEMENT_TIMEOUT": None,
+        "DATABASE_LOCK_TIMEOUT": None,
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": None,
+        "DATABASE_ECHO": False,
+        "DATABASE_SCRAM_CACHE": True,
+        "DATABASE_TAG_REQUESTS": False,
+        "DATABASE_SLOW_QUERY_THRESHOLD": None,
+        "DATABASE_READ_ROUTING": "primary",
+        "DATABASE_REPLICA_MAX_LAG": 5.0,
+        "DATABASE_REPLICA_MAX_WAIT": 0.2,
+        "MIGRATIONS_LOCK_TIMEOUT": 5.0,
+    }
+    assert {name: getattr(config, name) for name in documented} == documented
 
 
 def test_migrations_url_defaults_to_the_app_url() -> None:

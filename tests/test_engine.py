@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
+from bench.wire import CountingProxy
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, DatabaseUnavailableError, database_session
 from mountaineer_db.engine import engines_on_this_loop
 from tests.conftest import admin_execute
@@ -239,3 +240,66 @@ async def test_per_transaction_settings_never_outlive_the_transaction(make_confi
     async with engine.connect() as connection:  # the same pooled connection, outside any BEGIN of ours
         driver = (await connection.get_raw_connection()).driver_connection
         assert await driver.fetchval("SHOW lock_timeout") == "0"
+
+
+async def test_database_echo_logs_every_statement_and_is_off_by_default(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logging left at its defaults (WARNING): only DATABASE_ECHO makes SQLAlchemy log the statements."""
+
+    def echoed() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
+
+    for echo in (False, True):
+        async with database_session(make_config(DATABASE_ECHO=echo)) as session:
+            await session.exec(text("SELECT 'echo probe' AS probe"))  # type: ignore[call-overload]
+        if echo:
+            assert "SELECT 'echo probe' AS probe" in echoed()
+        else:
+            assert echoed() == []
+
+
+@pytest.mark.parametrize("recycle", [None, 0.01])
+async def test_fixed_process_replaces_connections_older_than_the_pool_recycle(
+    make_config: ConfigFactory, recycle: float | None
+) -> None:
+    config = make_config(
+        DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0, DATABASE_POOL_RECYCLE=recycle
+    )
+    backends = []
+    for _ in range(2):
+        async with database_session(config) as session:
+            backends.append((await session.exec(text("SELECT pg_backend_pid()"))).one()[0])  # type: ignore[call-overload]
+        returned = time.monotonic()
+        while time.monotonic() - returned < 0.05:  # the pooled connection is now older than the recycle age
+            await asyncio.sleep(0.01)
+    assert (backends[0] != backends[1]) is (recycle is not None)
+
+
+@pytest.mark.parametrize("pre_ping", [False, True])
+async def test_fixed_process_pings_a_pooled_connection_at_checkout_with_pool_pre_ping(
+    pg_server: Any, test_database: str, pre_ping: bool
+) -> None:
+    """DATABASE_POOL_PRE_PING reaches the pool: a reused connection is pinged (SQLAlchemy sends `;`) first."""
+    async with CountingProxy("127.0.0.1", pg_server.port) as proxy:
+        url = pg_server.url(test_database).set(port=proxy.port)
+        config = DatabaseConfig(
+            SQLALCHEMY_DATABASE_URI=url,
+            DATABASE_POOL_TYPE="FIXED_PROCESS",
+            DATABASE_POOL_SIZE=1,
+            DATABASE_MAX_OVERFLOW=0,
+            DATABASE_POOL_PRE_PING=pre_ping,
+            DATABASE_STATEMENT_CACHE_SIZE=0,  # every statement parsed: each ping shows on the wire
+        )
+        for _ in range(3):
+            async with database_session(config) as session:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        [connection] = proxy.connections
+    transactions: list[set[str]] = []
+    for statement in connection.sql:
+        if statement.startswith("BEGIN"):
+            transactions.append(set())
+        elif statement not in ("COMMIT", "ROLLBACK"):
+            transactions[-1].add(statement)
+    pings = transactions.count({";"})
+    assert pings == (2 if pre_ping else 0), "one ping per reuse of the pooled connection"

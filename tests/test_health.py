@@ -37,6 +37,29 @@ async def test_it_goes_through_pgbouncer_when_the_app_does(
     assert result.database.endswith(f":{pgbouncer.port}")  # the app's own path, not the server's port
 
 
+@pytest.mark.pgbouncer
+async def test_a_database_that_accepts_but_never_answers_is_reported_within_the_connect_timeout(
+    bouncer_config: Callable[..., DatabaseConfig], pgbouncer: Any, pg_server: Any, test_database: str
+) -> None:
+    """A paused PgBouncer lets the client log in and holds its queries (up to its query_wait_timeout,
+    30 s here): the check still answers within DATABASE_CONNECT_TIMEOUT, as `unreachable`."""
+    assert (await check_database(bouncer_config())).ok  # PgBouncer now knows the server: logins need no server
+    await pgbouncer.admin(f"PAUSE {test_database}", user=pg_server.user, password=pg_server.password)
+    try:
+        result = await asyncio.wait_for(check_database(bouncer_config(DATABASE_CONNECT_TIMEOUT=0.5)), 10)
+    finally:
+        await pgbouncer.admin(f"RESUME {test_database}", user=pg_server.user, password=pg_server.password)
+    assert result.status is DatabaseStatus.UNREACHABLE
+    assert result.error == f"No answer from {result.database} within DATABASE_CONNECT_TIMEOUT=0.5s."
+
+
+async def test_it_never_goes_through_the_migrations_url(make_config: Callable[..., DatabaseConfig]) -> None:
+    """MIGRATIONS_DATABASE_URI is for migrations and admin commands: readiness is the app's own path."""
+    elsewhere = f"postgresql://app:{PASSWORD}@127.0.0.1:{_free_port()}/app"  # nothing listens there
+    result = await check_database(make_config(MIGRATIONS_DATABASE_URI=elsewhere))
+    assert result.ok, result
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,8 +11,8 @@ import pytest
 from fastapi import Depends, FastAPI
 from mountaineer import AppController, ConfigBase, ControllerBase, Metadata, RenderBase, sideeffect
 from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Field, SQLModel
 
 from mountaineer_db import (
@@ -28,6 +28,7 @@ from mountaineer_db import (
     map_integrity_errors,
 )
 from mountaineer_db.engine import engine_for
+from mountaineer_db.retries import sqlstate_of
 from tests.core_app import write_stub_views
 
 
@@ -77,6 +78,49 @@ async def test_get_or_404_returns_the_row(config: DatabaseConfig) -> None:
         assert await get_or_404(session, Shelf, shelf.id) is shelf
         fetched = await get_or_404(session, Shelf, shelf.id, populate_existing=True, with_for_update=True)
         assert fetched.label == "fiction"
+
+
+async def test_get_or_404_with_for_update_locks_the_row_until_the_transaction_ends(config: DatabaseConfig) -> None:
+    async with database_session(config) as session:
+        shelf = Shelf(label="locked")
+        session.add(shelf)
+        await session.commit()
+        shelf_id = shelf.id
+
+    async def locked_elsewhere() -> bool:
+        """Whether another connection's FOR UPDATE NOWAIT on the row fails (lock_not_available, 55P03)."""
+        try:
+            async with engine_for(config).connect() as other:
+                statement = text("SELECT id FROM http_shelf WHERE id = :id FOR UPDATE NOWAIT")
+                await other.execute(statement.bindparams(id=shelf_id))
+        except DBAPIError as error:
+            assert sqlstate_of(error) == "55P03", error
+            return True
+        return False
+
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        sent.append(" ".join(statement.split()))
+
+    engine = engine_for(config).sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        async with database_session(config) as session:
+            locked = await get_or_404(session, Shelf, shelf_id, with_for_update=True)
+            [select_for_update] = sent
+            assert locked.label == "locked"
+            assert await locked_elsewhere(), "the row is locked while the session's transaction is open"
+            assert select_for_update.startswith("SELECT http_shelf.id, http_shelf.label FROM http_shelf WHERE")
+            assert select_for_update.endswith(" FOR UPDATE"), select_for_update
+            await session.commit()
+            assert not await locked_elsewhere(), "the lock ends with the transaction"
+            sent.clear()
+            await get_or_404(session, Shelf, shelf_id, populate_existing=True)
+            assert "FOR UPDATE" not in sent[0], "without with_for_update: a plain SELECT"
+            assert not await locked_elsewhere()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 async def test_get_or_404_raises_a_404_that_names_the_model_but_not_the_key(config: DatabaseConfig) -> None:

@@ -75,6 +75,8 @@ CONCURRENT_INDEX = '''
 '''
 SLOW = '''
     """slow"""
+    import time
+
     from alembic import op
 
     revision = "bbbb00000002"
@@ -82,7 +84,8 @@ SLOW = '''
 
 
     def upgrade():
-        op.execute("SELECT pg_sleep(1.0)")
+        op.execute("SELECT pg_sleep(1.0)")  # one statement longer than the app's statement and command timeouts
+        time.sleep(0.6)  # idle in the transaction for longer than the app's idle-in-transaction timeout
         op.execute("ALTER TABLE items ADD COLUMN slow text")
 
 
@@ -232,10 +235,20 @@ async def test_replicas_wait_for_each_other_longer_than_the_lock_timeout(
     assert sorted(len(done) for done in results) == [0, 2]
 
 
-async def test_migrations_do_not_inherit_the_apps_statement_timeout(
-    pg_server: Any, database: str, slow_app: Path
+@pytest.mark.parametrize(
+    "timeouts",
+    [
+        {"DATABASE_STATEMENT_TIMEOUT": 0.2, "DATABASE_LOCK_TIMEOUT": 0.1},
+        {"DATABASE_COMMAND_TIMEOUT": 0.2},
+        {"DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": 0.2},
+    ],
+    ids=["statement", "command", "idle-in-transaction"],
+)
+async def test_migrations_do_not_inherit_the_apps_timeouts(
+    pg_server: Any, database: str, slow_app: Path, timeouts: dict[str, float]
 ) -> None:
-    config = app_config(pg_server, database, DATABASE_STATEMENT_TIMEOUT=0.2, DATABASE_LOCK_TIMEOUT=0.1)
+    """A migration may run longer than any request: the app's request timeouts never cut it short."""
+    config = app_config(pg_server, database, **timeouts)
     assert [r.id for r in await migrations.apply(config=config)] == ["bbbb00000001", "bbbb00000002"]
     assert "slow" in await column_names(pg_server, database)
 

@@ -106,7 +106,9 @@ def test_full_cycle_through_the_cli(pg_server: Any, database: str, tmp_path: Pat
     result = cli("migrate", "rollback", version=2)
     assert result.returncode == 0, result.stderr
     assert f"Rolled back {second_id}" in result.stdout
-    assert "priority" not in asyncio.run(columns(pg_server, database, "todo"))
+    after_rollback = asyncio.run(columns(pg_server, database, "todo"))
+    assert "priority" not in after_rollback
+    assert "title" in after_rollback, "one step by default: the first revision's table stays"
 
     result = cli("migrate", "apply", version=2)
     assert result.returncode == 0, result.stderr

@@ -1,12 +1,19 @@
-"""The read-your-writes cookie: only values we signed, unexpired, with the deploy's key, are trusted."""
+"""The read-your-writes cookie: only values we signed, unexpired, with the deploy's key, are trusted;
+it goes out HttpOnly, SameSite=Lax, Secure over HTTPS."""
 
 import logging
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from mountaineer import AppController, ConfigBase, ControllerBase, RenderBase, passthrough
+from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig
+from mountaineer_db import DatabaseConfig, SessionDep
 from mountaineer_db import read_your_writes as ryw
-from mountaineer_db.read_your_writes import Signer, format_position, signer_for
+from mountaineer_db.read_your_writes import COOKIE_NAME, Signer, format_position, signer_for
+from tests.core_app import write_stub_views
 
 PRIMARY = "postgresql://app:pw-one@primary.internal/appdb"
 
@@ -74,3 +81,62 @@ def test_without_password_or_secret_a_process_key_is_used_with_one_warning(
 def test_positions_are_shown_as_postgresql_writes_them() -> None:
     assert format_position(0x3000060) == "0/3000060"
     assert format_position((0x1A << 32) + 0xB0) == "1A/B0"
+
+
+# --- The cookie on the wire: a real app, a real commit ------------------------------------------
+
+
+class CookieAppConfig(DatabaseConfig, ConfigBase):
+    """Not pip-installed: the app passes view_root."""
+
+
+class CookieRender(RenderBase):
+    pass
+
+
+class CookieController(ControllerBase):
+    url = "/"
+    view_path = "/app/cookie/page.tsx"
+
+    async def render(self) -> CookieRender:
+        return CookieRender()
+
+    @passthrough
+    async def save(self, session: SessionDep) -> None:
+        await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        await session.commit()
+
+
+def _cookie_attributes(response: httpx.Response) -> dict[str, str]:
+    """The attributes of the one read-your-writes Set-Cookie header: lower-case names, `Secure` as ''."""
+    [header] = [value for value in response.headers.get_list("set-cookie") if value.startswith(f"{COOKIE_NAME}=")]
+    attributes = {}
+    for part in header.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        attributes[name.lower()] = value
+    return attributes
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_the_cookie_is_httponly_samesite_lax_and_secure_over_https(
+    pg_server: Any, test_database: str, tmp_path: Path, scheme: str
+) -> None:
+    """As docs/replicas.md promises: HttpOnly, SameSite=Lax, Secure over HTTPS (only), expiring after MAX_LAG + 60 s."""
+    config = CookieAppConfig(
+        SQLALCHEMY_DATABASE_URI=pg_server.url(test_database),
+        # Never connected to here: the action reads and writes on the primary.
+        DATABASE_REPLICA_URLS=[pg_server.url("postgres")],
+        DATABASE_REPLICA_MAX_LAG=7,
+    )
+    write_stub_views(tmp_path, "cookie-views", "cookie")
+    app = AppController(view_root=tmp_path, config=config)
+    app.register(CookieController())
+    transport = httpx.ASGITransport(app=app.app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"{scheme}://testserver") as http:
+        response = await http.post("/internal/api/cookie_controller/save")
+    assert response.status_code == 200, response.text
+    attributes = _cookie_attributes(response)
+    expected = {"httponly": "", "samesite": "lax", "path": "/", "max-age": "67"}
+    if scheme == "https":
+        expected["secure"] = ""
+    assert attributes == expected

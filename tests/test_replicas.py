@@ -412,6 +412,26 @@ async def test_a_read_waits_for_a_replica_that_is_replaying_then_reads_there(
     print(f"\nread-your-writes wait on a 0.4 s replay delay: {waited:.3f}s")
 
 
+async def test_a_read_waits_no_longer_than_the_max_wait_then_reads_its_write_on_the_primary(
+    replicated: Replicated, make_config: Callable[..., ReplicaAppConfig], tmp_path: Path
+) -> None:
+    """Replay delayed by 2 s, DATABASE_REPLICA_MAX_WAIT=0.1: the writer's next read stops waiting for the
+    replicas and reads its write on the primary (waiting on, it would have been served by a replica)."""
+    config = make_config(DATABASE_REPLICA_MAX_WAIT=0.1, DATABASE_REPLICA_MAX_LAG=60)
+    for replica in replicated.replicas:
+        await server_execute(replica, "ALTER SYSTEM SET recovery_min_apply_delay = '2s'", "SELECT pg_reload_conf()")
+    try:
+        async with client(config, tmp_path) as writer:
+            await get(writer)
+            await get(writer)  # both replicas' status known
+            await add_note(writer, "delayed")
+            page = await get(writer)
+    finally:
+        for replica in replicated.replicas:
+            await server_execute(replica, "ALTER SYSTEM RESET recovery_min_apply_delay", "SELECT pg_reload_conf()")
+    assert page == {"bodies": ["delayed"], "in_recovery": False, "port": replicated.primary.port}
+
+
 async def test_a_forged_cookie_is_ignored(
     replicated: Replicated, make_config: Callable[..., ReplicaAppConfig], tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from mountaineer_db import AsyncSession, DatabaseConfig, database_session, on_commit, run_in_transaction
+from mountaineer_db import AsyncSession, DatabaseConfig, database_session, on_commit, retries, run_in_transaction
 from mountaineer_db.engine import engine_for
 from mountaineer_db.retries import sqlstate_of
 
@@ -31,6 +32,9 @@ async def direct(make_config: Callable[..., DatabaseConfig]) -> DatabaseConfig:
 
 def _retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == WARNING_PREFIX and r.levelno == logging.WARNING]
+
+
+_retry_in_ms = re.compile(r"retrying in (\d+) ms")
 
 
 def _without_delay(message: str) -> str:
@@ -191,6 +195,43 @@ async def test_when_the_retries_are_used_up_the_last_error_propagates(
     assert retried == ["retry 1 of 2).", "retry 2 of 2)."]
     errors = [r for r in caplog.records if r.name == "mountaineer_db" and r.levelno >= logging.ERROR]
     assert len(errors) == 1, "the final failure is logged once, like any failed transaction"
+
+
+class _RecordedWaits:
+    """`asyncio` as mountaineer_db.retries sees it, except that `sleep` records the wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float) -> None:
+        self.waits.append(delay)
+        await asyncio.sleep(0)
+
+
+async def test_waits_double_from_25_ms_and_never_exceed_one_second_however_many_retries(
+    direct: DatabaseConfig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/transactions.md: half to all of 25 ms, 50 ms, 100 ms, ... and never more than 1 s."""
+    caplog.set_level(logging.INFO, logger="mountaineer_db")
+    clock = _RecordedWaits()
+    monkeypatch.setattr(retries, "asyncio", clock)
+
+    async def always_conflicts(session: AsyncSession) -> None:
+        await session.exec(text(FORCED_SERIALIZATION_FAILURE))  # type: ignore[call-overload]
+
+    with pytest.raises(DBAPIError):
+        await run_in_transaction(always_conflicts, retries=12, config=direct)
+    ceilings = [min(1.0, 0.025 * 2**retry) for retry in range(12)]
+    assert len(clock.waits) == 12
+    for wait, ceiling in zip(clock.waits, ceilings, strict=True):
+        assert ceiling / 2 <= wait <= ceiling, (
+            f"{wait:.3f}s is not within [{ceiling / 2:g}, {ceiling:g}]: {clock.waits}"
+        )
+    logged = [int(_retry_in_ms.search(warning)[1]) for warning in _retry_warnings(caplog)]  # type: ignore[index]
+    assert logged == [round(wait * 1000) for wait in clock.waits], "the warnings say the waits taken"
 
 
 async def test_nothing_is_retried_once_the_attempt_has_committed(direct: DatabaseConfig) -> None:

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, database_session
+from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, database_session, dispose_engines
 from mountaineer_db.engine import engine_for
 from mountaineer_db.pgbouncer import PgBouncer
 from mountaineer_db.scram import _HashlibForAsyncpg, _key, cache_info, clear_scram_cache, scram_attempt
@@ -30,6 +30,7 @@ from tests.conftest import admin_execute, require_pgbouncer
 from tests.sample_apps import superuser_connect
 
 ROLE = "mdb_scram_app"
+BOUND = 64  # docs/performance.md: "process-local, bounded (64 entries)"
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,8 @@ async def test_direct_connections_derive_the_key_once_and_cache_exactly_hashlibs
     from mountaineer_db.scram import _cache
 
     assert _cache._entries[_key("sha256", role.encode(), salt, iterations, None)] == expected
+    await dispose_engines()
+    assert cache_info() == (0, 0, 0), "dispose_engines() empties the cache"
 
 
 async def test_through_pgbouncer_with_a_scram_auth_file_every_later_connection_hits(
@@ -273,3 +276,32 @@ async def test_no_password_or_derived_key_in_reprs_or_logs(
     for text_ in shown:
         for secret in (role, derived.hex(), base64.b64encode(derived).decode(), repr(derived)[2:-1]):
             assert secret not in text_
+
+
+def test_the_cache_holds_at_most_its_bound_dropping_the_least_recently_used() -> None:
+    """docs/performance.md: process-local and bounded (64 entries); here, 64 + 10 distinct salts."""
+    hook = _HashlibForAsyncpg()
+    password = secrets.token_bytes(12)
+    salts = [secrets.token_bytes(16) for _ in range(BOUND + 10)]
+
+    def derive(salt: bytes, *, keep: bool) -> bytes:
+        with scram_attempt(enabled=True) as attempt:
+            value = hook.pbkdf2_hmac("sha256", password, salt, 2)  # 2 iterations: a lookup costs the same
+            if keep:
+                attempt.authenticated()
+        return value
+
+    for salt in salts[:BOUND]:
+        derive(salt, keep=True)
+    assert cache_info().entries == BOUND
+    derive(salts[0], keep=False)  # a hit: the first salt becomes the most recently used
+    for salt in salts[BOUND:]:
+        derive(salt, keep=True)
+    assert cache_info().entries == BOUND, "more distinct derivations than the bound: the cache holds the bound"
+    hits = cache_info().hits
+    derive(salts[0], keep=False)
+    derive(salts[-1], keep=False)
+    assert cache_info().hits == hits + 2, "the most recently used entries stayed"
+    misses = cache_info().misses
+    derive(salts[1], keep=False)
+    assert cache_info().misses == misses + 1, "the least recently used entry was dropped"

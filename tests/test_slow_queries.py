@@ -18,9 +18,12 @@ from tests.observed_app import ObservedConfig, build_app, create_tables
 SECRET = "do-not-log-this-parameter"
 
 
-def _slow_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+def _slow_lines(caplog: pytest.LogCaptureFixture, statement: str) -> list[str]:
+    """The slow-query lines about `statement` (on a busy machine other statements may pass the threshold too)."""
     return [
-        r.getMessage() for r in caplog.records if r.name == "mountaineer_db" and r.getMessage().startswith("Slow query")
+        message
+        for message in (r.getMessage() for r in caplog.records if r.name == "mountaineer_db")
+        if message.startswith("Slow query") and statement in message
     ]
 
 
@@ -41,6 +44,21 @@ async def test_a_slow_statement_logs_one_warning_without_its_parameters(
     assert SECRET not in caplog.text
 
 
+async def test_a_long_statement_is_logged_on_one_line_cut_at_2000_characters(
+    make_config: Callable[..., DatabaseConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(DATABASE_SLOW_QUERY_THRESHOLD=0.1)
+    caplog.set_level(logging.WARNING, logger="mountaineer_db")
+    filler = "x" * 3000
+    async with database_session(config) as session:
+        await session.exec(text(f"SELECT pg_sleep(0.15),\n       '{filler}'\n       AS filler"))  # type: ignore[call-overload]
+    (line,) = _slow_lines(caplog, "pg_sleep(0.15)")
+    statement = line.split("s): ", 1)[1]
+    assert "\n" not in line
+    assert statement.startswith("SELECT pg_sleep(0.15), 'xxx")
+    assert len(statement) == 2000 and statement.endswith("x…"), len(statement)
+
+
 async def test_a_slow_request_names_its_controller_and_action(
     pg_server: Any, test_database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -51,7 +69,7 @@ async def test_a_slow_request_names_its_controller_and_action(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://testserver") as http:
         response = await http.post("/internal/api/notes_controller/add_note", json={"body": "b", "sleep": 0.2})
     assert response.status_code == 200, response.text
-    (line,) = _slow_lines(caplog)
+    (line,) = _slow_lines(caplog, "pg_sleep(")
     assert line.endswith(
         " s (DATABASE_SLOW_QUERY_THRESHOLD=0.1 s) in NotesController.add_note: SELECT pg_sleep($1::FLOAT)"
     ), line
@@ -65,7 +83,7 @@ async def test_a_statement_that_fails_after_the_threshold_is_logged_with_its_err
     with pytest.raises(DBAPIError):
         async with database_session(config) as session:
             await session.exec(text("SELECT pg_sleep(2)"))  # type: ignore[call-overload]
-    (line,) = _slow_lines(caplog)
+    (line,) = _slow_lines(caplog, "pg_sleep(2)")
     assert line.startswith("Slow query: failed (QueryCanceledError) after 0.")
     assert line.endswith(" s (DATABASE_SLOW_QUERY_THRESHOLD=0.1 s): SELECT pg_sleep(2)"), line
 
