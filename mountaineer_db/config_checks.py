@@ -4,6 +4,7 @@ Run when the config is built (`DatabaseConfig`'s model validator); each problem 
 setting, where its value came from when that matters, and the fix.
 """
 
+import math
 from typing import TYPE_CHECKING
 
 from mountaineer_db.setting_sources import described
@@ -14,6 +15,22 @@ if TYPE_CHECKING:
 __all__ = ["config_problems"]
 
 _CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+_OUR_PREFIXES = ("DATABASE_", "MIGRATIONS_", "POSTGRES_")
+_SERVER_SETTINGS = ("DATABASE_STATEMENT_TIMEOUT", "DATABASE_LOCK_TIMEOUT", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
+"""Sent to the server as `SET LOCAL ... = '<n>ms'` with every BEGIN: bounded by PostgreSQL's int range."""
+_SERVER_MAX_SECONDS = 2147483.647
+
+
+def _not_finite(config: "DatabaseConfig") -> dict[str, float]:
+    """Our float settings (all of them seconds) that hold inf, -inf or nan, which Python and
+    pydantic accept but nothing downstream can use (`OverflowError`, waits that never end)."""
+    found = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name, None)
+        if name.startswith(_OUR_PREFIXES) and isinstance(value, float) and not math.isfinite(value):
+            found[name] = value
+    return found
+
 
 def config_problems(config: "DatabaseConfig") -> list[str]:
     """Every contradiction or bad value in `config`, each naming the setting and the fix."""
@@ -61,7 +78,12 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
     for name, port in ports:
         if not 1 <= port <= 65535:
             problems.append(f"{name} is {port}; use a TCP port from 1 to 65535 (PostgreSQL's default is 5432).")
-    problems.extend(_pool_problems(config, explicit))
+    not_finite = _not_finite(config)
+    problems.extend(
+        f"{described(name)} is {value}; use a finite number of seconds, or leave it unset for the default."
+        for name, value in not_finite.items()
+    )
+    problems.extend(_pool_problems(config, explicit, skip=not_finite))
     for name in (
         "DATABASE_CONNECT_TIMEOUT",
         "DATABASE_COMMAND_TIMEOUT",
@@ -71,19 +93,26 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
         "DATABASE_SLOW_QUERY_THRESHOLD",
     ):
         value = getattr(config, name)
-        if value is not None and not value > 0:
+        if value is None or name in not_finite:
+            continue
+        if not value > 0:
             problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
-    if not config.DATABASE_REPLICA_MAX_LAG > 0:
+        elif name in _SERVER_SETTINGS and value > _SERVER_MAX_SECONDS:
+            problems.append(
+                f"{name} is {value:g}; PostgreSQL takes at most {_SERVER_MAX_SECONDS:g} seconds (2147483647 ms, "
+                "about 24.8 days). Use a smaller number, or leave it unset for no limit."
+            )
+    if "DATABASE_REPLICA_MAX_LAG" not in not_finite and not config.DATABASE_REPLICA_MAX_LAG > 0:
         problems.append(
             f"DATABASE_REPLICA_MAX_LAG is {config.DATABASE_REPLICA_MAX_LAG}; use a number of seconds greater than 0 "
             "(default 5)."
         )
-    if not config.DATABASE_REPLICA_MAX_WAIT >= 0:
+    if "DATABASE_REPLICA_MAX_WAIT" not in not_finite and not config.DATABASE_REPLICA_MAX_WAIT >= 0:
         problems.append(
             f"DATABASE_REPLICA_MAX_WAIT is {config.DATABASE_REPLICA_MAX_WAIT}; use 0 (never wait) or more seconds "
             "(default 0.2)."
         )
-    if not config.MIGRATIONS_LOCK_TIMEOUT > 0:
+    if "MIGRATIONS_LOCK_TIMEOUT" not in not_finite and not config.MIGRATIONS_LOCK_TIMEOUT > 0:
         problems.append(
             f"MIGRATIONS_LOCK_TIMEOUT is {config.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
             "(default 5)."
@@ -92,7 +121,8 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
     return problems
 
-def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
+
+def _pool_problems(config: "DatabaseConfig", explicit: set[str], *, skip: "dict[str, float]") -> list[str]:
     problems: list[str] = []
     pool_fields = (
         "DATABASE_POOL_SIZE",
@@ -113,7 +143,8 @@ def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
         problems.append(f"DATABASE_POOL_SIZE is {config.DATABASE_POOL_SIZE}; use 1 or more connections.")
     if config.DATABASE_MAX_OVERFLOW is not None and config.DATABASE_MAX_OVERFLOW < 0:
         problems.append(f"DATABASE_MAX_OVERFLOW is {config.DATABASE_MAX_OVERFLOW}; use 0 or more.")
-    if config.DATABASE_POOL_TIMEOUT is not None and config.DATABASE_POOL_TIMEOUT <= 0:
-        problems.append("DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.")
+    for name in ("DATABASE_POOL_TIMEOUT", "DATABASE_POOL_RECYCLE"):
+        value = getattr(config, name)
+        if value is not None and name not in skip and not value > 0:
+            problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
     return problems
-
