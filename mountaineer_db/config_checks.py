@@ -119,6 +119,43 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
         )
     if config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
+    problems.extend(_text_problems(config))
+    return problems
+
+
+def _unusable(text: str) -> str | None:
+    """Why `text` cannot reach PostgreSQL (a name, a login, a host), or None when it can."""
+    if "\x00" in text:
+        return "holds a NUL character, which PostgreSQL cannot take in names, logins or hosts"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds bytes that are not UTF-8 text (an unpaired surrogate)"
+    return None
+
+
+def _text_problems(config: "DatabaseConfig") -> list[str]:
+    """Names, logins and hosts that no server can be sent (`createdb` and every connection would fail)."""
+    found: list[tuple[str, str | None]] = [
+        (name, getattr(config, name))
+        for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_DB", "DATABASE_APPLICATION_NAME")
+    ]
+    secret = config.POSTGRES_PASSWORD
+    found.append(("POSTGRES_PASSWORD", secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret))
+    urls = [
+        ("SQLALCHEMY_DATABASE_URI", config.SQLALCHEMY_DATABASE_URI),
+        ("MIGRATIONS_DATABASE_URI", config.MIGRATIONS_DATABASE_URI),
+    ]
+    urls += [("DATABASE_REPLICA_URLS", url) for url in config.DATABASE_REPLICA_URLS]
+    for setting, url in urls:
+        if url is not None:
+            for part in ("host", "username", "password", "database"):
+                found.append((f"{setting}'s {'user' if part == 'username' else part}", getattr(url, part)))
+    problems = []
+    for where, text in found:
+        why = _unusable(text) if isinstance(text, str) else None
+        if why is not None:
+            problems.append(f"{where} {why}; correct it (the value is not shown).")
     return problems
 
 

@@ -342,3 +342,31 @@ def test_a_server_timeout_beyond_postgresqls_range_is_refused(name: str) -> None
 def test_pool_recycle_must_be_positive() -> None:
     text = _error_text(POSTGRES_HOST="h", POSTGRES_DB="d", DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_RECYCLE=-1)
     assert "DATABASE_POOL_RECYCLE is -1.0; use a number of seconds greater than 0, or leave it unset." in text
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PASSWORD": "pw\x00secret"},
+            "POSTGRES_PASSWORD holds a NUL",
+        ),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_USER": "u\udcff"},
+            "POSTGRES_USER holds bytes that are not",
+        ),
+        (
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u:pw%00secret@h/d"},
+            "SQLALCHEMY_DATABASE_URI's password holds a NUL",
+        ),
+        ({"SQLALCHEMY_DATABASE_URI": "postgresql://u%00x:p@h/d"}, "SQLALCHEMY_DATABASE_URI's user holds a NUL"),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_REPLICA_URLS": "postgresql://r/d%00"},
+            "DATABASE_REPLICA_URLS's database",
+        ),
+    ],
+)
+def test_text_no_server_can_be_sent_is_refused_without_showing_it(values: dict[str, Any], expected: str) -> None:
+    text = _error_text(**values)
+    assert expected in text and "(the value is not shown)" in text
+    assert "secret" not in text
