@@ -5,7 +5,7 @@ setting, where its value came from when that matters, and the fix.
 """
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mountaineer_db.setting_sources import described
 
@@ -140,7 +140,7 @@ def _text_problems(config: "DatabaseConfig") -> list[str]:
         (name, getattr(config, name))
         for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_DB", "DATABASE_APPLICATION_NAME")
     ]
-    secret = config.POSTGRES_PASSWORD
+    secret: Any = config.POSTGRES_PASSWORD  # a str too, in a subclass built without our hook
     found.append(("POSTGRES_PASSWORD", secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret))
     urls = [
         ("SQLALCHEMY_DATABASE_URI", config.SQLALCHEMY_DATABASE_URI),
