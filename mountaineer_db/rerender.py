@@ -39,7 +39,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
 from mountaineer_db.origins import INTERNAL_STATEMENT
-from mountaineer_db.session import RequestSyncSession, run_shielded
+from mountaineer_db.session import RequestSyncSession, note_rollback, run_shielded
 
 __all__ = ["SharedSession", "borrowed", "end_transaction", "offer_to_rerender", "shared_session", "track_writes"]
 
@@ -203,6 +203,7 @@ async def borrowed(state: SharedSession, *, keep: Sequence[Any] = ()) -> AsyncIt
         yield session
     except Exception:
         # Rolled back here; logged once, by the request's own dependency it propagates to.
+        note_rollback(session)
         await run_shielded(end_transaction(session, keep=keep))
         raise
     except BaseException:

@@ -6,11 +6,16 @@
 1. the session starts with a transaction open (`session.in_transaction()` is true), but no
    connection is taken until the first statement;
 2. the caller commits; whatever it did not commit is rolled back at the end;
-3. an exception rolls back, is logged once (no SQL parameters, no secrets) and propagates
-   unchanged, except that a lost connection (terminated backend, restarting server, PgBouncer
-   dropping us), an exhausted pool or a client-side command timeout becomes a
-   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`, and a
-   missing table (migrations not applied) becomes `DatabaseNotSetUpError` (`setup_errors`);
+3. an exception rolls back and propagates unchanged, except that a lost connection
+   (terminated backend, restarting server, PgBouncer dropping us), an exhausted pool or a
+   client-side command timeout becomes a `DatabaseUnavailableError` (HTTP 503) with the
+   original error as its `__cause__`, a missing table (migrations not applied) becomes
+   `DatabaseNotSetUpError` (`setup_errors`), and a value the database cannot take (a NUL in a
+   text, a number out of range: `data_errors`) becomes an `InvalidInputError` (HTTP 422) with
+   the driver's error, which quotes the value, not chained. One log line says what was rolled
+   back, without parameters, values or secrets (`data_errors.describe_error`): for an error
+   of the database, always; for any other exception only when a transaction was open on the
+   server, at INFO and naming its class only (the framework reports the exception itself);
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -26,17 +31,24 @@ import anyio
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.data_errors import describe_error, driver_error_of, invalid_input_error_for
 from mountaineer_db.engine import engine_for
-from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.exceptions import (
+    ClientDisconnectedError,
+    MountaineerDBError,
+    SchemaChangedError,
+    unavailable_error_for,
+)
 from mountaineer_db.origins import current_origin, tags_requests
 from mountaineer_db.setup_errors import not_set_up_error_for
 from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
@@ -45,9 +57,12 @@ __all__ = [
     "AsyncSession",
     "DisconnectGuard",
     "RequestSyncSession",
+    "ScopedSyncSession",
     "database_session",
+    "note_rollback",
     "run_shielded",
     "session_scope",
+    "transaction_open",
 ]
 
 logger = logging.getLogger("mountaineer_db")
@@ -124,6 +139,29 @@ class RequestSyncSession(Session):
             super().invalidate()
         finally:
             self._release_kept(invalidate=True)
+
+
+class ScopedSyncSession(Session):
+    """SQLModel's `Session` for `database_session()`, noting whether its transaction took a connection."""
+
+    _mdb_began = False
+
+    def server_transaction_open(self) -> bool:
+        """True once the current transaction took a connection (its BEGIN goes with the first statement)."""
+        return self._mdb_began
+
+
+def _took_connection(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    session._mdb_began = True  # type: ignore[attr-defined]
+
+
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session._mdb_began = False  # type: ignore[attr-defined]
+
+
+event.listen(ScopedSyncSession, "after_begin", _took_connection)
+event.listen(ScopedSyncSession, "after_transaction_end", _ended)
 
 
 def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
@@ -208,29 +246,45 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
             # taken and a transaction is open; none otherwise), then gives the connection back.
             await session.close()
     except Exception as error:  # noqa: BLE001 - cleanup must not mask the handler's outcome
-        logger.warning("Could not roll back cleanly (%s: %s); discarding the connection.", type(error).__name__, error)
+        logger.warning("Could not roll back cleanly (%s); discarding the connection.", describe_error(error))
         try:
             await session.invalidate()
         except Exception as second:  # noqa: BLE001
             logger.warning("Discarding the connection failed too: %s", type(second).__name__)
 
 
-def _log_failure(error: Exception, engine: AsyncEngine) -> None:
-    # Bad client input (4xx, request validation) is routine: INFO. Everything else: ERROR.
-    client_error = isinstance(error, HTTPException) and error.status_code < 500
-    expected = client_error or isinstance(error, RequestValidationError)
-    level = logging.INFO if expected else logging.ERROR
+def _log_failure(error: Exception, engine: AsyncEngine, *, transaction_open: bool) -> None:
+    """Our one line about a rolled-back request (see the module docstring, rule 3)."""
+    from_database = isinstance(error, sa_exc.SQLAlchemyError) or driver_error_of(error) is not None
+    if not (from_database or transaction_open):
+        return  # nothing reached the server: nothing was rolled back, and the framework reports the error
+    # Bad client input (4xx, request validation) is routine: INFO. So is an error of the app's own
+    # code: the framework logs it, with its traceback. Errors of the database layer: ERROR.
+    client_error = (isinstance(error, HTTPException) and error.status_code < 500) or isinstance(
+        error, RequestValidationError
+    )
+    ours = from_database or isinstance(error, MountaineerDBError)
+    level = logging.ERROR if ours and not client_error else logging.INFO
     where = _origin_note(engine)
-    summary = _summary(error)
-    logger.log(level, "Rolled back the request's transaction%s after %s: %s", where, type(error).__name__, summary)
+    logger.log(level, "Rolled back the request's transaction%s after %s", where, describe_error(error))
 
 
-def _summary(error: Exception) -> str:
-    """What went wrong, without the server's DETAIL lines (`Key (email)=(...) already exists`)
-    or anything else that may carry row values: the message, and the statement for SQL errors."""
-    lines = str(error).splitlines()
-    kept = [line for line in lines[1:] if line.startswith("[SQL")]  # the statement and "parameters hidden"
-    return "\n".join(lines[:1] + kept)
+_ROLLED_BACK_EARLY = "mountaineer_db.rolled_back_early"
+
+
+def note_rollback(session: AsyncSession) -> None:
+    """Before rolling back a failed part of the request (the re-render after a @sideeffect): note
+    whether a transaction was open, for the one log line the request's session writes."""
+    if transaction_open(session):
+        session.info[_ROLLED_BACK_EARLY] = True
+
+
+def transaction_open(session: AsyncSession) -> bool:
+    """True when a statement of the current transaction reached the server (there is something to roll back)."""
+    sync_session = session.sync_session
+    if isinstance(sync_session, RequestSyncSession | ScopedSyncSession):
+        return sync_session.server_transaction_open()
+    return True  # a session class we do not know: assume so
 
 
 def _origin_note(engine: AsyncEngine) -> str:
@@ -246,7 +300,7 @@ class _SessionScope:
 
     def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None) -> None:
         self._engine = engine
-        self._sync_session_class = sync_session_class
+        self._sync_session_class = sync_session_class or ScopedSyncSession
 
     async def __aenter__(self) -> AsyncSession:
         session = AsyncSession(self._engine, expire_on_commit=False, sync_session_class=self._sync_session_class)
@@ -264,6 +318,7 @@ class _SessionScope:
         if not isinstance(error, Exception):  # cancelled or interrupted: drop the connection
             await run_shielded(_release(session, invalidate=True))
             return False
+        rolled_back = session.info.pop(_ROLLED_BACK_EARLY, False) or transaction_open(session)
         unavailable = unavailable_error_for(error, url=engine.url)
         if unavailable is None and not isinstance(error, SchemaChangedError):
             stale = stale_statement_cause(error)  # missed by the engine's recovery: still a 503, not a 500
@@ -274,8 +329,15 @@ class _SessionScope:
             logger.error("%s", not_set_up.message)
             await run_shielded(_release(session, invalidate=False))
             raise not_set_up from error
+        invalid = invalid_input_error_for(error) if unavailable is None else None
+        if invalid is not None:
+            # A value the database cannot take: the client's 422, naming the kind of problem. The
+            # driver's error is not chained: its message (and its frames) hold the value.
+            _log_failure(invalid, engine, transaction_open=True)
+            await run_shielded(_release(session, invalidate=False))
+            raise invalid from None
         if unavailable is None:
-            _log_failure(error, engine)
+            _log_failure(error, engine, transaction_open=rolled_back)
             await run_shielded(_release(session, invalidate=False))
             return False  # the handler's exception propagates unchanged
         # The connection is gone or unusable: discard it and answer "database unavailable"
