@@ -5,6 +5,7 @@ setting, where its value came from when that matters, and the fix.
 """
 
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from mountaineer_db.setting_sources import described
@@ -12,7 +13,7 @@ from mountaineer_db.setting_sources import described
 if TYPE_CHECKING:
     from mountaineer_db.config import DatabaseConfig
 
-__all__ = ["config_problems"]
+__all__ = ["MIN_KEY_LENGTH", "config_problems", "cookie_keys", "deploy_environment"]
 
 _CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
 _OUR_PREFIXES = ("DATABASE_", "MIGRATIONS_", "POSTGRES_")
@@ -120,7 +121,45 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
     if config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
     problems.extend(_text_problems(config))
+    problems.extend(_cookie_key_problems(config))
     return problems
+
+
+def deploy_environment(config: "DatabaseConfig") -> str:
+    """The app's ENVIRONMENT (Mountaineer's setting, else the environment variable), lower case."""
+    value = getattr(config, "ENVIRONMENT", None)
+    if not isinstance(value, str):
+        value = os.environ.get("ENVIRONMENT", "")
+    return value.strip().lower()
+
+
+MIN_KEY_LENGTH = 16
+"""Characters a read-your-writes cookie key needs at least: a short one can be guessed offline from a cookie."""
+
+
+def cookie_keys(config: "DatabaseConfig") -> list[str]:
+    """DATABASE_READ_YOUR_WRITES_KEYS as a list: comma-separated, blanks ignored, the signing key first."""
+    secret = config.DATABASE_READ_YOUR_WRITES_KEYS
+    text = secret.get_secret_value() if secret is not None else ""
+    return [key.strip() for key in text.split(",") if key.strip()]
+
+
+def _cookie_key_problems(config: "DatabaseConfig") -> list[str]:
+    keys = cookie_keys(config)
+    if any(len(key) < MIN_KEY_LENGTH for key in keys):
+        return [
+            f"DATABASE_READ_YOUR_WRITES_KEYS holds a key shorter than {MIN_KEY_LENGTH} characters, which a client "
+            "could guess from its cookie. Use random keys, for example from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (the value is not shown)."
+        ]
+    if config.DATABASE_REPLICA_URLS and not keys and deploy_environment(config) == "production":
+        return [
+            "DATABASE_REPLICA_URLS is set and ENVIRONMENT is production, but DATABASE_READ_YOUR_WRITES_KEYS is not: "
+            "the read-your-writes cookie needs a key that every process of the deploy shares. Set it to a random "
+            "value, the same in every process, for example from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+        ]
+    return []
 
 
 def _unusable(text: str) -> str | None:

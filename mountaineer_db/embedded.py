@@ -45,6 +45,7 @@ from sqlalchemy.engine import URL
 from mountaineer_db._blocking import run_coroutine
 from mountaineer_db.cluster import PostgresCluster, free_port
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.config_checks import deploy_environment
 from mountaineer_db.exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_DIRECTORY", "EmbeddedDatabase", "ensure_embedded_database", "stop_embedded_database"]
@@ -59,13 +60,6 @@ ConfigT = TypeVar("ConfigT", bound=DatabaseConfig)
 # The data outlives the process, so keep PostgreSQL's crash safety (the test clusters turn it off).
 _DURABLE = {"fsync": "on", "full_page_writes": "on", "max_connections": "100"}
 T = TypeVar("T")
-
-
-def _environment(config: DatabaseConfig) -> str:
-    value = getattr(config, "ENVIRONMENT", None)
-    if not isinstance(value, str):
-        value = os.environ.get("ENVIRONMENT", "")
-    return value.strip().lower()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -335,7 +329,7 @@ def ensure_embedded_database(
     """
     if not config.DATABASE_EMBEDDED:
         return config
-    if _environment(config) == "production":
+    if deploy_environment(config) == "production":
         raise ConfigurationError(
             "DATABASE_EMBEDDED=true is for local development only, and ENVIRONMENT is production. "
             "Unset DATABASE_EMBEDDED and set POSTGRES_HOST/POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB "
