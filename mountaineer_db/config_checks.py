@@ -194,7 +194,7 @@ def _text_problems(config: "DatabaseConfig") -> list[str]:
     for where, text in found:
         why = _unusable(text) if isinstance(text, str) else None
         if why is not None:
-            problems.append(f"{where} {why}; correct it (the value is not shown).")
+            problems.append(f"{described(where)} {why}; correct it (the value is not shown).")
     return problems
 
 

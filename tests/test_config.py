@@ -349,11 +349,11 @@ def test_pool_recycle_must_be_positive() -> None:
     [
         (
             {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PASSWORD": "pw\x00secret"},
-            "POSTGRES_PASSWORD holds a NUL",
+            "POSTGRES_PASSWORD (passed to DatabaseConfig()) holds a NUL",
         ),
         (
             {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_USER": "u\udcff"},
-            "POSTGRES_USER holds bytes that are not",
+            "POSTGRES_USER (passed to DatabaseConfig()) holds bytes that are not",
         ),
         (
             {"SQLALCHEMY_DATABASE_URI": "postgresql://u:pw%00secret@h/d"},
@@ -361,8 +361,8 @@ def test_pool_recycle_must_be_positive() -> None:
         ),
         ({"SQLALCHEMY_DATABASE_URI": "postgresql://u%00x:p@h/d"}, "SQLALCHEMY_DATABASE_URI's user holds a NUL"),
         (
-            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_REPLICA_URLS": "postgresql://r/d%00"},
-            "DATABASE_REPLICA_URLS's database",
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_REPLICA_URLS": "postgresql://u:pw%00secret@r/d"},
+            "DATABASE_REPLICA_URLS's password holds a NUL",
         ),
     ],
 )
