@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mountaineer_db.config import DatabaseConfig, PoolType
+from mountaineer_db.data_errors import describe_error
 from mountaineer_db.engine import engine_for
 
 __all__ = ["MIGRATION_LOCK_KEY", "migration_engine", "migration_lock", "migration_settings", "render_item"]
@@ -72,7 +73,7 @@ async def migration_lock(connection: AsyncConnection) -> AsyncIterator[None]:
             await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
             await connection.commit()
         except Exception as error:  # noqa: BLE001 - must not hide the migration's own outcome
-            logger.warning("Could not release the migration lock (%s); closing the connection.", error)
+            logger.warning("Could not release the migration lock (%s); closing the connection.", describe_error(error))
             await connection.invalidate()
 
 
