@@ -254,17 +254,22 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
 
 
 def _log_failure(error: Exception, engine: AsyncEngine, *, transaction_open: bool) -> None:
-    """Our one line about a rolled-back request (see the module docstring, rule 3)."""
-    from_database = isinstance(error, sa_exc.SQLAlchemyError) or driver_error_of(error) is not None
-    if not (from_database or transaction_open):
-        return  # nothing reached the server: nothing was rolled back, and the framework reports the error
-    # Bad client input (4xx, request validation) is routine: INFO. So is an error of the app's own
-    # code: the framework logs it, with its traceback. Errors of the database layer: ERROR.
+    """Our one line about a failed request (see the module docstring, rule 3).
+
+    An error of the database layer (the driver's, SQLAlchemy's, ours that is not a client's
+    4xx: a connection refused, a read-only session written to) is logged at ERROR, always.
+    Anything else, bad client input (4xx, request validation) or an error of the app's own code
+    (which the framework logs, with its traceback), only when a transaction was rolled back,
+    at INFO.
+    """
     client_error = (isinstance(error, HTTPException) and error.status_code < 500) or isinstance(
         error, RequestValidationError
     )
-    ours = from_database or isinstance(error, MountaineerDBError)
-    level = logging.ERROR if ours and not client_error else logging.INFO
+    from_database = isinstance(error, sa_exc.SQLAlchemyError | MountaineerDBError) or driver_error_of(error) is not None
+    failure = from_database and not client_error
+    if not (failure or transaction_open):
+        return  # nothing reached the server, nothing was rolled back, and the framework reports the error
+    level = logging.ERROR if failure else logging.INFO
     where = _origin_note(engine)
     logger.log(level, "Rolled back the request's transaction%s after %s", where, describe_error(error))
 

@@ -61,7 +61,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "client-errors-logged-as-errors",
         "routine bad input (422, 4xx) is logged at INFO, not ERROR",
         "mountaineer_db/session.py",
-        "level = logging.ERROR if ours and not client_error else logging.INFO",
+        "level = logging.ERROR if failure else logging.INFO",
         "level = logging.ERROR",
         ("tests/test_data_errors.py",),
     ),
@@ -504,7 +504,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "rollback-line-without-a-transaction",
         "our rollback line only when there was a transaction to roll back",
         "mountaineer_db/session.py",
-        "    if not (from_database or transaction_open):",
+        "    if not (failure or transaction_open):",
         "    if False:",
         (
             "tests/test_data_errors.py::test_an_error_of_the_apps_own_code_is_left_to_the_framework_to_log",

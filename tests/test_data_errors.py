@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, InvalidInputError, database_session
+from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, InvalidInputError, database_session
+from mountaineer_db.cluster import free_port
 from mountaineer_db.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engine import engine_for
 from tests.hostile_app import ACTIONS, SCHEMA, HostileConfig, assert_never_logged, build_app
@@ -200,6 +201,24 @@ async def test_an_error_of_the_apps_own_code_is_left_to_the_framework_to_log(
         await client.post(f"{ACTIONS}/add_note", json={"title": "x", "fail": fail})
     assert _ours(caplog) == logged
     assert await _notes(client) == 1
+
+
+async def test_a_failure_of_the_database_layer_is_logged_at_error_even_without_a_transaction(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused connection opened no transaction, yet it is ours to report (the 503's reason)."""
+    port = free_port()
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=f"postgresql://app:pw@127.0.0.1:{port}/app")
+    caplog.set_level(logging.INFO, logger="mountaineer_db")
+    with pytest.raises(DatabaseUnavailableError):
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    (line,) = _ours(caplog)
+    assert line[0] == "ERROR"
+    assert line[1].startswith(
+        "Rolled back the request's transaction after DatabaseUnavailableError: Could not connect to database "
+        f'"app" on 127.0.0.1:{port} as user "app": '
+    )
 
 
 async def test_the_test_kits_session_gives_the_same_422(
