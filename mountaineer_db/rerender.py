@@ -38,8 +38,9 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from mountaineer_db.failure_log import note_rollback
 from mountaineer_db.origins import INTERNAL_STATEMENT
-from mountaineer_db.session import RequestSyncSession, note_rollback, run_shielded
+from mountaineer_db.session import RequestSyncSession, run_shielded
 
 __all__ = ["SharedSession", "borrowed", "end_transaction", "offer_to_rerender", "shared_session", "track_writes"]
 

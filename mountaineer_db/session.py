@@ -12,10 +12,9 @@
    original error as its `__cause__`, a missing table (migrations not applied) becomes
    `DatabaseNotSetUpError` (`setup_errors`), and a value the database cannot take (a NUL in a
    text, a number out of range: `data_errors`) becomes an `InvalidInputError` (HTTP 422) with
-   the driver's error, which quotes the value, not chained. One log line says what was rolled
-   back, without parameters, values or secrets (`data_errors.describe_error`): for an error
-   of the database, always; for any other exception only when a transaction was open on the
-   server, at INFO and naming its class only (the framework reports the exception itself);
+   the driver's error, which quotes the value, not chained. One log line says what went
+   wrong, without parameters, values or secrets: for an error of the database layer always,
+   for any other exception only when a transaction was rolled back (`failure_log`);
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -28,28 +27,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from sqlalchemy import event
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import ORMExecuteState, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.data_errors import describe_error, driver_error_of, invalid_input_error_for
+from mountaineer_db.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engine import engine_for
-from mountaineer_db.exceptions import (
-    ClientDisconnectedError,
-    MountaineerDBError,
-    SchemaChangedError,
-    unavailable_error_for,
-)
-from mountaineer_db.origins import current_origin, tags_requests
+from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
 from mountaineer_db.setup_errors import not_set_up_error_for
 from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
 
@@ -57,12 +49,9 @@ __all__ = [
     "AsyncSession",
     "DisconnectGuard",
     "RequestSyncSession",
-    "ScopedSyncSession",
     "database_session",
-    "note_rollback",
     "run_shielded",
     "session_scope",
-    "transaction_open",
 ]
 
 logger = logging.getLogger("mountaineer_db")
@@ -139,29 +128,6 @@ class RequestSyncSession(Session):
             super().invalidate()
         finally:
             self._release_kept(invalidate=True)
-
-
-class ScopedSyncSession(Session):
-    """SQLModel's `Session` for `database_session()`, noting whether its transaction took a connection."""
-
-    _mdb_began = False
-
-    def server_transaction_open(self) -> bool:
-        """True once the current transaction took a connection (its BEGIN goes with the first statement)."""
-        return self._mdb_began
-
-
-def _took_connection(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    session._mdb_began = True  # type: ignore[attr-defined]
-
-
-def _ended(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        session._mdb_began = False  # type: ignore[attr-defined]
-
-
-event.listen(ScopedSyncSession, "after_begin", _took_connection)
-event.listen(ScopedSyncSession, "after_transaction_end", _ended)
 
 
 def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
@@ -253,51 +219,6 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
             logger.warning("Discarding the connection failed too: %s", type(second).__name__)
 
 
-def _log_failure(error: Exception, engine: AsyncEngine, *, transaction_open: bool) -> None:
-    """Our one line about a failed request (see the module docstring, rule 3).
-
-    An error of the database layer (the driver's, SQLAlchemy's, ours that is not a client's
-    4xx: a connection refused, a read-only session written to) is logged at ERROR, always.
-    Anything else, bad client input (4xx, request validation) or an error of the app's own code
-    (which the framework logs, with its traceback), only when a transaction was rolled back,
-    at INFO.
-    """
-    client_error = (isinstance(error, HTTPException) and error.status_code < 500) or isinstance(
-        error, RequestValidationError
-    )
-    from_database = isinstance(error, sa_exc.SQLAlchemyError | MountaineerDBError) or driver_error_of(error) is not None
-    failure = from_database and not client_error
-    if not (failure or transaction_open):
-        return  # nothing reached the server, nothing was rolled back, and the framework reports the error
-    level = logging.ERROR if failure else logging.INFO
-    where = _origin_note(engine)
-    logger.log(level, "Rolled back the request's transaction%s after %s", where, describe_error(error))
-
-
-_ROLLED_BACK_EARLY = "mountaineer_db.rolled_back_early"
-
-
-def note_rollback(session: AsyncSession) -> None:
-    """Before rolling back a failed part of the request (the re-render after a @sideeffect): note
-    whether a transaction was open, for the one log line the request's session writes."""
-    if transaction_open(session):
-        session.info[_ROLLED_BACK_EARLY] = True
-
-
-def transaction_open(session: AsyncSession) -> bool:
-    """True when a statement of the current transaction reached the server (there is something to roll back)."""
-    sync_session = session.sync_session
-    if isinstance(sync_session, RequestSyncSession | ScopedSyncSession):
-        return sync_session.server_transaction_open()
-    return True  # a session class we do not know: assume so
-
-
-def _origin_note(engine: AsyncEngine) -> str:
-    """` in HomeController.add_todo` when the engine tags requests (DATABASE_TAG_REQUESTS)."""
-    origin = current_origin() if tags_requests(engine.sync_engine) else None
-    return f" in {origin}" if origin else ""
-
-
 class _SessionScope:
     """`session_scope`'s context manager (a class: a generator-based one costs ~10 µs more per request)."""
 
@@ -323,7 +244,7 @@ class _SessionScope:
         if not isinstance(error, Exception):  # cancelled or interrupted: drop the connection
             await run_shielded(_release(session, invalidate=True))
             return False
-        rolled_back = session.info.pop(_ROLLED_BACK_EARLY, False) or transaction_open(session)
+        rolled_back = rolled_back_here(session)
         unavailable = unavailable_error_for(error, url=engine.url)
         if unavailable is None and not isinstance(error, SchemaChangedError):
             stale = stale_statement_cause(error)  # missed by the engine's recovery: still a 503, not a 500
@@ -338,16 +259,16 @@ class _SessionScope:
         if invalid is not None:
             # A value the database cannot take: the client's 422, naming the kind of problem. The
             # driver's error is not chained: its message (and its frames) hold the value.
-            _log_failure(invalid, engine, transaction_open=True)
+            log_failure(invalid, engine, transaction_open=True)
             await run_shielded(_release(session, invalidate=False))
             raise invalid from None
         if unavailable is None:
-            _log_failure(error, engine, transaction_open=rolled_back)
+            log_failure(error, engine, transaction_open=rolled_back)
             await run_shielded(_release(session, invalidate=False))
             return False  # the handler's exception propagates unchanged
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
-        logger.error("Rolled back the request's transaction%s: %s", _origin_note(engine), unavailable.message)
+        logger.error("Rolled back the request's transaction%s: %s", origin_note(engine), unavailable.message)
         await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
 

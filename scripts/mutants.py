@@ -60,7 +60,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "client-errors-logged-as-errors",
         "routine bad input (422, 4xx) is logged at INFO, not ERROR",
-        "mountaineer_db/session.py",
+        "mountaineer_db/failure_log.py",
         "level = logging.ERROR if failure else logging.INFO",
         "level = logging.ERROR",
         ("tests/test_data_errors.py",),
@@ -503,7 +503,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "rollback-line-without-a-transaction",
         "our rollback line only when there was a transaction to roll back",
-        "mountaineer_db/session.py",
+        "mountaineer_db/failure_log.py",
         "    if not (failure or transaction_open):",
         "    if False:",
         (
