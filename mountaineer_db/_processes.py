@@ -2,6 +2,11 @@
 
 PostgreSQL refuses to run as root, so when we are root every server runs as an unprivileged
 user (`nobody` unless MOUNTAINEER_DB_SERVER_USER says otherwise) that owns its files.
+
+Files that hold a secret (a password, PgBouncer's user list, the embedded database's state,
+a server's log) are written with `write_private`: created with mode 0600 from their first
+byte, whatever the umask, and renamed into place whole, inside folders made with
+`private_directory` (0700). No other local user can read them, even for an instant.
 """
 
 import contextlib
@@ -14,9 +19,19 @@ from typing import Any
 
 from mountaineer_db.exceptions import (
     ClusterError,  # defined there with every other error
-    )
+)
 
-__all__ = ["ClusterError", "as_user", "chown_tree", "free_port", "run_user", "stop_process"]
+__all__ = [
+    "ClusterError",
+    "as_user",
+    "chown_tree",
+    "free_port",
+    "open_private_log",
+    "private_directory",
+    "run_user",
+    "stop_process",
+    "write_private",
+]
 
 UNPRIVILEGED_USER = os.environ.get("MOUNTAINEER_DB_SERVER_USER", "nobody")
 
@@ -51,6 +66,66 @@ def chown_tree(path: Path, user: str | None) -> None:
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def _ids(user: str | None) -> tuple[int, int] | None:
+    if user is None:
+        return None
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def private_directory(path: Path, owner: str | None = None) -> Path:
+    """`path` as a folder only its owner may enter (0700), created when missing.
+
+    `owner` is the server user when we are root (the server must reach what is inside; root
+    needs no permission), else None: the folder stays ours.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    ids = _ids(owner)
+    if ids is not None:
+        os.chown(path, *ids)
+    return path
+
+
+def write_private(path: Path, content: str | bytes, *, owner: str | None = None) -> None:
+    """Replace `path` with `content`, readable by its owner only (0600) from the first byte.
+
+    A temporary file next to it is created exclusively with mode 0600 (the umask can only take
+    bits away), given to `owner` before anything is written (when we are root and a server
+    must read it), then renamed over `path`: readers see the old file or the new one, whole.
+    """
+    data = content.encode() if isinstance(content, str) else content
+    temporary = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()  # left by a writer that was killed
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        ids = _ids(owner)
+        if ids is not None:
+            os.fchown(descriptor, *ids)
+        with os.fdopen(descriptor, "wb", closefd=False) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.close(descriptor)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+    os.replace(temporary, path)
+
+
+def open_private_log(path: Path) -> int:
+    """A descriptor appending to the log `path`, created 0600 when missing (logs quote statements).
+
+    A log left readable by an older version is made private too.
+    """
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if os.fstat(descriptor).st_mode & 0o077:
+        os.fchmod(descriptor, 0o600)
+    return descriptor
 
 
 def stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) -> None:

@@ -63,13 +63,27 @@ def quote_identifier(name: str) -> str:
 
 
 def _target_name(url: URL) -> str:
+    """The database name of `url`, or `ConfigurationError` when PostgreSQL could never take it.
+
+    Checked before any statement: sent to the server, a NUL or a text that is not UTF-8 comes
+    back as a driver error, not as a name that does not exist.
+    """
     name = url.database
     if not name:
         raise ConfigurationError("The database URL names no database; set POSTGRES_DB or add it to the URL.")
-    if len(name.encode()) > 63:
+    if "\x00" in name:
         raise ConfigurationError(
-            f"The database name {name[:20]!r}... is {len(name.encode())} bytes long; PostgreSQL allows 63."
+            "The database name holds a NUL character, which PostgreSQL names cannot contain; check POSTGRES_DB "
+            "or the database part of the URL (a %00 there)."
         )
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            "The database name holds bytes that are not UTF-8 text (an unpaired surrogate); check POSTGRES_DB."
+        ) from None
+    if size > 63:
+        raise ConfigurationError(f"The database name {name[:20]!r}... is {size} bytes long; PostgreSQL allows 63.")
     return name
 
 

@@ -10,6 +10,11 @@ data directory. Binaries are found via `MOUNTAINEER_DB_PG_BINDIR`, `pg_config --
 with PostgresCluster.temporary() as pg:
     print(pg.url("postgres"))
 ```
+
+Secrets on disk: the superuser's password reaches `initdb` through a file that never has a
+name in any folder (`--pwfile=/dev/fd/N`: an anonymous file, mode 0600, handed to initdb
+as an open descriptor), so even a process killed with SIGKILL leaves no password behind.
+The server's log is created 0600, and `temporary()` folders are 0700.
 """
 
 import contextlib
@@ -17,6 +22,7 @@ import glob
 import importlib.util
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -30,7 +36,16 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from mountaineer_db._processes import ClusterError, as_user, chown_tree, free_port, run_user, stop_process
+from mountaineer_db._processes import (
+    ClusterError,
+    as_user,
+    chown_tree,
+    free_port,
+    open_private_log,
+    private_directory,
+    run_user,
+    stop_process,
+)
 from mountaineer_db.exceptions import ResourceNotFoundError
 
 __all__ = ["ClusterError", "ExternalServer", "PostgresCluster", "find_postgres_bindir", "free_port"]
@@ -91,6 +106,11 @@ class PostgresCluster:
         self.user = "postgres"
         # Distinctive, with characters that need URL encoding, so leaks and encoding bugs show.
         self.password = password or f"mdb-secret-{secrets.token_hex(6)}@:/%# x"
+        if any(character in self.password for character in "\n\r\x00"):
+            raise ClusterError(
+                "The server's password cannot hold a line break or a NUL character: initdb reads one line of "
+                "its password file, and PostgreSQL takes no NUL. Choose another password (it is not shown)."
+            )
         self.settings = {
             "fsync": "off",
             "synchronous_commit": "off",
@@ -112,7 +132,8 @@ class PostgresCluster:
     def temporary(cls, **kwargs: Any) -> Iterator["PostgresCluster"]:
         """A throwaway cluster in a temporary directory, removed with its data on exit."""
         root = Path(tempfile.mkdtemp(prefix="mountaineer-db-pg-"))
-        os.chmod(root, 0o755)  # the unprivileged server user must reach its data directory
+        # 0700, and the server's own when we are root (it must reach its data directory).
+        private_directory(root, run_user())
         cluster = cls(root / "data", **kwargs)
         try:
             cluster.start()
@@ -131,39 +152,58 @@ class PostgresCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         if self._run_as is not None:
+            server = pwd.getpwnam(self._run_as)
             for ancestor in self.data_dir.resolve().parents:
-                if not os.stat(ancestor).st_mode & 0o001:
+                status = os.stat(ancestor)
+                if not (status.st_mode & 0o001 or (status.st_uid == server.pw_uid and status.st_mode & 0o100)):
                     raise ClusterError(
                         f"The server runs as {self._run_as!r}, which cannot enter {ancestor} (mode "
-                        f"{oct(os.stat(ancestor).st_mode & 0o777)}). Keep the data directory under a "
-                        "world-searchable folder, or `chmod o+x` that folder."
+                        f"{oct(status.st_mode & 0o777)}). Keep the data directory under a folder that user "
+                        "can enter: one it owns, or a world-searchable one (`chmod o+x` that folder)."
                     )
-        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
-        pwfile.write_text(self.password + "\n")
         chown_tree(self.data_dir, self._run_as)
-        chown_tree(pwfile, self._run_as)
-        try:
+        with self._password_file() as descriptor:
             self._run(
                 str(self.bindir / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",
                 self.user,
-                "--pwfile",
-                str(pwfile),
+                f"--pwfile=/dev/fd/{descriptor}",
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
                 "--no-sync",
+                pass_fds=(descriptor,),
             )
-        finally:
-            pwfile.unlink(missing_ok=True)
 
-    def _run(self, *argv: str) -> None:
+    @contextlib.contextmanager
+    def _password_file(self) -> Iterator[int]:
+        """A descriptor of an anonymous file holding the password, for `initdb --pwfile=/dev/fd/N`.
+
+        The file is created 0600 and has no name in any folder (Linux's O_TMPFILE; elsewhere it
+        is removed right after it is created), so nothing is left behind even when this process
+        is killed; it belongs to the server user when we are root, which initdb runs as.
+        """
+        with tempfile.TemporaryFile(dir=self.data_dir.parent) as handle:
+            if self._run_as is not None:
+                server = pwd.getpwnam(self._run_as)
+                os.fchown(handle.fileno(), server.pw_uid, server.pw_gid)
+            handle.write(self.password.encode() + b"\n")
+            handle.flush()
+            yield handle.fileno()
+
+    def _run(self, *argv: str, pass_fds: tuple[int, ...] = ()) -> None:
         result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, check=False, **as_user(self._run_as)
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            pass_fds=pass_fds,
+            **as_user(self._run_as),
         )
         if result.returncode != 0:
             raise ClusterError(f"{Path(argv[0]).name} failed: {result.stderr.strip() or result.stdout.strip()}")
@@ -187,7 +227,7 @@ class PostgresCluster:
         ]
         for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        log = open_private_log(self.log_path)  # statements and user names end up there: 0600
         try:
             self.process = subprocess.Popen(
                 argv,
@@ -198,7 +238,7 @@ class PostgresCluster:
                 **as_user(self._run_as),
             )
         finally:
-            log.close()
+            os.close(log)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:

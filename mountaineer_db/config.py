@@ -149,8 +149,12 @@ class DatabaseConfig(BaseSettings):
     """Seconds a replica may fall behind the primary before reads skip it until it catches up (default 5)."""
     DATABASE_REPLICA_MAX_WAIT: float = 0.2
     """Seconds a read may wait for a replica to replay the client's last write, else it reads the primary (0.2)."""
-    DATABASE_READ_YOUR_WRITES_SECRET: SecretStr | None = None
-    """Key signing the read-your-writes cookie; the same in every process (default: derived from the password)."""
+    DATABASE_READ_YOUR_WRITES_KEYS: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_READ_YOUR_WRITES_KEYS", "DATABASE_READ_YOUR_WRITES_SECRET"),
+    )
+    """Keys signing the read-your-writes cookie, comma-separated, each 16+ characters, the same in every process:
+    the first signs, any verifies (rotation). Required in production with replicas; without, a key per process."""
 
     # -- Migrations and development ------------------------------------------------
     MIGRATIONS_DATABASE_URI: DatabaseURL | None = None

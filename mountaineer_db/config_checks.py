@@ -4,16 +4,34 @@ Run when the config is built (`DatabaseConfig`'s model validator); each problem 
 setting, where its value came from when that matters, and the fix.
 """
 
-from typing import TYPE_CHECKING
+import math
+import os
+from typing import TYPE_CHECKING, Any
 
 from mountaineer_db.setting_sources import described
 
 if TYPE_CHECKING:
     from mountaineer_db.config import DatabaseConfig
 
-__all__ = ["config_problems"]
+__all__ = ["MIN_KEY_LENGTH", "config_problems", "cookie_keys", "deploy_environment"]
 
 _CONNECTION_PARTS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+_OUR_PREFIXES = ("DATABASE_", "MIGRATIONS_", "POSTGRES_")
+_SERVER_SETTINGS = ("DATABASE_STATEMENT_TIMEOUT", "DATABASE_LOCK_TIMEOUT", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
+"""Sent to the server as `SET LOCAL ... = '<n>ms'` with every BEGIN: bounded by PostgreSQL's int range."""
+_SERVER_MAX_SECONDS = 2147483.647
+
+
+def _not_finite(config: "DatabaseConfig") -> dict[str, float]:
+    """Our float settings (all of them seconds) that hold inf, -inf or nan, which Python and
+    pydantic accept but nothing downstream can use (`OverflowError`, waits that never end)."""
+    found = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name, None)
+        if name.startswith(_OUR_PREFIXES) and isinstance(value, float) and not math.isfinite(value):
+            found[name] = value
+    return found
+
 
 def config_problems(config: "DatabaseConfig") -> list[str]:
     """Every contradiction or bad value in `config`, each naming the setting and the fix."""
@@ -62,7 +80,12 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
     for name, port in ports:
         if not 1 <= port <= 65535:
             problems.append(f"{name} is {port}; use a TCP port from 1 to 65535 (PostgreSQL's default is 5432).")
-    problems.extend(_pool_problems(config, explicit))
+    not_finite = _not_finite(config)
+    problems.extend(
+        f"{described(name)} is {value}; use a finite number of seconds, or leave it unset for the default."
+        for name, value in not_finite.items()
+    )
+    problems.extend(_pool_problems(config, explicit, skip=not_finite))
     for name in (
         "DATABASE_CONNECT_TIMEOUT",
         "DATABASE_COMMAND_TIMEOUT",
@@ -72,25 +95,34 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
         "DATABASE_SLOW_QUERY_THRESHOLD",
     ):
         value = getattr(config, name)
-        if value is not None and not value > 0:
+        if value is None or name in not_finite:
+            continue
+        if not value > 0:
             problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
-    if not config.DATABASE_REPLICA_MAX_LAG > 0:
+        elif name in _SERVER_SETTINGS and value > _SERVER_MAX_SECONDS:
+            problems.append(
+                f"{name} is {value:g}; PostgreSQL takes at most {_SERVER_MAX_SECONDS:g} seconds (2147483647 ms, "
+                "about 24.8 days). Use a smaller number, or leave it unset for no limit."
+            )
+    if "DATABASE_REPLICA_MAX_LAG" not in not_finite and not config.DATABASE_REPLICA_MAX_LAG > 0:
         problems.append(
             f"DATABASE_REPLICA_MAX_LAG is {config.DATABASE_REPLICA_MAX_LAG}; use a number of seconds greater than 0 "
             "(default 5)."
         )
-    if not config.DATABASE_REPLICA_MAX_WAIT >= 0:
+    if "DATABASE_REPLICA_MAX_WAIT" not in not_finite and not config.DATABASE_REPLICA_MAX_WAIT >= 0:
         problems.append(
             f"DATABASE_REPLICA_MAX_WAIT is {config.DATABASE_REPLICA_MAX_WAIT}; use 0 (never wait) or more seconds "
             "(default 0.2)."
         )
-    if not config.MIGRATIONS_LOCK_TIMEOUT > 0:
+    if "MIGRATIONS_LOCK_TIMEOUT" not in not_finite and not config.MIGRATIONS_LOCK_TIMEOUT > 0:
         problems.append(
             f"MIGRATIONS_LOCK_TIMEOUT is {config.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
             "(default 5)."
         )
     if config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
+    problems.extend(_text_problems(config))
+    problems.extend(_cookie_key_problems(config))
     return problems
 
 
@@ -121,7 +153,80 @@ def _embedded_problems(config: "DatabaseConfig") -> list[str]:
     ]
 
 
-def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
+def deploy_environment(config: "DatabaseConfig") -> str:
+    """The app's ENVIRONMENT (Mountaineer's setting, else the environment variable), lower case."""
+    value = getattr(config, "ENVIRONMENT", None)
+    if not isinstance(value, str):
+        value = os.environ.get("ENVIRONMENT", "")
+    return value.strip().lower()
+
+
+MIN_KEY_LENGTH = 16
+"""Characters a read-your-writes cookie key needs at least: a short one can be guessed offline from a cookie."""
+
+
+def cookie_keys(config: "DatabaseConfig") -> list[str]:
+    """DATABASE_READ_YOUR_WRITES_KEYS as a list: comma-separated, blanks ignored, the signing key first."""
+    secret = config.DATABASE_READ_YOUR_WRITES_KEYS
+    text = secret.get_secret_value() if secret is not None else ""
+    return [key.strip() for key in text.split(",") if key.strip()]
+
+
+def _cookie_key_problems(config: "DatabaseConfig") -> list[str]:
+    keys = cookie_keys(config)
+    if any(len(key) < MIN_KEY_LENGTH for key in keys):
+        return [
+            f"DATABASE_READ_YOUR_WRITES_KEYS holds a key shorter than {MIN_KEY_LENGTH} characters, which a client "
+            "could guess from its cookie. Use random keys, for example from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (the value is not shown)."
+        ]
+    if config.DATABASE_REPLICA_URLS and not keys and deploy_environment(config) == "production":
+        return [
+            "DATABASE_REPLICA_URLS is set and ENVIRONMENT is production, but DATABASE_READ_YOUR_WRITES_KEYS is not: "
+            "the read-your-writes cookie needs a key that every process of the deploy shares. Set it to a random "
+            "value, the same in every process, for example from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+        ]
+    return []
+
+
+def _unusable(text: str) -> str | None:
+    """Why `text` cannot reach PostgreSQL (a name, a login, a host), or None when it can."""
+    if "\x00" in text:
+        return "holds a NUL character, which PostgreSQL cannot take in names, logins or hosts"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds bytes that are not UTF-8 text (an unpaired surrogate)"
+    return None
+
+
+def _text_problems(config: "DatabaseConfig") -> list[str]:
+    """Names, logins and hosts that no server can be sent (`createdb` and every connection would fail)."""
+    found: list[tuple[str, str | None]] = [
+        (name, getattr(config, name))
+        for name in ("POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_DB", "DATABASE_APPLICATION_NAME")
+    ]
+    secret: Any = config.POSTGRES_PASSWORD  # a str too, in a subclass built without our hook
+    found.append(("POSTGRES_PASSWORD", secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret))
+    urls = [
+        ("SQLALCHEMY_DATABASE_URI", config.SQLALCHEMY_DATABASE_URI),
+        ("MIGRATIONS_DATABASE_URI", config.MIGRATIONS_DATABASE_URI),
+    ]
+    urls += [("DATABASE_REPLICA_URLS", url) for url in config.DATABASE_REPLICA_URLS]
+    for setting, url in urls:
+        if url is not None:
+            for part in ("host", "username", "password", "database"):
+                found.append((f"{setting}'s {'user' if part == 'username' else part}", getattr(url, part)))
+    problems = []
+    for where, text in found:
+        why = _unusable(text) if isinstance(text, str) else None
+        if why is not None:
+            problems.append(f"{described(where)} {why}; correct it (the value is not shown).")
+    return problems
+
+
+def _pool_problems(config: "DatabaseConfig", explicit: set[str], *, skip: "dict[str, float]") -> list[str]:
     problems: list[str] = []
     pool_fields = (
         "DATABASE_POOL_SIZE",
@@ -142,6 +247,8 @@ def _pool_problems(config: "DatabaseConfig", explicit: set[str]) -> list[str]:
         problems.append(f"DATABASE_POOL_SIZE is {config.DATABASE_POOL_SIZE}; use 1 or more connections.")
     if config.DATABASE_MAX_OVERFLOW is not None and config.DATABASE_MAX_OVERFLOW < 0:
         problems.append(f"DATABASE_MAX_OVERFLOW is {config.DATABASE_MAX_OVERFLOW}; use 0 or more.")
-    if config.DATABASE_POOL_TIMEOUT is not None and config.DATABASE_POOL_TIMEOUT <= 0:
-        problems.append("DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.")
+    for name in ("DATABASE_POOL_TIMEOUT", "DATABASE_POOL_RECYCLE"):
+        value = getattr(config, name)
+        if value is not None and name not in skip and not value > 0:
+            problems.append(f"{name} is {value}; use a number of seconds greater than 0, or leave it unset.")
     return problems

@@ -11,8 +11,9 @@ come from the system (`/usr/lib/postgresql/*/bin`, `pg_config`) or from the `pgs
 config = ensure_embedded_database(AppConfig())   # e.g. in the app's lifespan or CLI
 ```
 
-- The port and the generated password are kept in `.mountaineer_db/server.json` (mode 600),
-  so a restart reuses the same data. Add `.mountaineer_db/` to `.gitignore`.
+- The port and the generated password are kept in `.mountaineer_db/server.json`, written
+  atomically and 0600 from its first byte, in a 0700 folder (the server user's when we are
+  root), so a restart reuses the same data. Add `.mountaineer_db/` to `.gitignore`.
 - A server already running for that folder (another process of the app, or one left behind
   by a process that was killed) is reused rather than started twice.
 - The last process using the server stops it: each user is noted in `server.json`; when the
@@ -42,8 +43,10 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import URL
 
 from mountaineer_db._blocking import run_coroutine
+from mountaineer_db._processes import private_directory, run_user, write_private
 from mountaineer_db.cluster import PostgresCluster, free_port
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.config_checks import deploy_environment
 from mountaineer_db.exceptions import ConfigurationError
 
 __all__ = [
@@ -64,13 +67,6 @@ ConfigT = TypeVar("ConfigT", bound=DatabaseConfig)
 # The data outlives the process, so keep PostgreSQL's crash safety (the test clusters turn it off).
 _DURABLE = {"fsync": "on", "full_page_writes": "on", "max_connections": "100"}
 T = TypeVar("T")
-
-
-def _environment(config: DatabaseConfig) -> str:
-    value = getattr(config, "ENVIRONMENT", None)
-    if not isinstance(value, str):
-        value = os.environ.get("ENVIRONMENT", "")
-    return value.strip().lower()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -110,8 +106,8 @@ class EmbeddedDatabase:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialise start-up between processes sharing the folder."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o755)  # the unprivileged server user must reach data/
+        # 0700, and the server user's when we are root (the server must reach data/).
+        private_directory(self.directory, run_user())
         with open(self.directory / "lock", "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -127,10 +123,7 @@ class EmbeddedDatabase:
         return {}
 
     def _write_state(self, **state: Any) -> None:
-        temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=2) + "\n")
-        os.chmod(temporary, 0o600)
-        temporary.replace(self.state_path)
+        write_private(self.state_path, json.dumps(state, indent=2) + "\n")  # holds the password
 
     def _running_postmaster(self) -> tuple[int, int] | None:
         """(pid, port) of a live, ready server on our data directory, from postmaster.pid."""
@@ -351,7 +344,7 @@ def ensure_embedded_database(
     """
     if not config.DATABASE_EMBEDDED or points_at_embedded_server(config):
         return config
-    if _environment(config) == "production":
+    if deploy_environment(config) == "production":
         raise ConfigurationError(
             "DATABASE_EMBEDDED=true is for local development only, and ENVIRONMENT is production. "
             "Unset DATABASE_EMBEDDED and set POSTGRES_HOST/POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB "

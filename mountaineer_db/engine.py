@@ -47,6 +47,7 @@ from mountaineer_db.scram import clear_scram_cache
 from mountaineer_db.slow_queries import install_slow_query_log
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 from mountaineer_db.tracing import instrument_new_engine
+from mountaineer_db.urls import without_password
 
 __all__ = [
     "cached_engines",
@@ -117,9 +118,10 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
             value = getattr(config, setting)
             if value is not None:
                 kwargs[argument] = value
-    # The URL only names the dialect and is shown in logs and reprs: no password in it.
-    # Through the module attribute: OpenTelemetry's SQLAlchemy instrumentation hooks it (`tracing`).
-    engine = sqlalchemy_asyncio.create_async_engine(url.set(password=None), **kwargs)
+    # The URL only names the dialect and the target, for logs, reprs and metrics: no password in
+    # it (the connector above holds it). Through the module attribute: OpenTelemetry's SQLAlchemy
+    # instrumentation hooks it (`tracing`).
+    engine = sqlalchemy_asyncio.create_async_engine(without_password(url), **kwargs)
     holder.append(engine)
     retirement = _Retirement()
     install_metrics(engine, stats)

@@ -23,6 +23,7 @@ __all__ = [
     "DatabaseConfigError",
     "DatabaseNotSetUpError",
     "DatabaseUnavailableError",
+    "InvalidInputError",
     "MigrationCheckError",
     "MigrationError",
     "MigrationLockTimeoutError",
@@ -253,6 +254,29 @@ class ResourceAlreadyExistsError(ResourceConflictError):
     """
 
     default_detail = "This already exists."
+
+
+class InvalidInputError(_HTTPError, ValueError):
+    """The database cannot take a value it was sent: an HTTP 422, naming the kind of problem, never the value.
+
+    Request sessions (and `database_session()`) raise it in place of PostgreSQL's data
+    exceptions (SQLSTATE class 22: a NUL in a text, a number out of the column's range, text
+    where a number goes, a text too long) and of asyncpg's errors for arguments it cannot
+    encode (an int past int64, an unpaired surrogate). `detail` is what the client reads,
+    `kind` the same as a word (`invalid_text`, `out_of_range`, `invalid_datetime`, `too_long`,
+    `invalid_value`, `division_by_zero`), `sqlstate` the SQLSTATE (22000 for asyncpg's own).
+    The driver's error, whose message quotes the value, is not chained.
+    """
+
+    status = 422
+    default_detail = "A value is not valid for the database."
+
+    def __init__(
+        self, message: str, *, detail: str | None = None, kind: str = "invalid_value", sqlstate: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.kind = kind
+        self.sqlstate = sqlstate
 
 
 class ClusterError(MountaineerDBError):

@@ -18,9 +18,18 @@ PgBouncer when the app goes through it; never MIGRATIONS_DATABASE_URI), times on
 statement's round trip, and compares the migration revision the database is at with the
 head revision in the code. It never raises for a database it cannot reach: that is a
 result (`status="unreachable"`), produced within DATABASE_CONNECT_TIMEOUT.
+
+Such a route is open to anyone, so:
+
+- concurrent checks in a process share one probe (one connection): a flood of probes costs
+  the database one connection, not one each;
+- `as_dict()` is what anyone may read: no host, port, database name, login or server
+  message. `as_dict(details=True)` adds them, for a route only operators reach; the reason
+  a check failed is also logged (WARNING), with the details.
 """
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.data_errors import describe_error
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import (
     ConfigurationError,
@@ -42,6 +52,8 @@ from mountaineer_db.exceptions import (
 from mountaineer_db.origins import INTERNAL_STATEMENT
 
 __all__ = ["DatabaseCheck", "DatabaseStatus", "check_database"]
+
+logger = logging.getLogger("mountaineer_db")
 
 
 class DatabaseStatus(StrEnum):
@@ -94,18 +106,37 @@ class DatabaseCheck:
         """True when the database answered, whatever its schema."""
         return self.status is not DatabaseStatus.UNREACHABLE
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    @property
+    def public_error(self) -> str | None:
+        """`error` as anyone may read it: what is wrong, not where the database is or what the server said."""
+        if self.status is DatabaseStatus.UNREACHABLE:
+            return "The database cannot be reached."
+        if self.status is DatabaseStatus.ERROR:
+            return "The readiness check's statements failed."
+        return self.error  # migrations pending: revisions only, which are in the answer anyway
+
+    def as_dict(self, *, details: bool = False) -> dict[str, Any]:
+        """The result as JSON for a readiness route.
+
+        By default what an unauthenticated route may show anyone: `ok`, `status`, the timings,
+        the revisions and `error` without host, port, database name, login or server message
+        (`public_error`). `details=True` adds `database` (where the app's path leads) and the
+        full `error`: for routes only operators reach.
+        """
+        answer = {
             "ok": self.ok,
             "status": self.status.value,
-            "database": self.database,
             "round_trip_ms": self.round_trip_ms,
             "total_ms": self.total_ms,
             "database_revisions": list(self.database_revisions) if self.database_revisions is not None else None,
             "head_revisions": list(self.head_revisions) if self.head_revisions is not None else None,
-            "error": self.error,
+            "error": self.error if details else self.public_error,
+            # Index names, like the revision ids: what the app's own migrations made, nothing about where.
             "invalid_indexes": list(self.invalid_indexes),
         }
+        if details:
+            answer["database"] = self.database
+        return answer
 
 
 @dataclass(frozen=True)
@@ -168,6 +199,47 @@ async def _probe(engine: AsyncEngine, *, revisions: bool) -> tuple[float, tuple[
     return round_trip, found, tuple(invalid)
 
 
+_Probe = tuple[float, tuple[str, ...] | None, tuple[str, ...]]
+_in_flight: dict[tuple[AsyncEngine, bool], "asyncio.Future[_Probe]"] = {}
+"""The probe running now per engine (so per event loop) and kind; gone once it finishes."""
+
+
+async def _bounded_probe(engine: AsyncEngine, *, revisions: bool, timeout: float) -> _Probe:
+    async with asyncio.timeout(timeout):
+        return await _probe(engine, revisions=revisions)
+
+
+def _forget(key: tuple[AsyncEngine, bool], probe: "asyncio.Future[_Probe]", where: str) -> None:
+    """Done callback: the next check starts a new probe. A failure is logged here, once per probe."""
+    if _in_flight.get(key) is probe:
+        del _in_flight[key]
+    error = None if probe.cancelled() else probe.exception()  # retrieved, even if every waiter left
+    if error is None:
+        return
+    if isinstance(error, DatabaseUnavailableError):
+        reason = error.message
+    elif isinstance(error, TimeoutError):
+        reason = f"no answer from {where} within DATABASE_CONNECT_TIMEOUT"
+    else:
+        reason = f"{where}: {describe_error(error)}"
+    logger.warning("The readiness check failed: %s", reason)
+
+
+async def _shared_probe(engine: AsyncEngine, *, revisions: bool, timeout: float, where: str) -> _Probe:
+    """The probe of `engine`, joined when one is already running: one connection per flood of checks.
+
+    The probe runs in a task of its own, so a caller cancelled meanwhile (a client gone) does
+    not cancel it for the others.
+    """
+    key = (engine, revisions)
+    probe = _in_flight.get(key)
+    if probe is None:
+        probe = asyncio.ensure_future(_bounded_probe(engine, revisions=revisions, timeout=timeout))
+        _in_flight[key] = probe
+        probe.add_done_callback(lambda done: _forget(key, done, where))
+    return await asyncio.shield(probe)
+
+
 async def check_database(config: DatabaseConfig | None = None) -> DatabaseCheck:
     """Check the database the way the app reaches it; see the module docstring.
 
@@ -193,8 +265,10 @@ async def check_database(config: DatabaseConfig | None = None) -> DatabaseCheck:
 
     timeout = config.DATABASE_CONNECT_TIMEOUT
     try:
-        async with asyncio.timeout(timeout):
-            round_trip, found, invalid = await _probe(engine_for(config), revisions=heads is not None)
+        engine = engine_for(config)
+        round_trip, found, invalid = await _shared_probe(
+            engine, revisions=heads is not None, timeout=timeout, where=where
+        )
     except TimeoutError:
         return result(
             DatabaseStatus.UNREACHABLE,

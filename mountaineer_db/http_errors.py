@@ -25,10 +25,11 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from mountaineer_db.data_errors import invalid_input_error_for
 from mountaineer_db.exceptions import ResourceAlreadyExistsError, ResourceConflictError, ResourceNotFoundError
 
 __all__ = ["get_or_404", "map_integrity_errors"]
@@ -58,12 +59,20 @@ async def get_or_404(
     ```
 
     The client sees `detail`, by default "<Model> not found."; the error's message names the
-    model but never the key, which may be anything the client sent. The keyword arguments are
+    model but never the key, which may be anything the client sent. A key no row can have
+    (an int past the column's range, text where a number goes, a NUL in a text key) is not
+    found either, rather than a driver error quoting it; when it was the server that refused
+    the key, the transaction is then failed, as after any error. The keyword arguments are
     those of `AsyncSession.get`.
     """
-    instance = await session.get(
-        model, id, options=options, populate_existing=populate_existing, with_for_update=with_for_update or None
-    )
+    try:
+        instance = await session.get(
+            model, id, options=options, populate_existing=populate_existing, with_for_update=with_for_update or None
+        )
+    except DBAPIError as error:
+        if invalid_input_error_for(error) is None:
+            raise
+        instance = None
     if instance is None:
         name = model.__name__
         raise ResourceNotFoundError(

@@ -18,7 +18,16 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from mountaineer_db._processes import ClusterError, as_user, chown_tree, free_port, run_user, stop_process
+from mountaineer_db._processes import (
+    ClusterError,
+    as_user,
+    chown_tree,
+    free_port,
+    private_directory,
+    run_user,
+    stop_process,
+    write_private,
+)
 from mountaineer_db.exceptions import ResourceNotFoundError
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
@@ -35,6 +44,23 @@ def find_pgbouncer() -> Path | None:
 def _quoted(value: str) -> str:
     """A value in PgBouncer's auth_file syntax: double quotes, inner quotes doubled."""
     return '"' + value.replace('"', '""') + '"'
+
+
+def _userlist(users: dict[str, str]) -> str:
+    """PgBouncer's auth_file for `users`; `ClusterError` for a name or password the file cannot hold.
+
+    The file has one user per line, so a line break (or a NUL) in a name or a password would
+    end the entry early: PgBouncer would then refuse every login of that user, or read the
+    rest as another user. Double quotes are fine (doubled).
+    """
+    for user, password in users.items():
+        for what, text in (("name", user), ("password", password)):
+            if any(character in text for character in "\n\r\x00"):
+                raise ClusterError(
+                    f"The {what} of PgBouncer user {user!r} holds a line break or a NUL character, which "
+                    f"PgBouncer's auth_file cannot hold (one user per line). Choose another {what}."
+                )
+    return "".join(f"{_quoted(user)} {_quoted(password)}\n" for user, password in users.items())
 
 
 class PgBouncer:
@@ -89,12 +115,13 @@ class PgBouncer:
         return self.work_dir / "pgbouncer.log"
 
     def _write_files(self) -> Path:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        """The user list and the ini file, 0600 from their first byte, in a 0700 work_dir."""
+        content = _userlist(self.users)  # checked before anything is written
+        private_directory(self.work_dir, self._run_as)
         if self.socket_dir is not None:
             self.socket_dir.mkdir(exist_ok=True)
         userlist = self.work_dir / "userlist.txt"
-        userlist.write_text("".join(f"{_quoted(user)} {_quoted(pw)}\n" for user, pw in self.users.items()))
-        os.chmod(userlist, 0o600)
+        write_private(userlist, content, owner=self._run_as)
         admins = ",".join(self.users)
         lines = [
             "[databases]",
@@ -110,7 +137,7 @@ class PgBouncer:
             *(f"{k} = {v}" for k, v in self.settings.items()),
         ]
         ini = self.work_dir / "pgbouncer.ini"
-        ini.write_text("\n".join(lines) + "\n")
+        write_private(ini, "\n".join(lines) + "\n", owner=self._run_as)
         chown_tree(self.work_dir, self._run_as)
         return ini
 

@@ -11,9 +11,12 @@ such cookie and keep reading replicas.
 - The insert position, not `pg_current_wal_lsn()`: with `synchronous_commit = off` the
   commit record may not be written yet when COMMIT returns, but it is inserted; replicas
   receive it once it is flushed.
-- The key is DATABASE_READ_YOUR_WRITES_SECRET, else derived from the primary's URL with its
-  password (the same in every process of a deploy, unknown to clients). Without either, a
-  random key per process is used and a warning says to set the secret.
+- The keys are DATABASE_READ_YOUR_WRITES_KEYS (comma-separated, the same in every process of a
+  deploy): the first signs, any of them verifies, so a key is rotated by putting the new one
+  first and dropping the old one after the cookies' lifetime. A key is never derived from
+  another secret (such as the database password): a cookie would let a client test guesses of
+  that secret offline. Without keys, which config validation refuses in production, a random
+  key per process is used, with a warning: cookies then work within one process only.
 - A cookie that is unsigned, tampered with, signed with another key or expired is ignored.
   It expires DATABASE_REPLICA_MAX_LAG + 60 s after the write: by then any replica fit to
   serve reads has replayed it.
@@ -30,7 +33,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import sqlalchemy.util
@@ -41,6 +44,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.config_checks import cookie_keys
 from mountaineer_db.session import RequestSyncSession
 
 __all__ = [
@@ -79,31 +83,34 @@ def format_position(position: int) -> str:
 
 
 class Signer:
-    """Signs and checks cookie values with one key; values carry their own expiry."""
+    """Signs cookie values with the first key, verifies them with any key; values carry their own expiry."""
 
-    __slots__ = ("_key", "lifetime")
+    __slots__ = ("_keys", "lifetime")
 
-    def __init__(self, key: bytes, lifetime: float) -> None:
-        self._key = key
+    def __init__(self, keys: bytes | Sequence[bytes], lifetime: float) -> None:
+        self._keys = (keys,) if isinstance(keys, bytes) else tuple(keys)
+        if not self._keys:
+            raise ValueError("A Signer needs at least one key.")
         self.lifetime = lifetime
 
     def __repr__(self) -> str:
-        return f"Signer(lifetime={self.lifetime:g}s)"
+        return f"Signer({len(self._keys)} key(s), lifetime={self.lifetime:g}s)"
 
-    def _mac(self, payload: str) -> str:
-        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:16]
+    @staticmethod
+    def _mac(key: bytes, payload: str) -> str:
+        digest = hmac.new(key, payload.encode(), hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def sign(self, position: int) -> str:
         payload = f"{position:x}.{int(time.time() + self.lifetime):x}"
-        return f"{payload}.{self._mac(payload)}"
+        return f"{payload}.{self._mac(self._keys[0], payload)}"
 
     def verify(self, value: str | None) -> int:
-        """The position in a valid, unexpired `value`; 0 for anything else."""
+        """The position in a valid, unexpired `value` signed with any of the keys; 0 for anything else."""
         if not value or value.count(".") != 2:
             return 0
         payload, _, mac = value.rpartition(".")
-        if not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+        if not any(hmac.compare_digest(mac.encode(), self._mac(key, payload).encode()) for key in self._keys):
             return 0
         position, _, expires = payload.partition(".")
         try:
@@ -114,24 +121,23 @@ class Signer:
             return 0
 
 
+def _derived(key: str) -> bytes:
+    return hashlib.sha256(b"mountaineer_db read-your-writes\0" + key.encode()).digest()
+
+
 def signer_for(config: DatabaseConfig) -> Signer:
-    """The signer of `config`'s cookies: its secret, else a key derived from the primary's URL and password."""
+    """The signer of `config`'s cookies: DATABASE_READ_YOUR_WRITES_KEYS, else a key of this process only."""
     global _process_key
     lifetime = config.DATABASE_REPLICA_MAX_LAG + 60.0
-    secret = config.DATABASE_READ_YOUR_WRITES_SECRET
-    if secret is not None and secret.get_secret_value():
-        material = secret.get_secret_value().encode()
-        return Signer(hashlib.sha256(b"mountaineer_db read-your-writes\0" + material).digest(), lifetime)
-    url = config.database_url
-    if url.password:
-        material = url.render_as_string(hide_password=False).encode()
-        return Signer(hmac.new(b"mountaineer_db read-your-writes", material, hashlib.sha256).digest(), lifetime)
+    keys = cookie_keys(config)
+    if keys:
+        return Signer([_derived(key) for key in keys], lifetime)
     if _process_key is None:
         _process_key = secrets.token_bytes(32)
         logger.warning(
-            "DATABASE_READ_YOUR_WRITES_SECRET is not set and the database URL has no password: the "
-            "read-your-writes cookie is signed with a key of this process only, which other processes "
-            "reject. Set DATABASE_READ_YOUR_WRITES_SECRET to the same random value in every process."
+            "DATABASE_READ_YOUR_WRITES_KEYS is not set: the read-your-writes cookie is signed with a key of this "
+            "process only, which other processes reject (so a client may not read its own writes there). Set "
+            "DATABASE_READ_YOUR_WRITES_KEYS to the same random value in every process; production requires it."
         )
     return Signer(_process_key, lifetime)
 

@@ -33,6 +33,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.config import DatabaseConfig, ReadRouting
+from mountaineer_db.data_errors import describe_error
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
 from mountaineer_db.read_your_writes import Signer, format_position, signer_for
@@ -272,8 +273,7 @@ def _reason(error: BaseException) -> str:
         return error.message
     if isinstance(error, TimeoutError):
         return "no answer within DATABASE_CONNECT_TIMEOUT"
-    cause = error.__cause__ if error.__cause__ is not None else error
-    return f"{type(cause).__name__}: {cause}"
+    return describe_error(error)
 
 
 def remember_replicas(engine: AsyncEngine, config: DatabaseConfig) -> None:

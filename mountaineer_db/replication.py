@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mountaineer_db._processes import ClusterError, as_user, chown_tree
+from mountaineer_db._processes import ClusterError, as_user, chown_tree, private_directory, run_user
 from mountaineer_db.cluster import PostgresCluster
 
 __all__ = ["StreamingReplica", "streaming_replicas"]
@@ -130,7 +130,8 @@ def streaming_replicas(
 ) -> Iterator[list[StreamingReplica]]:
     """`count` hot standbys of the running `primary`, streaming, stopped and deleted on exit."""
     root = Path(tempfile.mkdtemp(prefix="mountaineer-db-replicas-"))
-    os.chmod(root, 0o755)  # the unprivileged server user must reach the data directories
+    # 0700, and the server's own when we are root (it must reach the data directories).
+    private_directory(root, run_user())
     replicas: list[StreamingReplica] = []
     try:
         for number in range(count):

@@ -38,6 +38,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from mountaineer_db.failure_log import note_rollback
 from mountaineer_db.origins import INTERNAL_STATEMENT
 from mountaineer_db.session import RequestSyncSession, run_shielded
 
@@ -223,6 +224,7 @@ async def borrowed(state: SharedSession, *, keep: Sequence[Any] = ()) -> AsyncIt
         yield session
     except Exception:
         # Rolled back here; logged once, by the request's own dependency it propagates to.
+        note_rollback(session)
         await run_shielded(end_transaction(session, keep=keep))
         raise
     except BaseException:

@@ -6,11 +6,15 @@
 1. the session starts with a transaction open (`session.in_transaction()` is true), but no
    connection is taken until the first statement;
 2. the caller commits; whatever it did not commit is rolled back at the end;
-3. an exception rolls back, is logged once (no SQL parameters, no secrets) and propagates
-   unchanged, except that a lost connection (terminated backend, restarting server, PgBouncer
-   dropping us), an exhausted pool or a client-side command timeout becomes a
-   `DatabaseUnavailableError` (HTTP 503) with the original error as its `__cause__`, and a
-   missing table (migrations not applied) becomes `DatabaseNotSetUpError` (`setup_errors`);
+3. an exception rolls back and propagates unchanged, except that a lost connection
+   (terminated backend, restarting server, PgBouncer dropping us), an exhausted pool or a
+   client-side command timeout becomes a `DatabaseUnavailableError` (HTTP 503) with the
+   original error as its `__cause__`, a missing table (migrations not applied) becomes
+   `DatabaseNotSetUpError` (`setup_errors`), and a value the database cannot take (a NUL in a
+   text, a number out of range: `data_errors`) becomes an `InvalidInputError` (HTTP 422) with
+   the driver's error, which quotes the value, not chained. One log line says what went
+   wrong, without parameters, values or secrets: for an error of the database layer always,
+   for any other exception only when a transaction was rolled back (`failure_log`);
 4. the connection is always given back: on success, error and cancellation, with the
    cleanup shielded from further cancellation;
 5. `expire_on_commit=False`.
@@ -23,8 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,10 +39,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from mountaineer_db.appconfig import registered_config
 from mountaineer_db.commit_hooks import hooks_carried_over
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
 from mountaineer_db.lifespan import with_development_database
-from mountaineer_db.origins import current_origin, tags_requests
 from mountaineer_db.setup_errors import not_set_up_error_for
 from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
 
@@ -213,35 +217,11 @@ async def _release(session: AsyncSession, *, invalidate: bool) -> None:
             # taken and a transaction is open; none otherwise), then gives the connection back.
             await session.close()
     except Exception as error:  # noqa: BLE001 - cleanup must not mask the handler's outcome
-        logger.warning("Could not roll back cleanly (%s: %s); discarding the connection.", type(error).__name__, error)
+        logger.warning("Could not roll back cleanly (%s); discarding the connection.", describe_error(error))
         try:
             await session.invalidate()
         except Exception as second:  # noqa: BLE001
             logger.warning("Discarding the connection failed too: %s", type(second).__name__)
-
-
-def _log_failure(error: Exception, engine: AsyncEngine) -> None:
-    # Bad client input (4xx, request validation) is routine: INFO. Everything else: ERROR.
-    client_error = isinstance(error, HTTPException) and error.status_code < 500
-    expected = client_error or isinstance(error, RequestValidationError)
-    level = logging.INFO if expected else logging.ERROR
-    where = _origin_note(engine)
-    summary = _summary(error)
-    logger.log(level, "Rolled back the request's transaction%s after %s: %s", where, type(error).__name__, summary)
-
-
-def _summary(error: Exception) -> str:
-    """What went wrong, without the server's DETAIL lines (`Key (email)=(...) already exists`)
-    or anything else that may carry row values: the message, and the statement for SQL errors."""
-    lines = str(error).splitlines()
-    kept = [line for line in lines[1:] if line.startswith("[SQL")]  # the statement and "parameters hidden"
-    return "\n".join(lines[:1] + kept)
-
-
-def _origin_note(engine: AsyncEngine) -> str:
-    """` in HomeController.add_todo` when the engine tags requests (DATABASE_TAG_REQUESTS)."""
-    origin = current_origin() if tags_requests(engine.sync_engine) else None
-    return f" in {origin}" if origin else ""
 
 
 class _SessionScope:
@@ -252,7 +232,7 @@ class _SessionScope:
     def __init__(self, engine: AsyncEngine, sync_session_class: type[Session] | None, bind: AsyncEngine) -> None:
         self._engine = engine
         self._bind = bind
-        self._sync_session_class = sync_session_class
+        self._sync_session_class = sync_session_class or ScopedSyncSession
 
     async def __aenter__(self) -> AsyncSession:
         session = AsyncSession(self._bind, expire_on_commit=False, sync_session_class=self._sync_session_class)
@@ -270,6 +250,7 @@ class _SessionScope:
         if not isinstance(error, Exception):  # cancelled or interrupted: drop the connection
             await run_shielded(_release(session, invalidate=True))
             return False
+        rolled_back = rolled_back_here(session)
         unavailable = unavailable_error_for(error, url=engine.url)
         if unavailable is None and not isinstance(error, SchemaChangedError):
             stale = stale_statement_cause(error)  # missed by the engine's recovery: still a 503, not a 500
@@ -280,13 +261,20 @@ class _SessionScope:
             logger.error("%s", not_set_up.message)
             await run_shielded(_release(session, invalidate=False))
             raise not_set_up from error
+        invalid = invalid_input_error_for(error) if unavailable is None else None
+        if invalid is not None:
+            # A value the database cannot take: the client's 422, naming the kind of problem. The
+            # driver's error is not chained: its message (and its frames) hold the value.
+            log_failure(invalid, engine, transaction_open=True)
+            await run_shielded(_release(session, invalidate=False))
+            raise invalid from None
         if unavailable is None:
-            _log_failure(error, engine)
+            log_failure(error, engine, transaction_open=rolled_back)
             await run_shielded(_release(session, invalidate=False))
             return False  # the handler's exception propagates unchanged
         # The connection is gone or unusable: discard it and answer "database unavailable"
         # (503) rather than a generic 500. The original error stays chained as the cause.
-        logger.error("Rolled back the request's transaction%s: %s", _origin_note(engine), unavailable.message)
+        logger.error("Rolled back the request's transaction%s: %s", origin_note(engine), unavailable.message)
         await run_shielded(_release(session, invalidate=True))
         raise unavailable from error
 

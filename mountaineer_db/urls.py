@@ -19,6 +19,7 @@ __all__ = [
     "plain_text_lists",
     "resolve_replica_urls",
     "split_url_list",
+    "without_password",
 ]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
@@ -98,6 +99,22 @@ DatabaseURL = Annotated[
     WithJsonSchema({"type": "string", "format": "uri"}),
 ]
 """A PostgreSQL URL, validated and normalised to the asyncpg driver (a SQLAlchemy `URL`)."""
+
+
+def without_password(url: URL) -> URL:
+    """`url` with no password at all, for what is shown or kept around (an engine's `url`).
+
+    Rebuilt with `URL.create`: `url.set(password=None)` leaves the password in place in
+    SQLAlchemy 2.0 and 2.1 (`set` skips arguments that are None).
+    """
+    return URL.create(
+        url.drivername,
+        username=url.username,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=url.query,
+    )
 
 
 def is_loopback(host: str | None) -> bool:

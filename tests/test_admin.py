@@ -14,7 +14,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, ResourceNotFoundError, admin
+from mountaineer_db import (
+    ConfigurationError,
+    DatabaseConfig,
+    DatabaseUnavailableError,
+    ResourceNotFoundError,
+    admin,
+)
 from mountaineer_db.cluster import PostgresCluster, free_port
 from tests.sample_apps import sample_app_on_path, server_execute, server_fetch
 
@@ -50,6 +56,34 @@ async def test_createdb_with_a_hostile_name_creates_exactly_that_database(pg_ser
         await server_execute(pg_server, f"DROP DATABASE IF EXISTS {admin.quote_identifier(HOSTILE)}")
         if not had_x:
             await server_execute(pg_server, "DROP TABLE x")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "app\x00x",
+            "The database name holds a NUL character, which PostgreSQL names cannot contain; check POSTGRES_DB or "
+            "the database part of the URL (a %00 there).",
+        ),
+        (
+            "app\udcff",
+            "The database name holds bytes that are not UTF-8 text (an unpaired surrogate); check POSTGRES_DB.",
+        ),
+        ("é" * 32, "The database name 'éééééééééééééééééééé'... is 64 bytes long; PostgreSQL allows 63."),
+    ],
+    ids=["nul", "not_utf8", "too_long"],
+)
+async def test_names_postgresql_cannot_take_are_refused_before_any_statement(
+    pg_server: Any, name: str, expected: str
+) -> None:
+    """Even for a config that skipped validation (`model_copy(update=...)`, as the embedded database does)."""
+    valid = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url("placeholder"))
+    config = valid.model_copy(update={"SQLALCHEMY_DATABASE_URI": pg_server.url(name)})
+    for operation in (admin.createdb, admin.dropdb, admin.database_exists):
+        with pytest.raises(ConfigurationError) as caught:
+            await operation(config)
+        assert str(caught.value) == expected
 
 
 @pytest.fixture

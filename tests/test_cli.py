@@ -178,3 +178,39 @@ def test_dropdb_asks_first_and_no_keeps_the_database(app_on_path: Path, pg_serve
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f'Dropped database "{database}"')
     assert asyncio.run(server_fetch(pg_server, "SELECT 1 FROM pg_database WHERE datname = $1", database)) == []
+
+
+# -- Issue 23: names PostgreSQL cannot take ------------------------------------------------------
+
+
+def _parts_env(pg_server: Any) -> dict[str, str]:
+    """The CLI's environment with the server given as POSTGRES_* parts instead of a URL."""
+    url = pg_server.url("app")
+    env = cli_env(url)
+    del env["SQLALCHEMY_DATABASE_URI"]
+    env.update(POSTGRES_HOST=url.host, POSTGRES_PORT=str(url.port), POSTGRES_USER=url.username)
+    env.update(POSTGRES_PASSWORD=url.password)
+    return env
+
+
+@pytest.mark.parametrize("command", [["createdb"], ["dropdb", "--yes"]], ids=["createdb", "dropdb"])
+def test_a_database_name_with_a_nul_byte_is_one_clear_line(app_root: Path, pg_server: Any, command: list[str]) -> None:
+    """It used to reach the server and come back as asyncpg's traceback. (A NUL cannot be in an
+    environment variable; a .env file can hold one.)"""
+    (app_root / ".env").write_bytes(b"POSTGRES_DB=app\x00x\n")
+    line = one_error_line(run_cli(*APP_CONFIG, *command, cwd=app_root, env=_parts_env(pg_server)))
+    assert line == (
+        "Error: Invalid AppConfig settings: POSTGRES_DB (from the file .env) holds a NUL character, which "
+        "PostgreSQL cannot take in names, logins or hosts; correct it (the value is not shown)."
+    )
+
+
+@pytest.mark.parametrize("command", [["createdb"], ["dropdb", "--yes"]], ids=["createdb", "dropdb"])
+def test_a_database_name_that_is_not_utf8_is_one_clear_line(app_root: Path, pg_server: Any, command: list[str]) -> None:
+    """POSTGRES_DB set to bytes that are not UTF-8 (Python sees an unpaired surrogate)."""
+    env = {**_parts_env(pg_server), "POSTGRES_DB": "app\udcff"}
+    line = one_error_line(run_cli(*APP_CONFIG, *command, cwd=app_root, env=env))
+    assert line == (
+        "Error: Invalid AppConfig settings: POSTGRES_DB (from the environment variable POSTGRES_DB) holds bytes "
+        "that are not UTF-8 text (an unpaired surrogate); correct it (the value is not shown)."
+    )

@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from alembic.runtime.migration import MigrationContext
@@ -373,3 +374,26 @@ async def test_canary_alembic_runs_autocommit_blocks_on_its_connection_and_stamp
         "Alembic's autocommit_block() no longer runs on the migration connection switched to AUTOCOMMIT"
     )
     assert watch.left_behind() == [], "Alembic no longer writes the version stamp with the revision id as a literal"
+async def test_canary_asyncpg_refuses_an_argument_it_cannot_encode_as_its_dataerror_with_the_cause(
+    make_config: Any,
+) -> None:
+    """Upstream: asyncpg's `_encode_bind_msg` (asyncpg/protocol/prepared_stmt.pyx) raising
+    `asyncpg.DataError` (SQLSTATE 22000) as `invalid input for query argument $N: <value> (<reason>)`
+    with the Python error chained. Ours: such an argument is a 422 naming the kind of problem
+    (`mountaineer_db.data_errors`), and our log lines name the argument and the reason, never the
+    value. If the message or the chaining change, the 422 stays (SQLSTATE class 22) but loses its
+    kind ("A value is not valid for the database (SQLSTATE 22000).")."""
+    from sqlalchemy.exc import DBAPIError
+
+    from mountaineer_db.data_errors import describe_error, driver_error_of, invalid_input_error_for
+
+    with pytest.raises(DBAPIError) as caught:
+        async with engine_for(make_config()).connect() as connection:
+            await connection.execute(text("SELECT CAST(:v AS integer)").bindparams(v=10**20))
+    driver = driver_error_of(caught.value)
+    assert isinstance(driver, asyncpg.DataError) and driver.sqlstate == "22000", type(driver)
+    assert str(driver).startswith(f"invalid input for query argument $1: {10**20} ("), str(driver)
+    assert isinstance(driver.__cause__, OverflowError), repr(driver.__cause__)
+    invalid = invalid_input_error_for(caught.value)
+    assert invalid is not None and invalid.kind == "out_of_range"
+    assert "invalid input for query argument $1: value out of int64 range" in describe_error(caught.value)

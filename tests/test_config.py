@@ -319,3 +319,92 @@ def test_conflicts_say_where_each_value_came_from(monkeypatch: pytest.MonkeyPatc
         ".env), POSTGRES_USER (from the file .env) are both set. Set either SQLALCHEMY_DATABASE_URI or "
         "POSTGRES_HOST/POSTGRES_DB, not both."
     ) in str(caught.value)
+
+
+# -- Issue 23: numbers that parse but cannot be used ----------------------------------------
+
+
+def _float_settings() -> list[str]:
+    """Every float setting of DatabaseConfig (all in seconds), found from the annotations: a new one is covered too."""
+    return sorted(
+        name for name, field in DatabaseConfig.model_fields.items() if field.annotation in (float, float | None)
+    )
+
+
+def test_the_float_settings_are_the_timeouts_and_limits() -> None:
+    """The introspection finds them all (so the test below checks every one)."""
+    assert {
+        "DATABASE_CONNECT_TIMEOUT",
+        "DATABASE_COMMAND_TIMEOUT",
+        "DATABASE_STATEMENT_TIMEOUT",
+        "DATABASE_LOCK_TIMEOUT",
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+        "DATABASE_POOL_TIMEOUT",
+        "DATABASE_POOL_RECYCLE",
+        "DATABASE_SLOW_QUERY_THRESHOLD",
+        "DATABASE_REPLICA_MAX_LAG",
+        "DATABASE_REPLICA_MAX_WAIT",
+        "MIGRATIONS_LOCK_TIMEOUT",
+    } <= set(_float_settings())
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", "NaN"])
+@pytest.mark.parametrize("name", _float_settings())
+def test_a_non_finite_number_is_refused_when_the_config_is_built(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`DATABASE_STATEMENT_TIMEOUT=inf` used to pass and crash later (`OverflowError` at the first BEGIN)."""
+    monkeypatch.setenv(name, value)
+    fixed = (
+        {"DATABASE_POOL_TYPE": "FIXED_PROCESS"} if name in ("DATABASE_POOL_TIMEOUT", "DATABASE_POOL_RECYCLE") else {}
+    )
+    with pytest.raises(DatabaseConfigError) as caught:
+        DatabaseConfig(POSTGRES_HOST="h", POSTGRES_DB="d", **fixed)
+    shown = float(value)
+    assert (
+        f"{name} (from the environment variable {name}) is {shown}; use a finite number of seconds, or leave it "
+        "unset for the default." in str(caught.value)
+    )
+    assert str(caught.value).count(name) == 2, "one problem for the setting, not one per check"
+
+
+@pytest.mark.parametrize(
+    "name", ["DATABASE_STATEMENT_TIMEOUT", "DATABASE_LOCK_TIMEOUT", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"]
+)
+def test_a_server_timeout_beyond_postgresqls_range_is_refused(name: str) -> None:
+    assert DatabaseConfig(POSTGRES_HOST="h", POSTGRES_DB="d", **{name: 2147483.647})
+    text = _error_text(POSTGRES_HOST="h", POSTGRES_DB="d", **{name: 1e12})
+    assert f"{name} is 1e+12; PostgreSQL takes at most 2.14748e+06 seconds (2147483647 ms, about 24.8 days)." in text
+
+
+def test_pool_recycle_must_be_positive() -> None:
+    text = _error_text(POSTGRES_HOST="h", POSTGRES_DB="d", DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_RECYCLE=-1)
+    assert "DATABASE_POOL_RECYCLE is -1.0; use a number of seconds greater than 0, or leave it unset." in text
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_PASSWORD": "pw\x00secret"},
+            "POSTGRES_PASSWORD (passed to DatabaseConfig()) holds a NUL",
+        ),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "POSTGRES_USER": "u\udcff"},
+            "POSTGRES_USER (passed to DatabaseConfig()) holds bytes that are not",
+        ),
+        (
+            {"SQLALCHEMY_DATABASE_URI": "postgresql://u:pw%00secret@h/d"},
+            "SQLALCHEMY_DATABASE_URI's password holds a NUL",
+        ),
+        ({"SQLALCHEMY_DATABASE_URI": "postgresql://u%00x:p@h/d"}, "SQLALCHEMY_DATABASE_URI's user holds a NUL"),
+        (
+            {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_REPLICA_URLS": "postgresql://u:pw%00secret@r/d"},
+            "DATABASE_REPLICA_URLS's password holds a NUL",
+        ),
+    ],
+)
+def test_text_no_server_can_be_sent_is_refused_without_showing_it(values: dict[str, Any], expected: str) -> None:
+    text = _error_text(**values)
+    assert expected in text and "(the value is not shown)" in text
+    assert "secret" not in text

@@ -107,6 +107,28 @@ async def test_special_characters_in_user_and_password_connect(pg_server: Any, t
         assert (await session.exec(text("SELECT current_user"))).one()[0] == user  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
+async def test_the_engine_url_holds_no_password_yet_the_engine_logs_in(
+    pg_server: Any, test_database: str, pool: str
+) -> None:
+    """`engine.url` is shown in reprs, logs and metrics: the password stays with the connector.
+
+    (`URL.set(password=None)` looked like it removed it, but SQLAlchemy skips None there.)
+    """
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database), DATABASE_POOL_TYPE=pool)
+    engine = await DatabaseDependencies.get_db(config=config)
+    assert engine.url.password is None
+    assert pg_server.password not in engine.url.render_as_string(hide_password=False)
+    assert (engine.url.username, engine.url.host, engine.url.port, engine.url.database) == (
+        pg_server.user,
+        "127.0.0.1",
+        pg_server.port,
+        test_database,
+    )
+    async with database_session(config) as session:
+        assert (await session.exec(text("SELECT current_user"))).one()[0] == pg_server.user  # type: ignore[call-overload]
+
+
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP server that accepts connections and never answers."""

@@ -1,6 +1,8 @@
 """`check_database()`: readiness through the app's own path; never raises for a lost database."""
 
 import asyncio
+import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -8,8 +10,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 
 from mountaineer_db import DatabaseCheck, DatabaseConfig, DatabaseStatus, check_database
+from mountaineer_db.engine import engine_for
 from mountaineer_db.testing import counted_queries
 from tests.sample_apps import fresh_database, superuser_connect
 
@@ -143,3 +147,92 @@ async def test_invalid_indexes_are_listed_but_not_one_being_built(pg_server: Any
     finally:
         for connection in (admin, writer, builder):
             await connection.close()
+
+
+# -- Issue 23: an unauthenticated route, probed by strangers --------------------------------------
+
+
+async def test_concurrent_checks_share_one_probe_and_one_connection(make_config: Callable[..., DatabaseConfig]) -> None:
+    """80 concurrent checks used to open 80 server connections: a flood of probes could use up
+    max_connections and turn every request of the app away with "too many clients"."""
+    config = make_config()
+    engine = engine_for(config)
+    connects: list[object] = []
+    event.listen(engine.sync_engine.pool, "connect", lambda *_: connects.append(1))
+    results = await asyncio.gather(*(check_database(config) for _ in range(80)))
+    assert {(result.ok, result.status) for result in results} == {(True, DatabaseStatus.OK)}
+    assert len(connects) == 1
+    await check_database(config)
+    assert len(connects) == 2, "a check after the shared one has finished probes again: results are not cached"
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_probe_of_the_others(
+    make_config: Callable[..., DatabaseConfig],
+) -> None:
+    config = make_config()
+    first = asyncio.create_task(check_database(config))
+    others = [asyncio.create_task(check_database(config)) for _ in range(5)]
+    await asyncio.sleep(0)  # one turn of the loop: every task has joined the probe the first one started
+    first.cancel()
+    results = await asyncio.gather(*others)
+    assert all(result.ok for result in results)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_the_public_answer_names_no_host_port_database_login_or_server_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The readiness JSON used to give anyone the host, port, database, login and the server's error text."""
+    port = _free_port()
+    config = DatabaseConfig(
+        SQLALCHEMY_DATABASE_URI=f"postgresql://login-marker:{PASSWORD}@127.0.0.1:{port}/dbname-marker",
+        DATABASE_CONNECT_TIMEOUT=2,
+    )
+    caplog.set_level(logging.WARNING, logger="mountaineer_db")
+    results = await asyncio.gather(*(check_database(config) for _ in range(10)))
+    public = results[0].as_dict()
+    assert public == {
+        "ok": False,
+        "status": "unreachable",
+        "round_trip_ms": None,
+        "total_ms": public["total_ms"],
+        "database_revisions": None,
+        "head_revisions": None,
+        "error": "The database cannot be reached.",
+    }
+    shown = json.dumps(public)
+    for detail in ("127.0.0.1", str(port), "dbname-marker", "login-marker", "refused", PASSWORD):
+        assert detail not in shown
+    detailed = results[0].as_dict(details=True)
+    assert detailed["database"] == f'database "dbname-marker" on 127.0.0.1:{port}'
+    assert detailed["error"].startswith(f'Could not connect to database "dbname-marker" on 127.0.0.1:{port} as user')
+    # Operators find the reason in the log: once per probe, not once per caller.
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1
+    assert warnings[0].startswith('The readiness check failed: Could not connect to database "dbname-marker"')
+    assert PASSWORD not in warnings[0]
+
+
+def test_an_error_or_pending_migrations_are_public_without_the_server_text() -> None:
+    failed = DatabaseCheck(
+        status=DatabaseStatus.ERROR,
+        database='database "app" on db.internal:5432',
+        round_trip_ms=None,
+        total_ms=1.0,
+        database_revisions=None,
+        head_revisions=None,
+        error='The readiness check failed on database "app" on db.internal:5432: permission denied for table x',
+    )
+    assert failed.as_dict()["error"] == "The readiness check's statements failed."
+    assert "db.internal" not in json.dumps(failed.as_dict())
+    pending = DatabaseCheck(
+        status=DatabaseStatus.MIGRATIONS_PENDING,
+        database='database "app" on db.internal:5432',
+        round_trip_ms=0.3,
+        total_ms=1.0,
+        database_revisions=("a1",),
+        head_revisions=("b2",),
+        error="The database is at a1, the code at b2: run `mountaineer-db migrate apply`.",
+    )
+    assert pending.as_dict()["error"] == pending.error, "what to run is no secret"

@@ -158,3 +158,91 @@ def test_rename_specs_are_parsed_and_checked() -> None:
         "--rename-enum-value 'status:tree' is not ENUM:OLD:NEW; for example status:tree:three (ENUM is the "
         "PostgreSQL type name, by default the Python class name in lower case)."
     )
+
+
+# -- Issue 23: any value, any schema name -----------------------------------------------------------
+
+
+async def moods(server: Any, database: str) -> list[str]:
+    rows = await server_fetch(
+        server,
+        "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid "
+        "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typname = 'mood' AND n.nspname = 'user' "
+        "ORDER BY e.enumsortorder",
+        database=database,
+    )
+    return [row[0] for row in rows]
+
+
+async def test_values_with_line_breaks_and_quotes_in_a_schema_named_user_make_valid_migrations(
+    pg_server: Any, database: str, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line break in a value made the script invalid Python, and `ALTER TYPE user.mood ...` invalid SQL
+    (`user` is a reserved word); a single quote broke alembic-postgresql-enum's SQL. Each revision is
+    generated, applied and checked against the database, then all are rolled back."""
+    from migrapp.config import HostileEnumConfig  # type: ignore[import-not-found]
+
+    # The migrations' default schema is "user" (the first on the search path): the enum lives there.
+    await server_execute(
+        pg_server, 'CREATE SCHEMA "user"', f'ALTER DATABASE "{database}" SET search_path = "user"', database=database
+    )
+    config: DatabaseConfig = HostileEnumConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(database))
+
+    def use(version: int) -> None:
+        monkeypatch.setenv("MIGRAPP_HOSTILE_VERSION", str(version))
+        sys.modules.pop("migrapp.hostile_enum", None)
+
+    use(1)
+    await migrations.init(config=config)
+    await generate_and_apply(config, "create remark")
+    assert await moods(pg_server, database) == ["open", "line\nbreak", "it's"]
+    await server_execute(pg_server, "INSERT INTO remark VALUES (1, 'line\nbreak'), (2, 'open')", database=database)
+
+    use(2)
+    script = await generate_and_apply(config, "add values")
+    assert "# alembic-postgresql-enum writes these values into SQL between single quotes as they are" in script
+    assert await moods(pg_server, database) == ["open", "line\nbreak", "it's", 'say "hi"', "back\\slash", "o'clock"]
+
+    use(3)
+    await generate_and_apply(config, "remove it's")
+    assert await moods(pg_server, database) == ["open", "line\nbreak", 'say "hi"', "back\\slash", "o'clock"]
+
+    use(4)
+    script = await generate_and_apply(config, "rename line break", enum_renames={"mood": {"line\nbreak": "line\nfeed"}})
+    assert "op.execute('ALTER TYPE \"user\".mood RENAME VALUE \\'line\\nbreak\\' TO \\'line\\nfeed\\'')" in script
+    assert await moods(pg_server, database) == ["open", "line\nfeed", 'say "hi"', "back\\slash", "o'clock"]
+    rows = await server_fetch(pg_server, "SELECT id, mood::text FROM remark ORDER BY id", database=database)
+    assert [tuple(row) for row in rows] == [(1, "line\nfeed"), (2, "open")], "rows follow the rename"
+
+    await migrations.rollback(steps=2, config=config)
+    assert await moods(pg_server, database) == ["open", "line\nbreak", "it's", 'say "hi"', "back\\slash", "o'clock"]
+    await migrations.rollback("base", config=config)
+    assert await moods(pg_server, database) == []
+
+
+@pytest.mark.parametrize(
+    ("schema", "old", "new"),
+    [("public", "line\nbreak", "plain"), ("public", "tab\there", "back\\slash"), ("user", "it's", 'say "hi"')],
+    ids=["line_break", "tab_and_backslash", "quotes_in_schema_user"],
+)
+def test_a_rename_is_written_as_python_that_runs_the_right_sql(schema: str, old: str, new: str) -> None:
+    """Whatever the value, the script's line is valid Python and hands PostgreSQL the statement as meant."""
+    from alembic.autogenerate import render_python_code
+    from alembic.operations.ops import UpgradeOps
+
+    from mountaineer_db.migrations.enums import RenameEnumValueOp
+
+    op = RenameEnumValueOp(schema, "mood", old, new)
+    code = "\n".join(line.strip() for line in render_python_code(UpgradeOps(ops=[op])).splitlines())
+    executed: list[str] = []
+
+    class Op:
+        def execute(self, sql: str) -> None:
+            executed.append(sql)
+
+    exec(compile(code, "<migration>", "exec"), {"op": Op()})  # the script line as the migration runs it
+    assert executed == [op.sql]
+    quoted = '"user"' if schema == "user" else schema
+    assert op.sql == f"ALTER TYPE {quoted}.mood RENAME VALUE '{old.replace(chr(39), chr(39) * 2)}' TO " + (
+        f"'{new.replace(chr(39), chr(39) * 2)}'"
+    )

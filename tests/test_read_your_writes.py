@@ -1,6 +1,8 @@
 """The read-your-writes cookie: only values we signed, unexpired, with the deploy's key, are trusted;
 it goes out HttpOnly, SameSite=Lax, Secure over HTTPS."""
 
+import hashlib
+import hmac
 import logging
 from pathlib import Path
 from typing import Any
@@ -8,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 from mountaineer import AppController, ConfigBase, ControllerBase, RenderBase, passthrough
+from mountaineer.config import unregister_config
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, SessionDep
+from mountaineer_db import DatabaseConfig, DatabaseConfigError, SessionDep
 from mountaineer_db import read_your_writes as ryw
 from mountaineer_db.read_your_writes import COOKIE_NAME, Signer, format_position, signer_for
 from tests.core_app import write_stub_views
@@ -45,24 +48,93 @@ def test_an_expired_value_reads_as_no_position() -> None:
     assert Signer(b"k" * 32, lifetime=-1).verify(Signer(b"k" * 32, lifetime=-1).sign(5)) == 0
 
 
-def test_every_process_of_a_deploy_derives_the_same_key_from_the_password() -> None:
-    first = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY))
-    second = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY))
-    other_password = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY.replace("pw-one", "pw-two")))
+KEY = "k1-" + "x" * 29
+OLD_KEY = "k0-" + "y" * 29
+
+
+def test_every_process_of_a_deploy_signs_with_the_configured_keys() -> None:
+    first = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=KEY))
+    other_url = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://x@y/z", DATABASE_READ_YOUR_WRITES_KEYS=KEY)
+    other_key = DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=OLD_KEY)
     value = first.sign(42)
-    assert second.verify(value) == 42
-    assert other_password.verify(value) == 0
+    assert signer_for(other_url).verify(value) == 42
+    assert signer_for(other_key).verify(value) == 0
     assert first.lifetime == 65.0, "DATABASE_REPLICA_MAX_LAG + 60 s"
+    assert KEY not in repr(first)
 
 
-def test_the_secret_setting_signs_instead_of_the_password() -> None:
-    with_secret = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_SECRET="k1"))
-    other_url = DatabaseConfig(SQLALCHEMY_DATABASE_URI="postgresql://x@y/z", DATABASE_READ_YOUR_WRITES_SECRET="k1")
-    assert signer_for(other_url).verify(with_secret.sign(7)) == 7
-    assert signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY)).verify(with_secret.sign(7)) == 0
+def test_the_key_is_never_derived_from_the_database_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key derived from the URL and its password let any client that writes test password guesses offline
+    against its own cookie. Now the password plays no part: a cookie made with that derivation is refused,
+    and two configs differing only in their password sign alike."""
+    monkeypatch.setattr(ryw, "_process_key", None)
+    one = DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY)
+    derived_from_password = hmac.new(
+        b"mountaineer_db read-your-writes",
+        one.database_url.render_as_string(hide_password=False).encode(),
+        hashlib.sha256,
+    ).digest()
+    forged = Signer(derived_from_password, lifetime=60).sign(0x3000060)
+    assert signer_for(one).verify(forged) == 0
+    two = DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY.replace("pw-one", "pw-two"))
+    assert signer_for(two).verify(signer_for(one).sign(7)) == 7
+    keyed = DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=KEY)
+    assert signer_for(keyed).verify(Signer(derived_from_password, lifetime=60).sign(7)) == 0
 
 
-def test_without_password_or_secret_a_process_key_is_used_with_one_warning(
+def test_keys_rotate_the_first_signs_and_any_verifies() -> None:
+    before = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=OLD_KEY))
+    during = signer_for(
+        DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=f" {KEY} , {OLD_KEY},")
+    )
+    after = signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=KEY))
+    assert during.verify(before.sign(5)) == 5, "cookies signed before the rotation stay valid"
+    assert after.verify(during.sign(6)) == 6, "new cookies are signed with the new key"
+    assert before.verify(during.sign(6)) == 0
+    assert after.verify(before.sign(5)) == 0, "once the old key is dropped, its cookies are not trusted"
+
+
+def test_the_keys_come_from_the_environment_under_either_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_READ_YOUR_WRITES_KEYS", f"{KEY},{OLD_KEY}")
+    config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY)
+    assert signer_for(config).verify(Signer(ryw._derived(OLD_KEY), lifetime=60).sign(3)) == 3
+    monkeypatch.delenv("DATABASE_READ_YOUR_WRITES_KEYS")
+    monkeypatch.setenv("DATABASE_READ_YOUR_WRITES_SECRET", KEY)  # the name of earlier versions
+    assert signer_for(DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY)).verify(signer_for(config).sign(4)) == 4
+
+
+class ProductionConfig(DatabaseConfig, ConfigBase):
+    ENVIRONMENT: str = "production"
+
+
+def test_production_with_replicas_refuses_to_start_without_keys() -> None:
+    replicas = {"SQLALCHEMY_DATABASE_URI": PRIMARY, "DATABASE_REPLICA_URLS": "postgresql://replica.internal"}
+    with pytest.raises(DatabaseConfigError) as caught:
+        ProductionConfig(**replicas)
+    assert (
+        "DATABASE_REPLICA_URLS is set and ENVIRONMENT is production, but DATABASE_READ_YOUR_WRITES_KEYS is not: the "
+        "read-your-writes cookie needs a key that every process of the deploy shares."
+    ) in str(caught.value)
+    assert ProductionConfig(**replicas, DATABASE_READ_YOUR_WRITES_KEYS=KEY).DATABASE_REPLICA_URLS
+    unregister_config()  # ConfigBase registers each instance it builds
+    assert ProductionConfig(SQLALCHEMY_DATABASE_URI=PRIMARY), "no replicas: no cookie, no key needed"
+    assert DatabaseConfig(**replicas), "development: a key per process, with a warning"
+
+
+def test_production_is_also_read_from_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "Production")
+    with pytest.raises(DatabaseConfigError, match="DATABASE_READ_YOUR_WRITES_KEYS is not"):
+        DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_REPLICA_URLS="postgresql://replica.internal")
+
+
+def test_a_short_key_is_refused_without_showing_it() -> None:
+    with pytest.raises(DatabaseConfigError) as caught:
+        DatabaseConfig(SQLALCHEMY_DATABASE_URI=PRIMARY, DATABASE_READ_YOUR_WRITES_KEYS=f"{KEY},short-k3y")
+    assert "DATABASE_READ_YOUR_WRITES_KEYS holds a key shorter than 16 characters" in str(caught.value)
+    assert "short-k3y" not in str(caught.value) and KEY not in str(caught.value)
+
+
+def test_without_keys_a_process_key_is_used_with_one_warning(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ryw, "_process_key", None)
@@ -72,9 +144,9 @@ def test_without_password_or_secret_a_process_key_is_used_with_one_warning(
     assert second.verify(first.sign(9)) == 9
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == [
-        "DATABASE_READ_YOUR_WRITES_SECRET is not set and the database URL has no password: the read-your-writes "
-        "cookie is signed with a key of this process only, which other processes reject. Set "
-        "DATABASE_READ_YOUR_WRITES_SECRET to the same random value in every process."
+        "DATABASE_READ_YOUR_WRITES_KEYS is not set: the read-your-writes cookie is signed with a key of this process "
+        "only, which other processes reject (so a client may not read its own writes there). Set "
+        "DATABASE_READ_YOUR_WRITES_KEYS to the same random value in every process; production requires it."
     ]
 
 

@@ -30,7 +30,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "DATABASE_READ_ROUTING",
         "DATABASE_REPLICA_MAX_LAG",
         "DATABASE_REPLICA_MAX_WAIT",
+        "DATABASE_READ_YOUR_WRITES_KEYS",
         "DATABASE_READ_YOUR_WRITES_SECRET",
+        "ENVIRONMENT",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -42,7 +44,7 @@ def test_defaults_route_nothing() -> None:
     assert config.DATABASE_READ_ROUTING is ReadRouting.PRIMARY
     assert config.DATABASE_REPLICA_MAX_LAG == 5.0
     assert config.DATABASE_REPLICA_MAX_WAIT == 0.2
-    assert config.DATABASE_READ_YOUR_WRITES_SECRET is None
+    assert config.DATABASE_READ_YOUR_WRITES_KEYS is None
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,7 @@ def test_replica_passwords_are_masked_everywhere() -> None:
     config = DatabaseConfig(
         SQLALCHEMY_DATABASE_URI=PRIMARY,
         DATABASE_REPLICA_URLS=["postgresql://r1.internal/appdb", "postgresql://other:0wn-pw@r2.internal/appdb"],
-        DATABASE_READ_YOUR_WRITES_SECRET="cookie-key-material",
+        DATABASE_READ_YOUR_WRITES_KEYS="cookie-key-material",
     )
     shown = repr(config) + str(config) + config.model_dump_json() + str(config.model_dump())
     shown += str(config.DATABASE_REPLICA_URLS) + repr(config.DATABASE_REPLICA_URLS)

@@ -93,9 +93,12 @@ async def test_handler_exception_rolls_back_is_logged_once_and_propagates(
             "/internal/api/todo_controller/add_todo",
             json={"description": "secret-param-value", "fail_after_add": True},
         )
-    records = [r for r in caplog.records if r.name == "mountaineer_db" and r.levelno >= logging.ERROR]
-    assert len(records) == 1
-    assert "ValueError: handler failed on purpose" in records[0].getMessage()
+    # The server (uvicorn, gunicorn) logs the exception with its traceback; our one line says
+    # what was rolled back, at INFO, naming the class only: its message is the app's to show.
+    records = [r for r in caplog.records if r.name == "mountaineer_db" and r.levelno >= logging.INFO]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("INFO", "Rolled back the request's transaction after ValueError")
+    ]
     assert all("secret-param-value" not in r.getMessage() for r in caplog.records)
     assert (await client.get("/count")).json() == {"count": 0}, "the flushed row was rolled back"
     assert await _server_connections(app_config) == []

@@ -14,6 +14,7 @@ from mountaineer_db import (
     DatabaseDependencies,
     DatabaseNotSetUpError,
     DatabaseStatus,
+    InvalidInputError,
     MountaineerDBError,
     PoolType,
     ReadOnlySessionError,
@@ -153,6 +154,10 @@ async def typed_operations(config: DatabaseConfig) -> dict[str, object]:
                 await session.exec(select(TypedTodo))
         except DatabaseNotSetUpError as error:
             return {"error": error.message}
+        except InvalidInputError as error:
+            kind: str = error.kind
+            sqlstate: str | None = error.sqlstate
+            return {"status": error.status_code, "kind": kind, "sqlstate": sqlstate, "detail": error.detail}
     with counted_queries(session=None) as log:
         pass
     counted: QueryLog = log
@@ -166,6 +171,8 @@ async def typed_operations(config: DatabaseConfig) -> dict[str, object]:
         "collector": collector,
         "queries": at_most.statements + exactly.statements + counted.statements,
         **result.as_dict(),
+        "details": result.as_dict(details=True),
+        "public_error": result.public_error,
     }
 
 

@@ -15,11 +15,17 @@ command line `--rename-enum-value status:tree:three`. The rename is then written
 `ALTER TYPE status RENAME VALUE 'tree' TO 'three'` (instant; rows keep their value, since
 PostgreSQL stores enum values by identity, and defaults follow), with any other change
 to the same enum after it, and the reverse in `downgrade()`.
+
+Any value and any schema name make a valid migration: names are quoted where PostgreSQL
+needs it (a schema called `user`, a reserved word), SQL literals double their quotes, and
+the Python of the script is written with `repr` where a value holds a line break, a quote
+or a backslash. alembic-postgresql-enum puts values into its SQL between single quotes as
+they are, so for its operations the values holding a single quote are written with it
+doubled (`'o''clock'`), under a comment saying so (`enum_directives`).
 """
 
-import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import alembic_postgresql_enum  # noqa: F401 - registers the enum comparators with Alembic
 from alembic.autogenerate.api import AutogenContext
@@ -28,6 +34,7 @@ from alembic.operations.ops import DowngradeOps, MigrateOperation, MigrationScri
 from alembic.runtime.migration import MigrationContext
 from alembic_postgresql_enum.operations.add_enum_values import AddEnumValuesOp, check_can_add_values
 from alembic_postgresql_enum.operations.sync_enum_values import SyncEnumValuesOp
+from sqlalchemy.dialects import postgresql
 
 from mountaineer_db.migrations.plumbing import MigrationError
 
@@ -37,14 +44,24 @@ EnumRenames = Mapping[str, Mapping[str, str]]
 """Enum type name → {old value: new value}."""
 
 
+# PostgreSQL's own quoting rules (reserved words, capitals, quotes); the dialect's __init__ is untyped.
+_PREPARER = cast(Any, postgresql.dialect)().identifier_preparer
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
 def _identifier(value: str) -> str:
-    if re.fullmatch(r"[a-z_][a-z0-9_]*", value):
-        return value  # reads as written; quoting only where PostgreSQL needs it
-    return '"' + value.replace('"', '""') + '"'
+    """`value` as PostgreSQL reads it: as written where it can be (`public`), else quoted (`"user"`)."""
+    return str(_PREPARER.quote(value))
+
+
+def _python_string(text: str) -> str:
+    """`text` as a Python literal: in plain double quotes where that reads as written, else `repr`."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return repr(text)
 
 
 class RenameEnumValueOp(MigrateOperation):
@@ -73,8 +90,44 @@ class RenameEnumValueOp(MigrateOperation):
 @renderers.dispatch_for(RenameEnumValueOp)
 def _render_rename(autogen_context: AutogenContext, op: RenameEnumValueOp) -> str:
     prefix = autogen_context.opts.get("alembic_module_prefix", "op.")
-    text = f'"{op.sql}"' if '"' not in op.sql and "\\" not in op.sql else repr(op.sql)
-    return f"{prefix}execute({text})"
+    return f"{prefix}execute({_python_string(op.sql)})"
+
+
+class _NoteOp(MigrateOperation):
+    """A comment line in a generated script."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("note", self.text)
+
+
+@renderers.dispatch_for(_NoteOp)
+def _render_note(autogen_context: AutogenContext, op: _NoteOp) -> str:
+    return f"# {op.text}"
+
+
+_QUOTES_DOUBLED = (
+    "alembic-postgresql-enum writes these values into SQL between single quotes as they are: "
+    "a single quote in a value is doubled here."
+)
+
+
+def _doubled(values: Iterable[str]) -> list[str]:
+    return [value.replace("'", "''") for value in values]
+
+
+def _quote_values_for_sql(ops: list[MigrateOperation]) -> None:
+    """alembic-postgresql-enum's operations with a `'` in a value: the value as its SQL needs it, and a note."""
+    for op in list(ops):
+        if not isinstance(op, (AddEnumValuesOp, SyncEnumValuesOp)):
+            continue
+        if not any("'" in value for value in [*op.old_values, *op.new_values]):
+            continue
+        op.old_values = _doubled(op.old_values)
+        op.new_values = _doubled(op.new_values)
+        ops.insert(next(i for i, item in enumerate(ops) if item is op), _NoteOp(_QUOTES_DOUBLED))
 
 
 def parse_enum_renames(specs: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -121,19 +174,23 @@ def _replace(ops: list[MigrateOperation], target: MigrateOperation, replacement:
 
 
 def rename_enum_values(renames: EnumRenames) -> Callable[[MigrationContext, Any, list[MigrationScript]], None]:
-    """A `process_revision_directives` hook writing `renames` as RENAME VALUE (see the module doc).
+    """A `process_revision_directives` hook writing `renames` as RENAME VALUE (see the module doc),
+    and the values of alembic-postgresql-enum's operations as its SQL needs them.
 
     Raises `MigrationError` (and nothing is written) when a rename does not match what
     autogenerate found: an unknown enum, or a value not removed / not added.
     """
 
     def hook(context: MigrationContext, revision: Any, directives: list[MigrationScript]) -> None:
-        if not renames:
-            return
         upgrade = directives[0].upgrade_ops if directives else None
         downgrade = directives[0].downgrade_ops if directives else None
         if not isinstance(upgrade, UpgradeOps) or not isinstance(downgrade, DowngradeOps):
             return  # not an autogenerated revision: nothing to rename
+        _rename(upgrade, downgrade)
+        _quote_values_for_sql(upgrade.ops)
+        _quote_values_for_sql(downgrade.ops)
+
+    def _rename(upgrade: UpgradeOps, downgrade: DowngradeOps) -> None:
         changed = {op.name: op for op in upgrade.ops if isinstance(op, (SyncEnumValuesOp, AddEnumValuesOp))}
         for enum, values in renames.items():
             found = changed.get(enum)

@@ -25,6 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mountaineer_db.data_errors import describe_error
+
 __all__ = ["LOCK_REPORT_INTERVAL", "MIGRATION_LOCK_KEY", "PROGRESS", "PROGRESS_ATTRIBUTE", "migration_lock"]
 
 logger = logging.getLogger("mountaineer_db")
@@ -89,7 +91,7 @@ async def migration_lock(connection: AsyncConnection) -> AsyncIterator[None]:
             await connection.commit()
             await connection.execution_options(isolation_level=level)
         except Exception as error:  # noqa: BLE001 - must not hide the migration's own outcome
-            logger.warning("Could not release the migration lock (%s); closing the connection.", error)
+            logger.warning("Could not release the migration lock (%s); closing the connection.", describe_error(error))
             await connection.invalidate()
 
 

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.data_errors import invalid_input_error_for
 from mountaineer_db.dependencies import get_db_read_session, get_db_session
 from mountaineer_db.engine import engine_for
 from mountaineer_db.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
@@ -57,8 +58,9 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
 
     Like the real dependency: the session is in a transaction when the handler starts, what
     the handler did not commit is rolled back when it ends (here: to the last commit, inside
-    the test's transaction), and a `@sideeffect`'s re-render gets the same session after the
-    action's uncommitted changes are rolled back. What the test wrote before the request is
+    the test's transaction), a value the database cannot take is an `InvalidInputError`
+    (422), and a `@sideeffect`'s re-render gets the same session after the action's
+    uncommitted changes are rolled back. What the test wrote before the request is
     committed (inside the test's transaction) first, so the handler sees it and it stays.
     """
 
@@ -85,6 +87,13 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
         try:
             async with offer_to_rerender(session, request):
                 yield session
+        except Exception as error:
+            # As in production: a value the database cannot take is the client's 422 (the
+            # driver's error, which quotes the value, not chained).
+            invalid = invalid_input_error_for(error)
+            if invalid is None:
+                raise
+            raise invalid from None
         finally:
             await run_shielded(end_transaction(session, keep=outlives_request))
             outlives_request.clear()

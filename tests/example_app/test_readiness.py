@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseStatus, check_database, database_session, migrations
+from mountaineer_db.cluster import free_port
 from mountaineer_db.testing import Server, ThrowawayDatabase, throwaway_database
 from tests.example_app._require import require_example_app
 
@@ -38,8 +39,22 @@ async def test_a_migrated_database_is_ready(mdb_database: ThrowawayDatabase) -> 
         "head_revisions": [HEAD],
         "error": None,
     }
-    assert body["database"] == f'database "{config.database_url.database}" on 127.0.0.1:{config.database_url.port}'
     assert 0 < body["round_trip_ms"] <= body["total_ms"]
+    assert "database" not in body, "an unauthenticated route names no host, port or database"
+    assert str(config.database_url.port) not in response.text
+
+
+async def test_an_unreachable_database_is_not_ready_and_says_nothing_about_where_it_is(
+    mdb_database: ThrowawayDatabase,
+) -> None:
+    nowhere = mdb_database.url.set(port=free_port())  # nothing listens there: refused at once
+    config = mdb_database.config(AppConfig, SQLALCHEMY_DATABASE_URI=nowhere, DATABASE_CONNECT_TIMEOUT=1)
+    response = await _ready(config)
+    assert response.status_code == 503
+    assert response.json()["status"] == "unreachable"
+    assert response.json()["error"] == "The database cannot be reached."
+    for detail in ("127.0.0.1", str(config.database_url.port), config.database_url.database, "refused"):
+        assert detail not in response.text
 
 
 @pytest.fixture

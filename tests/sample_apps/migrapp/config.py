@@ -23,3 +23,10 @@ class TicketsConfig(DatabaseConfig):
 
     PACKAGE: str | None = "migrapp"
     MIGRATIONS_METADATA: str | None = "migrapp.tickets:metadata"
+
+
+class HostileEnumConfig(DatabaseConfig):
+    """Migrates the `remark` table, whose enum has hostile values, in migrapp.hostile_enum (MIGRAPP_HOSTILE_VERSION)."""
+
+    PACKAGE: str | None = "migrapp"
+    MIGRATIONS_METADATA: str | None = "migrapp.hostile_enum:metadata"
