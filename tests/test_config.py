@@ -157,7 +157,7 @@ def _error_text(**values: Any) -> str:
         ),
         (
             {**FIXED, "DATABASE_POOL_TIMEOUT": 0},
-            "DATABASE_POOL_TIMEOUT must be a number of seconds greater than 0.",
+            "DATABASE_POOL_TIMEOUT is 0.0; use a number of seconds greater than 0",
         ),
         (
             {"POSTGRES_HOST": "h", "POSTGRES_DB": "d", "DATABASE_STATEMENT_CACHE_SIZE": -1},

@@ -200,6 +200,7 @@ async def test_the_public_answer_names_no_host_port_database_login_or_server_mes
         "database_revisions": None,
         "head_revisions": None,
         "error": "The database cannot be reached.",
+        "invalid_indexes": [],
     }
     shown = json.dumps(public)
     for detail in ("127.0.0.1", str(port), "dbname-marker", "login-marker", "refused", PASSWORD):
