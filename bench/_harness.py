@@ -29,8 +29,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, PoolType
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
 
 BENCH_DATABASE = "bench"
 SELECT_1 = text("SELECT 1")
@@ -330,13 +330,13 @@ def machine(loop: str | None = None) -> str:
                 break
     pg_version = "?"
     with contextlib.suppress(Exception):
-        from mountaineer_db.cluster import find_postgres_bindir
+        from mountaineer_db.servers.cluster import find_postgres_bindir
 
         out = subprocess.run([str(find_postgres_bindir() / "postgres"), "--version"], capture_output=True, text=True)
         pg_version = out.stdout.split()[2]
     bouncer_version = "?"
     with contextlib.suppress(Exception):
-        from mountaineer_db.pgbouncer import find_pgbouncer
+        from mountaineer_db.servers.pgbouncer import find_pgbouncer
 
         out = subprocess.run([str(find_pgbouncer()), "--version"], capture_output=True, text=True)
         bouncer_version = out.stdout.splitlines()[0].split()[-1]

@@ -245,8 +245,8 @@ async def _plain_session() -> Any:
     """A yield dependency: a plain SQLModel session on mountaineer_db's engine (no request semantics)."""
     from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
 
-    from mountaineer_db.appconfig import registered_config
-    from mountaineer_db.engine import engine_for
+    from mountaineer_db.engines.engine import engine_for
+    from mountaineer_db.settings.appconfig import registered_config
 
     async with SQLModelSession(engine_for(registered_config()), expire_on_commit=False) as session:
         yield session

@@ -42,8 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, dispose_engines
-from mountaineer_db.engine import engine_for
-from mountaineer_db.session import session_scope
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.requests.session import session_scope
 
 Request = Callable[[], Awaitable[None]]
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from _harness import Stack, header, servers
 
-from mountaineer_db.cluster import free_port
+from mountaineer_db.servers.cluster import free_port
 
 HERE = Path(__file__).resolve().parent
 ACTION_PATH = "/internal/api/bench_controller/ping"

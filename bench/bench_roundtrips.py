@@ -36,7 +36,7 @@ from sqlalchemy.engine import URL
 from wire import CountingProxy
 
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, dispose_engines
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 
 # A request returns its timeline: {"begin", "start", "end", "done"} and, over HTTP, "sent".
 Timeline = dict[str, float]
@@ -251,7 +251,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         os.environ.update(fixed_env)
         try:
             app = bench_app._build_ours()
-            from mountaineer_db.appconfig import registered_config
+            from mountaineer_db.settings.appconfig import registered_config
 
             engine = engine_for(registered_config())
             event.listen(engine.sync_engine.pool, "checkin", lambda *_: CHECKINS.append(now()))

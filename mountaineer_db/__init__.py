@@ -2,11 +2,7 @@
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mountaineer_db import dependencies as DatabaseDependencies
-from mountaineer_db.commit_hooks import on_commit
-from mountaineer_db.config import DatabaseConfig, PoolType, ReadRouting
-from mountaineer_db.dependencies import ReadSessionDep, SessionDep
-from mountaineer_db.engine import dispose_engines
+from mountaineer_db.engines.engine import dispose_engines
 from mountaineer_db.exceptions import (
     ClientDisconnectedError,
     ClusterError,
@@ -26,11 +22,15 @@ from mountaineer_db.exceptions import (
     ResourceNotFoundError,
     SchemaChangedError,
 )
-from mountaineer_db.health import DatabaseCheck, DatabaseStatus, check_database
-from mountaineer_db.http_errors import get_or_404, map_integrity_errors
-from mountaineer_db.lifespan import database_lifespan
-from mountaineer_db.retries import run_in_transaction
-from mountaineer_db.session import database_session
+from mountaineer_db.observability.health import DatabaseCheck, DatabaseStatus, check_database
+from mountaineer_db.requests import dependencies as DatabaseDependencies
+from mountaineer_db.requests.commit_hooks import on_commit
+from mountaineer_db.requests.dependencies import ReadSessionDep, SessionDep
+from mountaineer_db.requests.http_errors import get_or_404, map_integrity_errors
+from mountaineer_db.requests.lifespan import database_lifespan
+from mountaineer_db.requests.retries import run_in_transaction
+from mountaineer_db.requests.session import database_session
+from mountaineer_db.settings.config import DatabaseConfig, PoolType, ReadRouting
 
 __all__ = [
     "AsyncSession",

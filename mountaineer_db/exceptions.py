@@ -119,7 +119,7 @@ class SchemaChangedError(DatabaseUnavailableError):
 
     An HTTP 503 like its base class, with its own detail: the request was rolled back, the
     connections holding stale statements are being replaced, and a retry will succeed. See
-    `mountaineer_db.stale_statements`.
+    `mountaineer_db.engines.stale_statements`.
     """
 
     def __init__(self, message: str) -> None:

@@ -2,7 +2,7 @@
 
 The page holds the marker `<!-- database-config-fields -->`; the build replaces it with one
 row per field, in declaration order, from the field's type, default and attribute docstring.
-A field added, renamed or re-documented in `mountaineer_db/config.py` is on the page at the
+A field added, renamed or re-documented in `mountaineer_db/settings/config.py` is on the page at the
 next build; tests/test_docs.py checks the built page against the fields.
 """
 

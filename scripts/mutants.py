@@ -41,7 +41,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "rollback-at-the-end",
         "what the handler did not commit is rolled back",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "        if error is None:\n            await run_shielded(_release(session, invalidate=False))",
         "        if error is None:\n            await session.commit()\n"
         "            await run_shielded(_release(session, invalidate=False))",
@@ -50,7 +50,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "shielded-cleanup",
         "cleanup finishes (rollback, connection returned) even when cancelled again",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "    task = asyncio.ensure_future(work)\n",
         "    await work\n    return\n    task = asyncio.ensure_future(work)\n",
         (
@@ -60,7 +60,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "client-errors-logged-as-errors",
         "routine bad input (422, 4xx) is logged at INFO, not ERROR",
-        "mountaineer_db/failure_log.py",
+        "mountaineer_db/requests/failure_log.py",
         "level = logging.ERROR if failure else logging.INFO",
         "level = logging.ERROR",
         ("tests/test_data_errors.py",),
@@ -68,7 +68,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "expire-on-commit",
         "objects stay readable after commit without I/O",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "AsyncSession(self._bind, expire_on_commit=False,",
         "AsyncSession(self._bind, expire_on_commit=True,",
         ("tests/test_session.py",),
@@ -76,7 +76,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "expunge-before-rollback",
         "what render() returns serializes with every loaded field after the re-render",
-        "mountaineer_db/rerender.py",
+        "mountaineer_db/requests/rerender.py",
         "    session.expunge_all()\n    try:",
         "    try:",
         ("tests/test_render_models.py", "tests/test_readme.py"),
@@ -84,7 +84,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "rerender-sharing",
         "an action and its re-render share one session and one connection",
-        "mountaineer_db/rerender.py",
+        "mountaineer_db/requests/rerender.py",
         'and "app" not in request.scope',
         "and False",
         ("tests/test_request_session.py::test_sideeffect_and_its_rerender_share_one_session_and_one_connection",),
@@ -112,7 +112,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "named-statements",
         "unnamed prepared statements by default (PgBouncer in transaction mode)",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "        cache_size = 100 if fixed else 0",
         "        cache_size = 100",
         ("tests/test_pgbouncer.py::test_default_config_through_pgbouncer_has_zero_errors",),
@@ -120,7 +120,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "session-level-timeouts",
         "server timeouts are SET LOCAL: they never outlive the transaction",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         'f"; SET LOCAL {name} = ',
         'f"; SET {name} = ',
         ("tests/test_engine.py::test_per_transaction_settings_never_outlive_the_transaction",),
@@ -128,7 +128,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "connect-timeout",
         "connecting is bounded by DATABASE_CONNECT_TIMEOUT",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "timeout=max(remaining, 0.001), **self._kwargs",
         "timeout=60, **self._kwargs",
         ("tests/faults/test_timeouts.py::test_connect_timeout_on_a_black_hole",),
@@ -136,7 +136,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "chained-connect-error",
         "connect errors never carry the driver's error (whose frames hold the password)",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "            except Exception as error:  # noqa: BLE001 - every failure is reported as one error below\n"
         "                reason = _reason(error)\n",
         "            except Exception as error:  # noqa: BLE001 - every failure is reported as one error below\n"
@@ -146,7 +146,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "unbounded-close",
         "closing a connection never waits longer than its bound",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "await super().close(timeout=self._mdb_close_timeout if timeout is None else timeout)",
         "await super().close(timeout=timeout)",
         ("tests/faults/test_timeouts.py::test_closing_a_connection_on_a_black_hole_is_bounded",),
@@ -154,7 +154,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "no-client-check",
         "a cancelled statement stops on the server, anyio cancel scopes included",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "        if self.get_server_version() >= (14,):",
         "        if False:",
         ("tests/faults/test_cancellation.py::test_anyio_cancel_scope_stops_the_statement_on_the_server",),
@@ -162,7 +162,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "socket-host-ignored",
         "a Unix socket given as ?host= is used",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         '"host": host if isinstance(host, str) else url.host,',
         '"host": url.host,',
         ("tests/test_engine.py::test_a_unix_socket_url_connects",),
@@ -170,7 +170,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "command-timeout-ignored",
         "DATABASE_COMMAND_TIMEOUT bounds every statement",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         '"command_timeout": config.DATABASE_COMMAND_TIMEOUT,',
         '"command_timeout": None,',
         ("tests/faults/test_timeouts.py::test_command_timeout_on_a_black_hole",),
@@ -178,7 +178,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "sslmode-ignored",
         "POSTGRES_SSLMODE reaches the connection: require encrypts and never falls back",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "    if mode in (SSLMode.DISABLE, SSLMode.ALLOW):",
         "    if True:",
         ("tests/test_connections.py",),
@@ -186,7 +186,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "ssl-require-verifies",
         "sslmode=require encrypts without verifying the certificate (libpq's meaning)",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "        context.check_hostname = False\n        context.verify_mode = ssl_module.CERT_NONE\n",
         "",
         ("tests/test_connections.py::test_the_sslmode_decides_whether_the_connection_is_encrypted",),
@@ -194,7 +194,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "application-name-ignored",
         "DATABASE_APPLICATION_NAME (default PACKAGE) reaches pg_stat_activity",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         'server_settings["application_name"] = config.application_name',
         "pass",
         ("tests/test_connections.py::test_the_application_name_reaches_the_server",),
@@ -202,7 +202,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "url-application-name-ignored",
         "an application_name in the URL's query reaches the server",
-        "mountaineer_db/connections.py",
+        "mountaineer_db/engines/connections.py",
         "        if isinstance(app_name, str):\n",
         "        if False:\n",
         ("tests/test_connections.py::test_the_application_name_reaches_the_server",),
@@ -211,7 +211,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "hide-parameters",
         "bound values never appear in logs, SQL echo included",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         '"hide_parameters": True,',
         '"hide_parameters": False,',
         ("tests/test_session.py::test_bound_values_never_reach_a_log_record_even_with_sql_echo",),
@@ -219,7 +219,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "cache-key-lock-timeout",
         "configs differing in any engine setting get their own engine",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         '    "DATABASE_LOCK_TIMEOUT",\n',
         "",
         ("tests/test_engine.py::test_configs_differing_only_in_a_timeout_each_get_it_on_the_server",),
@@ -227,7 +227,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "checkout-keeps-dead-connections",
         "a pooled connection the server closed is replaced at checkout",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "    if dbapi_connection.driver_connection.is_closed():",
         "    if False:",
         ("tests/faults/test_terminate.py",),
@@ -235,7 +235,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "fork-unprotected",
         "a forked child never closes its parent's connections",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "os.register_at_fork(after_in_child=_after_fork_in_child)",
         "pass",
         ("tests/test_lifecycle.py::test_a_forked_child_never_touches_its_parents_connections",),
@@ -243,7 +243,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "no-dispose-at-loop-shutdown",
         "a loop's engines are disposed when the loop shuts down",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "                entry.closer.__anext__().send(None)",
         "                pass",
         ("tests/test_lifecycle.py",),
@@ -251,7 +251,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "retired-pool-keeps-connections",
         "connections of a disposed engine are closed when they come back",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "        if self.retired and dbapi_connection is not None",
         "        if False and dbapi_connection is not None",
         ("tests/test_lifecycle.py::test_dispose_with_a_session_in_flight_closes_its_connection_when_it_comes_back",),
@@ -259,7 +259,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "pool-size-ignored",
         "DATABASE_POOL_SIZE sizes the FIXED_PROCESS pool",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         '            ("DATABASE_POOL_SIZE", "pool_size"),\n',
         "",
         ("tests/test_engine.py::test_fixed_process_pool_uses_the_pool_settings",),
@@ -267,7 +267,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "pool-recycle-ignored",
         "DATABASE_POOL_RECYCLE replaces pooled connections older than it",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         '            ("DATABASE_POOL_RECYCLE", "pool_recycle"),\n',
         "",
         ("tests/test_engine.py::test_fixed_process_replaces_connections_older_than_the_pool_recycle",),
@@ -275,7 +275,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "pool-pre-ping-ignored",
         "DATABASE_POOL_PRE_PING pings a pooled connection at checkout",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         '            ("DATABASE_POOL_PRE_PING", "pool_pre_ping"),\n',
         "",
         ("tests/test_engine.py::test_fixed_process_pings_a_pooled_connection_at_checkout_with_pool_pre_ping",),
@@ -283,7 +283,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "echo-ignored",
         "DATABASE_ECHO logs every statement (and is off by default)",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         '"echo": config.DATABASE_ECHO,',
         '"echo": False,',
         ("tests/test_engine.py::test_database_echo_logs_every_statement_and_is_off_by_default",),
@@ -291,7 +291,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "stale-statements",
         "statements cached before a migration are never reused",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "    install_stale_statement_recovery(engine)",
         "    pass",
         ("tests/test_stale_statements.py",),
@@ -299,7 +299,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "no-first-statement-replay",
         "after a migration, a stale first statement runs again instead of failing the request",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "        or session.server_transaction_open()\n    ):",
         "        or True\n    ):",
         ("tests/test_stale_statements.py", "tests/test_migrating_while_serving.py"),
@@ -307,7 +307,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "stale-error-missed-is-a-500",
         "a stale statement that reaches the session untranslated is replayed or a 503, never a 500",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "            unavailable = schema_changed_error(stale) if stale is not None else None",
         "            unavailable = None",
         ("tests/test_stale_statements.py::test_a_stale_statement_the_engine_recovery_missed_is_still_replayed_or_a_503",),
@@ -316,7 +316,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "password-shown",
         "the password is masked wherever the config is shown",
-        "mountaineer_db/urls.py",
+        "mountaineer_db/settings/urls.py",
         "url.render_as_string(hide_password=True)",
         "url.render_as_string(hide_password=False)",
         ("tests/test_config.py::test_password_is_masked_everywhere_it_is_shown",),
@@ -324,7 +324,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "port-validation",
         "a port outside 1-65535 is refused when the config is built",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         "        if not 1 <= port <= 65535:",
         "        if False:",
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
@@ -332,7 +332,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "connect-timeout-default",
         "connecting is bounded by default (DATABASE_CONNECT_TIMEOUT=5)",
-        "mountaineer_db/config.py",
+        "mountaineer_db/settings/config.py",
         "    DATABASE_CONNECT_TIMEOUT: float = 5.0",
         "    DATABASE_CONNECT_TIMEOUT: float = 60.0",
         ("tests/test_config.py::test_the_documented_defaults",),
@@ -340,7 +340,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "negative-overflow-accepted",
         "a negative DATABASE_MAX_OVERFLOW is refused when the config is built",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         "config.DATABASE_MAX_OVERFLOW is not None and config.DATABASE_MAX_OVERFLOW < 0:",
         "False:",
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
@@ -348,7 +348,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "zero-pool-timeout-accepted",
         "a DATABASE_POOL_TIMEOUT of 0 or less is refused when the config is built",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         '    for name in ("DATABASE_POOL_TIMEOUT", "DATABASE_POOL_RECYCLE"):',
         '    for name in ("DATABASE_POOL_RECYCLE",):',
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
@@ -356,7 +356,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "negative-cache-size-accepted",
         "a negative DATABASE_STATEMENT_CACHE_SIZE is refused when the config is built",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         "config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:",
         "False:",
         ("tests/test_config.py::test_invalid_settings_name_the_field_and_the_fix",),
@@ -364,7 +364,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "url-normalisation",
         "postgres:// and postgresql:// URLs use the asyncpg driver",
-        "mountaineer_db/urls.py",
+        "mountaineer_db/settings/urls.py",
         '    return url.set(drivername="postgresql+asyncpg")',
         "    return url",
         ("tests/test_config.py::test_url_schemes_normalise_to_asyncpg",),
@@ -372,7 +372,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "copied-url-stale",
         "a copied config's URL follows its parts",
-        "mountaineer_db/config.py",
+        "mountaineer_db/settings/config.py",
         "        elif self._url_from_parts_:",
         "        elif False:",
         ("tests/test_config.py::test_a_copy_with_other_parts_gets_a_url_that_follows_them",),
@@ -380,7 +380,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "plain-password-shown",
         "a password re-declared as str stays secret",
-        "mountaineer_db/config.py",
+        "mountaineer_db/settings/config.py",
         '            annotations["POSTGRES_PASSWORD"] = SecretStr | None',
         "            pass",
         ("tests/test_config.py::test_a_password_redeclared_as_str_works_and_stays_masked",),
@@ -437,7 +437,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "unquoted-identifiers",
         "database names are quoted identifiers",
-        "mountaineer_db/admin.py",
+        "mountaineer_db/migrations/admin.py",
         "    return '\"' + name.replace('\"', '\"\"') + '\"'",
         "    return name",
         ("tests/test_admin.py",),
@@ -462,7 +462,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "embedded-next-to-a-host",
         "DATABASE_EMBEDDED with POSTGRES_HOST or a URL is refused, not quietly sent to that host",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         "    if not config.DATABASE_EMBEDDED:\n        return []\n    named",
         "    if True:\n        return []\n    named",
         ("tests/test_config_embedded.py",),
@@ -470,7 +470,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "admin-without-embedded",
         "`admin.createdb` starts the development database itself",
-        "mountaineer_db/admin.py",
+        "mountaineer_db/migrations/admin.py",
         "    return ensure_embedded_database(config, apply_migrations=False, create_database=create_database)",
         "    return config",
         ("tests/test_embedded.py::test_admin_starts_the_development_database_itself",),
@@ -478,7 +478,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "requests-need-the-lifespan",
         "without `database_lifespan` the first request starts the development database",
-        "mountaineer_db/dependencies.py",
+        "mountaineer_db/requests/dependencies.py",
         "    return with_development_database(registered_config())",
         "    return registered_config()",
         ("tests/test_embedded.py::test_without_the_lifespan_the_first_session_starts_the_development_database",),
@@ -523,7 +523,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "no-deadlock-retry",
         "run_in_transaction retries deadlocks",
-        "mountaineer_db/retries.py",
+        "mountaineer_db/requests/retries.py",
         '"40P01": "a deadlock"',
         '"40XXX": "a deadlock"',
         ("tests/test_retries.py",),
@@ -531,7 +531,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "retry-wait-unbounded",
         "run_in_transaction never waits more than 1 s between attempts, however many retries",
-        "mountaineer_db/retries.py",
+        "mountaineer_db/requests/retries.py",
         "    ceiling = min(_MAX_DELAY, _FIRST_DELAY * 2 ** (retry - 1))",
         "    ceiling = _FIRST_DELAY * 2 ** (retry - 1)",
         ("tests/test_retries.py::test_waits_double_from_25_ms_and_never_exceed_one_second_however_many_retries",),
@@ -539,7 +539,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "get-or-404-returns-none",
         "get_or_404 raises ResourceNotFoundError for a missing row",
-        "mountaineer_db/http_errors.py",
+        "mountaineer_db/requests/http_errors.py",
         "    instance = await session.get(",
         "    return await session.get(  # type: ignore[return-value]",
         ("tests/test_http_errors.py",),
@@ -547,7 +547,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "get-or-404-ignores-for-update",
         "get_or_404(..., with_for_update=True) locks the row (SELECT ... FOR UPDATE)",
-        "mountaineer_db/http_errors.py",
+        "mountaineer_db/requests/http_errors.py",
         "populate_existing=populate_existing, with_for_update=with_for_update or None",
         "populate_existing=populate_existing",
         ("tests/test_http_errors.py::test_get_or_404_with_for_update_locks_the_row_until_the_transaction_ends",),
@@ -555,7 +555,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "unique-violation-not-409",
         "a unique violation becomes ResourceAlreadyExistsError (409), naming the constraint",
-        "mountaineer_db/http_errors.py",
+        "mountaineer_db/requests/http_errors.py",
         "        if code in (UNIQUE_VIOLATION, FOREIGN_KEY_VIOLATION):",
         "        if code == FOREIGN_KEY_VIOLATION:",
         ("tests/test_http_errors.py",),
@@ -564,7 +564,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "on-commit-runs-after-rollback",
         "on_commit hooks are dropped when their transaction rolls back",
-        "mountaineer_db/commit_hooks.py",
+        "mountaineer_db/requests/commit_hooks.py",
         "    if not committed:\n        logger.debug(",
         "    if False:\n        logger.debug(",
         ("tests/test_commit_hooks.py",),
@@ -572,7 +572,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "robust-hook-stops-the-rest",
         "a robust hook's failure is logged and the remaining hooks still run",
-        "mountaineer_db/commit_hooks.py",
+        "mountaineer_db/requests/commit_hooks.py",
         "            if not hook.robust:\n                raise",
         "            if True:\n                raise",
         ("tests/test_commit_hooks.py",),
@@ -580,7 +580,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "released-hooks-skip-outer-savepoint",
         "a released savepoint's hooks join the enclosing savepoint, and are dropped if that one rolls back",
-        "mountaineer_db/commit_hooks.py",
+        "mountaineer_db/requests/commit_hooks.py",
         "    while parent is not None and not parent.nested and parent.parent is not None:",
         "    while parent is not None and parent.parent is not None:",
         (
@@ -592,7 +592,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "scram-cache-ignores-password",
         "the SCRAM cache is keyed by the password too: a wrong password never authenticates",
-        "mountaineer_db/scram.py",
+        "mountaineer_db/engines/scram.py",
         "str(iterations).encode(), salt, password)",
         "str(iterations).encode(), salt)",
         ("tests/test_scram.py",),
@@ -600,7 +600,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "scram-cache-ignores-salt",
         "the SCRAM cache is keyed by the salt: a new salt derives again",
-        "mountaineer_db/scram.py",
+        "mountaineer_db/engines/scram.py",
         "str(iterations).encode(), salt, password)",
         "str(iterations).encode(), password)",
         ("tests/test_scram.py",),
@@ -608,7 +608,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "scram-cache-unbounded",
         "the SCRAM cache holds at most 64 entries, the least recently used dropped first",
-        "mountaineer_db/scram.py",
+        "mountaineer_db/engines/scram.py",
         "            while len(self._entries) > _MAX_ENTRIES:\n                self._entries.popitem(last=False)\n",
         "",
         ("tests/test_scram.py::test_the_cache_holds_at_most_its_bound_dropping_the_least_recently_used",),
@@ -616,7 +616,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "scram-cache-kept-at-dispose",
         "dispose_engines() empties the SCRAM cache",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "    clear_scram_cache()\n",
         "",
         ("tests/test_scram.py::test_direct_connections_derive_the_key_once_and_cache_exactly_hashlibs_value",),
@@ -624,7 +624,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "tag-outlives-transaction",
         "a request's tag (application_name) is SET LOCAL: it never outlives its transaction",
-        "mountaineer_db/origins.py",
+        "mountaineer_db/engines/origins.py",
         'return f"; SET LOCAL application_name = ',
         'return f"; SET application_name = ',
         (
@@ -635,7 +635,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "slow-query-never-logged",
         "a statement slower than DATABASE_SLOW_QUERY_THRESHOLD is logged",
-        "mountaineer_db/slow_queries.py",
+        "mountaineer_db/engines/slow_queries.py",
         "            if elapsed > threshold:\n                _log(elapsed, threshold, statement, None)",
         "            if elapsed > threshold * 1000:\n                _log(elapsed, threshold, statement, None)",
         ("tests/test_slow_queries.py",),
@@ -643,7 +643,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "slow-statement-not-cut",
         "the slow-query log shows a statement on one line, cut at 2,000 characters",
-        "mountaineer_db/slow_queries.py",
+        "mountaineer_db/engines/slow_queries.py",
         "MAX_STATEMENT_CHARS: Final = 2000",
         "MAX_STATEMENT_CHARS: Final = 20000",
         ("tests/test_slow_queries.py::test_a_long_statement_is_logged_on_one_line_cut_at_2000_characters",),
@@ -659,7 +659,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "pool-waiters-lifo",
         "pool waiters get connections in arrival order (FIXED_PROCESS tail latency)",
-        "mountaineer_db/fair_pool.py",
+        "mountaineer_db/engines/fair_pool.py",
         "            waiter = self._waiters.popleft()",
         "            waiter = self._waiters.pop()",
         ("tests/test_fair_pool.py",),
@@ -667,7 +667,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "health-ignores-pending-migrations",
         "check_database reports a database behind the code's migrations as not ready",
-        "mountaineer_db/health.py",
+        "mountaineer_db/observability/health.py",
         "    if heads is None or found is None or set(found) == set(heads.heads):",
         "    if True:",
         ("tests/example_app/test_readiness.py",),
@@ -675,7 +675,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "health-via-migrations-url",
         "check_database goes the app's own way, never through MIGRATIONS_DATABASE_URI",
-        "mountaineer_db/health.py",
+        "mountaineer_db/observability/health.py",
         "        engine = engine_for(config)\n",
         "        engine = engine_for(config, url=config.migrations_url)\n",
         ("tests/test_health.py::test_it_never_goes_through_the_migrations_url",),
@@ -683,7 +683,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "health-unbounded",
         "check_database answers within DATABASE_CONNECT_TIMEOUT, even when queries hang",
-        "mountaineer_db/health.py",
+        "mountaineer_db/observability/health.py",
         "    async with asyncio.timeout(timeout):\n        return await _probe(",
         "    async with asyncio.timeout(None):\n        return await _probe(",
         (
@@ -758,7 +758,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "read-session-writable",
         "read sessions are read-only: a write fails clearly, on a replica or on the primary",
-        "mountaineer_db/read_sessions.py",
+        "mountaineer_db/requests/read_sessions.py",
         "connection.execution_options(postgresql_readonly=True,",
         "connection.execution_options(postgresql_readonly=False,",
         ("tests/test_replicas.py::test_a_write_on_a_read_session_fails_clearly",),
@@ -766,7 +766,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "lagging-replica-used",
         "a replica more than DATABASE_REPLICA_MAX_LAG behind is skipped",
-        "mountaineer_db/replicas.py",
+        "mountaineer_db/replicas/replica_set.py",
         "            if not health.standby or health.lag > self.max_lag:",
         "            if not health.standby:",
         ("tests/test_replicas.py::test_a_lagging_replica_is_skipped_for_everyone_until_it_catches_up",),
@@ -774,7 +774,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "max-wait-unbounded",
         "a read waits at most DATABASE_REPLICA_MAX_WAIT for a replica, then reads the primary",
-        "mountaineer_db/replicas.py",
+        "mountaineer_db/replicas/replica_set.py",
         "        deadline = time.monotonic() + self.max_wait",
         "        deadline = time.monotonic() + 3600",
         ("tests/test_replicas.py::test_a_read_waits_no_longer_than_the_max_wait_then_reads_its_write_on_the_primary",),
@@ -782,7 +782,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "forged-cookie-trusted",
         "a read-your-writes cookie we did not sign is ignored",
-        "mountaineer_db/read_your_writes.py",
+        "mountaineer_db/replicas/read_your_writes.py",
         "        if not any(hmac.compare_digest(",
         "        if False and not any(hmac.compare_digest(",
         ("tests/test_read_your_writes.py", "tests/test_replicas.py::test_a_forged_cookie_is_ignored"),
@@ -791,7 +791,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "pool-handover-full",
         "a pool waiter cancelled after its hand-over gives the connection back even when the pool is full",
-        "mountaineer_db/fair_pool.py",
+        "mountaineer_db/engines/fair_pool.py",
         "            queue.return_unused = self._do_return_conn",
         "            pass",
         (
@@ -802,7 +802,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "pool-handover-lost",
         "a connection handed to a pool waiter cancelled before it ran is never lost",
-        "mountaineer_db/fair_pool.py",
+        "mountaineer_db/engines/fair_pool.py",
         "                self.return_unused(waiter.result())",
         "                pass",
         ("tests/test_fair_pool.py",),
@@ -810,7 +810,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "isolation-first-transaction-only",
         "run_in_transaction's isolation level holds for every transaction of the attempt",
-        "mountaineer_db/retries.py",
+        "mountaineer_db/requests/retries.py",
         "        async with session_scope(engine, execution_options=options) as session:\n",
         "        async with session_scope(engine) as session:\n"
         "            if options is not None:\n"
@@ -820,7 +820,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "replay-drops-hooks",
         "on_commit hooks registered before a replayed first statement still run at the commit",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "    with hooks_carried_over(session):",
         "    if True:",
         (
@@ -830,7 +830,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "replica-read-cancel-strands",
         "a read cancelled while it picks its replica gives the replica connection back",
-        "mountaineer_db/read_sessions.py",
+        "mountaineer_db/requests/read_sessions.py",
         "        except BaseException as error:\n            # Could not begin",
         "        except Exception as error:\n            # Could not begin",
         ("tests/test_replicas.py::test_a_read_cancelled_while_it_picks_its_replica_gives_the_connection_back",),
@@ -838,7 +838,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "probe-pools-interrupted-connection",
         "a replica probe interrupted mid-statement drops its connection instead of pooling it",
-        "mountaineer_db/replicas.py",
+        "mountaineer_db/replicas/replica_set.py",
         "                    driver.terminate()\n                    raw.invalidate()\n",
         "",
         ("tests/test_replicas.py::test_a_replica_probe_cancelled_while_it_reads_the_status_gives_its_connection_back",),
@@ -846,7 +846,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "row-lock-is-a-change",
         "an action that only locked rows gets no 'uncommitted changes' warning",
-        "mountaineer_db/rerender.py",
+        "mountaineer_db/requests/rerender.py",
         "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')",
         "AND l.mode NOT IN ('AccessShareLock')",
         (
@@ -856,7 +856,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "sql-write-unseen",
         "an action's uncommitted SQL write is rolled back with a warning",
-        "mountaineer_db/rerender.py",
+        "mountaineer_db/requests/rerender.py",
         '"SELECT CASE WHEN txid_current_if_assigned() IS NULL THEN false ELSE EXISTS ("',
         '"SELECT CASE WHEN true THEN false ELSE EXISTS ("',
         (
@@ -866,7 +866,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "cleanup-not-shielded-at-handover",
         "a cancellation pending as a session's cleanup starts lets the cleanup finish",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "    task = asyncio.ensure_future(work)\n",
         "    await work\n    return\n    task = asyncio.ensure_future(work)\n",
         ("tests/test_handovers.py::test_a_cancellation_pending_as_the_cleanup_starts_lets_the_cleanup_finish",),
@@ -874,7 +874,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "cookie-never-secure",
         "the read-your-writes cookie is Secure over HTTPS (and HttpOnly, SameSite=Lax)",
-        "mountaineer_db/read_your_writes.py",
+        "mountaineer_db/replicas/read_your_writes.py",
         '        secure = self.request is not None and self.request.url.scheme in ("https", "wss")',
         "        secure = False",
         ("tests/test_read_your_writes.py::test_the_cookie_is_httponly_samesite_lax_and_secure_over_https",),
@@ -883,7 +883,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "data-exception-is-a-500",
         "a value the database cannot take is a 422 naming the kind of problem",
-        "mountaineer_db/session.py",
+        "mountaineer_db/requests/session.py",
         "invalid = invalid_input_error_for(error) if unavailable is None else None",
         "invalid = None",
         ("tests/test_data_errors.py", "tests/test_hostile_input.py"),
@@ -891,7 +891,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "driver-message-with-the-value-logged",
         "no value a client sent reaches a log line (asyncpg quotes arguments it cannot encode)",
-        "mountaineer_db/data_errors.py",
+        "mountaineer_db/engines/data_errors.py",
         '        return f"invalid input for query argument {argument}: {_argument_reason(driver)}"',
         "        return str(driver)",
         ("tests/test_data_errors.py",),
@@ -899,7 +899,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "server-data-exception-text-logged",
         "no value a client sent reaches a log line (PostgreSQL quotes values in class 22 messages)",
-        "mountaineer_db/data_errors.py",
+        "mountaineer_db/engines/data_errors.py",
         "    if code is not None and code.startswith(DATA_EXCEPTION_CLASS):",
         "    if False:",
         ("tests/test_data_errors.py",),
@@ -907,7 +907,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "get-or-404-with-an-impossible-key",
         "a lookup by a key no row can have is a 404",
-        "mountaineer_db/http_errors.py",
+        "mountaineer_db/requests/http_errors.py",
         "        if invalid_input_error_for(error) is None:\n            raise",
         "        raise",
         ("tests/test_data_errors.py::test_a_lookup_by_an_id_past_the_columns_range_is_a_404",),
@@ -915,7 +915,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "rollback-line-without-a-transaction",
         "our rollback line only when there was a transaction to roll back",
-        "mountaineer_db/failure_log.py",
+        "mountaineer_db/requests/failure_log.py",
         "    if not (failure or transaction_open):",
         "    if False:",
         (
@@ -926,7 +926,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "readiness-probe-per-call",
         "concurrent readiness checks share one probe and one connection",
-        "mountaineer_db/health.py",
+        "mountaineer_db/observability/health.py",
         "    probe = _in_flight.get(key)",
         "    probe = None",
         ("tests/test_health.py",),
@@ -934,7 +934,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "readiness-details-public",
         "the readiness JSON shows anyone no host, port, database, login or server text",
-        "mountaineer_db/health.py",
+        "mountaineer_db/observability/health.py",
         "    def as_dict(self, *, details: bool = False)",
         "    def as_dict(self, *, details: bool = True)",
         ("tests/test_health.py", "tests/example_app/test_readiness.py"),
@@ -942,7 +942,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "cookie-key-from-the-password",
         "the read-your-writes key is never derived from the database password",
-        "mountaineer_db/read_your_writes.py",
+        "mountaineer_db/replicas/read_your_writes.py",
         "    keys = cookie_keys(config)\n    if keys:",
         "    keys = cookie_keys(config) or [config.database_url.render_as_string(hide_password=False)]\n    if keys:",
         ("tests/test_read_your_writes.py",),
@@ -950,7 +950,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "production-without-cookie-keys",
         "production with replicas refuses to start without read-your-writes keys",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         '    if config.DATABASE_REPLICA_URLS and not keys and deploy_environment(config) == "production":',
         "    if False:",
         ("tests/test_read_your_writes.py",),
@@ -958,7 +958,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "engine-url-keeps-the-password",
         "engine.url holds no password",
-        "mountaineer_db/engine.py",
+        "mountaineer_db/engines/engine.py",
         "create_async_engine(without_password(url), **kwargs)",
         "create_async_engine(url.set(password=None), **kwargs)",
         ("tests/test_engine.py::test_the_engine_url_holds_no_password_yet_the_engine_logs_in",),
@@ -966,7 +966,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "initdb-password-file-named",
         "initdb's password file is private and in no folder, even after SIGKILL",
-        "mountaineer_db/cluster.py",
+        "mountaineer_db/servers/cluster.py",
         "        with tempfile.TemporaryFile(dir=self.data_dir.parent) as handle:",
         '        with open(self.data_dir.parent / f".{self.data_dir.name}.pw", "w+b") as handle:',
         (
@@ -977,7 +977,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "secret-files-created-readable",
         "files holding secrets are 0600 from their first byte",
-        "mountaineer_db/_processes.py",
+        "mountaineer_db/servers/_processes.py",
         "os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)",
         "os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)",
         ("tests/test_secrets_on_disk.py",),
@@ -985,7 +985,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "userlist-takes-a-line-break",
         "a password PgBouncer's user list cannot hold is a clear error",
-        "mountaineer_db/pgbouncer.py",
+        "mountaineer_db/servers/pgbouncer.py",
         '            if any(character in text for character in "\\n\\r\\x00"):',
         "            if False:",
         ("tests/test_secrets_on_disk.py::test_a_password_the_files_cannot_hold_is_a_clear_error",),
@@ -993,7 +993,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "infinite-timeouts-accepted",
         "inf and nan timeouts are refused when the config is built",
-        "mountaineer_db/config_checks.py",
+        "mountaineer_db/settings/checks.py",
         "        if name.startswith(_OUR_PREFIXES) and isinstance(value, float) and not math.isfinite(value):",
         "        if False:",
         ("tests/test_config.py",),
@@ -1017,7 +1017,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     M(
         "createdb-sends-a-nul",
         "createdb and dropdb refuse a name with a NUL before any statement",
-        "mountaineer_db/admin.py",
+        "mountaineer_db/migrations/admin.py",
         '    if "\\x00" in name:\n        raise ConfigurationError(\n            "The database name holds',
         '    if False:\n        raise ConfigurationError(\n            "The database name holds',
         ("tests/test_admin.py::test_names_postgresql_cannot_take_are_refused_before_any_statement",),

@@ -16,8 +16,8 @@ import pytest
 from mountaineer.config import unregister_config
 
 from mountaineer_db import DatabaseConfig, dispose_engines
-from mountaineer_db.cluster import ExternalServer, PostgresCluster
-from mountaineer_db.pgbouncer import PgBouncer, find_pgbouncer
+from mountaineer_db.servers.cluster import ExternalServer, PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer, find_pgbouncer
 from tests.sample_apps import server_execute, server_fetch
 
 IN_CI = bool(os.environ.get("CI"))

@@ -107,7 +107,7 @@ def build_app(view_root: Path, config: ObservedConfig) -> AppController:
 
 
 async def create_tables(config: DatabaseConfig) -> None:
-    from mountaineer_db.engine import engine_for
+    from mountaineer_db.engines.engine import engine_for
 
     async with engine_for(config).begin() as connection:
         await connection.run_sync(lambda sync: ObservedNote.__table__.drop(sync, checkfirst=True))  # type: ignore[attr-defined]

@@ -180,9 +180,9 @@ async def _measure() -> None:
     from mountaineer.config import unregister_config
 
     from mountaineer_db import dispose_engines
-    from mountaineer_db.cluster import PostgresCluster
-    from mountaineer_db.engine import engine_for
-    from mountaineer_db.stale_statements import uninstall_stale_statement_recovery
+    from mountaineer_db.engines.engine import engine_for
+    from mountaineer_db.engines.stale_statements import uninstall_stale_statement_recovery
+    from mountaineer_db.servers.cluster import PostgresCluster
 
     logging.disable(logging.CRITICAL)
     with PostgresCluster.temporary() as server:

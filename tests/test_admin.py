@@ -21,7 +21,7 @@ from mountaineer_db import (
     ResourceNotFoundError,
     admin,
 )
-from mountaineer_db.cluster import PostgresCluster, free_port
+from mountaineer_db.servers.cluster import PostgresCluster, free_port
 from tests.sample_apps import sample_app_on_path, server_execute, server_fetch
 
 HOSTILE = 'my-app"; drop table x; --'

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mountaineer_db.cli import cli, migrate
-from mountaineer_db.cluster import free_port
+from mountaineer_db.servers.cluster import free_port
 from tests.sample_apps import (
     cli_env,
     copy_sample_app,

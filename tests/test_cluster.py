@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from mountaineer_db import cluster as cluster_module
-from mountaineer_db.cluster import PostgresCluster, find_postgres_bindir
 from mountaineer_db.exceptions import ResourceNotFoundError
+from mountaineer_db.servers import cluster as cluster_module
+from mountaineer_db.servers.cluster import PostgresCluster, find_postgres_bindir
 
 
 async def _server_version(cluster: PostgresCluster) -> str:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlmodel import Field, SQLModel, func, select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, database_session, on_commit
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from tests.core_app import write_stub_views
 
 ACTION = "/internal/api/hooks_controller"

@@ -21,8 +21,8 @@ from sqlalchemy.util import greenlet_spawn
 from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, database_session
-from mountaineer_db.connections import MountaineerConnection
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.connections import MountaineerConnection
+from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.migrations import migration_engine
 from mountaineer_db.migrations.autocommit import OutsideTransactions
 from tests.core_app import write_stub_views
@@ -189,7 +189,7 @@ def _rerender_with_app_in_scope(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_canary_mountaineer_rerenders_on_a_request_without_app_in_its_scope(client: httpx.AsyncClient) -> None:
     """Upstream: `get_render_parameters` in mountaineer/actions/sideeffect_dec.py building the re-render's
-    Request from a plain dict (no `app`). Ours: `mountaineer_db.rerender` recognises the re-render
+    Request from a plain dict (no `app`). Ours: `mountaineer_db.requests.rerender` recognises the re-render
     that way and hands it the action's session (one connection per request); if this changes, the
     re-render falls back to a session of its own (see the next test)."""
     response = await client.post("/internal/api/notes_controller/add")
@@ -216,13 +216,13 @@ async def test_if_mountaineer_changes_its_rerender_the_fallback_is_a_correct_sec
 async def test_canary_asyncpg_derives_the_scram_key_through_its_protocol_modules_hashlib(make_config: Any) -> None:
     """Upstream: asyncpg 0.32's `SCRAMAuthentication._generate_salted_password` (asyncpg/protocol/scram.pyx,
     compiled into `asyncpg.protocol.protocol`) calling `hashlib.pbkdf2_hmac` through that module's global
-    `hashlib`. Ours: the SCRAM cache (`mountaineer_db.scram`) replaces that one global. If asyncpg derives the
+    `hashlib`. Ours: the SCRAM cache (`mountaineer_db.engines.scram`) replaces that one global. If asyncpg derives the
     key another way, connections still work but pay ~1 ms of CPU each again: this fails to say so."""
     import hashlib
 
     from asyncpg.protocol import protocol
 
-    from mountaineer_db.scram import _HashlibForAsyncpg, cache_info, clear_scram_cache
+    from mountaineer_db.engines.scram import _HashlibForAsyncpg, cache_info, clear_scram_cache
 
     found = getattr(protocol, "hashlib", None)
     assert found is hashlib or isinstance(found, _HashlibForAsyncpg), (
@@ -240,8 +240,8 @@ async def test_canary_asyncpg_derives_the_scram_key_through_its_protocol_modules
 async def test_canary_sqlalchemy_queue_pool_builds_its_queue_from_queue_class(make_config: Any) -> None:
     """Upstream: `QueuePool.__init__` building `self._pool = self._queue_class(pool_size, use_lifo=...)` and
     checking out through `_pool.get(wait, timeout)` (sqlalchemy/pool/impl.py, 2.0 and 2.1). Ours: FIXED_PROCESS's
-    first-come-first-served waiters (`mountaineer_db.fair_pool`); without it waiters can be overtaken again."""
-    from mountaineer_db.fair_pool import FairQueue
+    first-come-first-served waiters (`mountaineer_db.engines.fair_pool`); without it waiters can be overtaken again."""
+    from mountaineer_db.engines.fair_pool import FairQueue
 
     config = make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=2, DATABASE_MAX_OVERFLOW=0)
     pool = engine_for(config).pool
@@ -258,7 +258,7 @@ async def test_canary_sqlalchemy_queue_pool_returns_a_record_through_do_return_c
     raises `Full`, closes it and releases its overflow slot (sqlalchemy/pool/impl.py, 2.0 and 2.1). Ours: a
     connection handed to a pool waiter cancelled before it ran goes back through it (`fair_pool`); without
     it, that connection is never given back."""
-    from mountaineer_db.fair_pool import FairQueue
+    from mountaineer_db.engines.fair_pool import FairQueue
 
     config = make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=1)
     pool = engine_for(config).pool
@@ -329,7 +329,7 @@ def test_canary_mountaineer_routes_name_their_controller(tmp_path: Path) -> None
     Ours: `origins.origin_label` names a request's work `Controller.action` from its route endpoint."""
     from mountaineer.config import unregister_config
 
-    from mountaineer_db.origins import origin_label
+    from mountaineer_db.engines.origins import origin_label
     from tests.observed_app import NotesController, ObservedConfig, build_app
 
     unregister_config()
@@ -380,12 +380,12 @@ async def test_canary_asyncpg_refuses_an_argument_it_cannot_encode_as_its_dataer
     """Upstream: asyncpg's `_encode_bind_msg` (asyncpg/protocol/prepared_stmt.pyx) raising
     `asyncpg.DataError` (SQLSTATE 22000) as `invalid input for query argument $N: <value> (<reason>)`
     with the Python error chained. Ours: such an argument is a 422 naming the kind of problem
-    (`mountaineer_db.data_errors`), and our log lines name the argument and the reason, never the
+    (`mountaineer_db.engines.data_errors`), and our log lines name the argument and the reason, never the
     value. If the message or the chaining change, the 422 stays (SQLSTATE class 22) but loses its
     kind ("A value is not valid for the database (SQLSTATE 22000).")."""
     from sqlalchemy.exc import DBAPIError
 
-    from mountaineer_db.data_errors import describe_error, driver_error_of, invalid_input_error_for
+    from mountaineer_db.engines.data_errors import describe_error, driver_error_of, invalid_input_error_for
 
     with pytest.raises(DBAPIError) as caught:
         async with engine_for(make_config()).connect() as connection:

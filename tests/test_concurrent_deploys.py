@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from mountaineer_db import migrations
-from mountaineer_db.cluster import free_port
-from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.cluster import free_port
+from mountaineer_db.servers.pgbouncer import PgBouncer
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import (
     PYTHON,
     cli_env,

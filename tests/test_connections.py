@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, database_session
-from mountaineer_db._processes import chown_tree, run_user
-from mountaineer_db.cluster import PostgresCluster
+from mountaineer_db.servers._processes import chown_tree, run_user
+from mountaineer_db.servers.cluster import PostgresCluster
 
 SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 

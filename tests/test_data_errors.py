@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, InvalidInputError, database_session
-from mountaineer_db.cluster import free_port
-from mountaineer_db.data_errors import describe_error, invalid_input_error_for
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.data_errors import describe_error, invalid_input_error_for
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.servers.cluster import free_port
 from tests.hostile_app import ACTIONS, SCHEMA, HostileConfig, assert_never_logged, build_app
 
 TEXT = "The text holds a character the database cannot store (such as a NUL character)."

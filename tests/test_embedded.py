@@ -20,7 +20,7 @@ from mountaineer import ConfigBase
 from mountaineer import config as mountaineer_config
 
 from mountaineer_db import ConfigurationError, DatabaseConfig
-from mountaineer_db.embedded import ensure_embedded_database, stop_embedded_database
+from mountaineer_db.servers.embedded import ensure_embedded_database, stop_embedded_database
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ async def test_admin_starts_the_development_database_itself(folder: Path, monkey
 
     It says what it did: True the first time, as the database did not exist before (#32 item 8).
     """
-    from mountaineer_db import admin
+    from mountaineer_db.migrations import admin
 
     monkeypatch.chdir(folder.parent)  # the server lives in .mountaineer_db/ of the working directory
     mountaineer_config.unregister_config()
@@ -201,7 +201,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from mountaineer_db import DatabaseConfig
-    from mountaineer_db.embedded import ensure_embedded_database
+    from mountaineer_db.servers.embedded import ensure_embedded_database
     settings = DatabaseConfig(DATABASE_EMBEDDED=True, POSTGRES_DB="notes")
     config = ensure_embedded_database(settings, directory=sys.argv[1])
     print(config.database_url.port, flush=True)

@@ -14,7 +14,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
 from bench.wire import CountingProxy
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, DatabaseUnavailableError, database_session
-from mountaineer_db.engine import engines_on_this_loop
+from mountaineer_db.engines.engine import engines_on_this_loop
 from tests.conftest import admin_execute
 
 ConfigFactory = Callable[..., DatabaseConfig]
@@ -26,7 +26,7 @@ def test_import_does_no_io() -> None:
         "import socket\n"
         "def refuse(*a, **k): raise AssertionError('socket opened at import')\n"
         "socket.socket.connect = refuse\n"
-        "import mountaineer_db, mountaineer_db.dependencies, mountaineer_db.session\n"
+        "import mountaineer_db, mountaineer_db.requests.dependencies, mountaineer_db.requests.session\n"
         "from mountaineer_db import DatabaseConfig\n"
         "DatabaseConfig(POSTGRES_HOST='unreachable.invalid', POSTGRES_DB='x')\n"
         "print('ok')\n"

@@ -1,4 +1,4 @@
-"""FIXED_PROCESS's pool serves waiting requests in the order they came (`mountaineer_db.fair_pool`)."""
+"""FIXED_PROCESS's pool serves waiting requests in the order they came (`mountaineer_db.engines.fair_pool`)."""
 
 import asyncio
 from typing import Any
@@ -8,9 +8,9 @@ from sqlalchemy import event, exc, text
 from sqlalchemy.util import greenlet_spawn
 
 from mountaineer_db import DatabaseUnavailableError, database_session
-from mountaineer_db.dependencies import get_db
-from mountaineer_db.engine import engine_for
-from mountaineer_db.fair_pool import FairAsyncAdaptedQueuePool, FairQueue
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.fair_pool import FairAsyncAdaptedQueuePool, FairQueue
+from mountaineer_db.requests.dependencies import get_db
 from tests.handovers import OneStep, assert_nothing_stranded, backends
 
 

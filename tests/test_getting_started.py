@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mountaineer_db.cluster import free_port
+from mountaineer_db.servers.cluster import free_port
 from tests.docs_code import commands_in, files_in, write_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, SessionDep, database_session
-from mountaineer_db.dependencies import get_db
+from mountaineer_db.requests.dependencies import get_db
 from tests.core_app import write_stub_views
 from tests.handovers import HoldingProxy, OneStep, assert_nothing_stranded, idle_connections
 

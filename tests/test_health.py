@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import event
 
 from mountaineer_db import DatabaseCheck, DatabaseConfig, DatabaseStatus, check_database
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.testing import counted_queries
 from tests.sample_apps import fresh_database, superuser_connect
 

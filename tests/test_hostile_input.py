@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from tests.hostile_app import ACTIONS, SCHEMA, HostileConfig, assert_never_logged, build_app, logged_text
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,8 @@ from mountaineer_db import (
     get_or_404,
     map_integrity_errors,
 )
-from mountaineer_db.engine import engine_for
-from mountaineer_db.retries import sqlstate_of
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.requests.retries import sqlstate_of
 from tests.core_app import write_stub_views
 
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, database_session, dispose_engines
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from tests.lifecycle_worker import APP_NAME
 from tests.sample_apps import superuser_connect
 

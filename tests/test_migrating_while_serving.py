@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from mountaineer_db import migrations
-from mountaineer_db.cluster import free_port
-from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.servers.cluster import free_port
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import cli_env, fresh_database, sample_app_on_path, server_fetch, write_migrations_folder
 from tests.serving import Load, steady_load, uvicorn, wait_until_serving
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mountaineer_db import migrations
-from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import fresh_database, sample_app_on_path, server_execute, server_fetch
 
 

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from mountaineer_db import migrations
-from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.migrations import lock as lock_module
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import (
     HERE,
     PYTHON,

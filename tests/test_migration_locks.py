@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mountaineer_db import DatabaseConfigError, migrations
-from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import (
     PYTHON,
     cli_env,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from mountaineer_db import migrations
-from mountaineer_db.cluster import free_port
-from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.servers.cluster import free_port
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import cli_env, fresh_database, run_cli, sample_app_on_path, write_migrations_folder
 
 REVISIONS = {

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from mountaineer_db import ResourceNotFoundError, admin, migrations
-from mountaineer_db.config import DatabaseConfig
+from mountaineer_db import ResourceNotFoundError, migrations
+from mountaineer_db.migrations import admin
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import cli_env, copy_sample_app, fresh_database, run_cli, sample_app_on_path, server_execute
 
 CONFIG = ("--config", "migrapp.config:AppConfig")

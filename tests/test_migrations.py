@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
 
 from mountaineer_db import ResourceAlreadyExistsError, ResourceNotFoundError, migrations
-from mountaineer_db.cluster import free_port
-from mountaineer_db.config import DatabaseConfig
+from mountaineer_db.servers.cluster import free_port
+from mountaineer_db.settings.config import DatabaseConfig
 from tests.sample_apps import (
     PYTHON,
     cli_env,

@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 
 from mountaineer_db import DatabaseConfig
-from mountaineer_db.embedded import ensure_embedded_database, stop_embedded_database
+from mountaineer_db.servers.embedded import ensure_embedded_database, stop_embedded_database
 from tests.docs_code import FENCE, files_in, write_files
 from tests.sample_apps import fresh_database, old_template_schema, server_execute, server_fetch
 

@@ -18,8 +18,8 @@ from mountaineer.config import unregister_config
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, database_session
-from mountaineer_db.origins import application_name_suffix, origin_label, work_origin
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.engines.origins import application_name_suffix, origin_label, work_origin
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from tests.conftest import require_pgbouncer
 from tests.observed_app import SEEN, ObservedConfig, build_app, create_tables, own_application_name
 

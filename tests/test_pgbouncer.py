@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from mountaineer_db import DatabaseConfig, database_session
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.pgbouncer
 

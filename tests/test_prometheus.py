@@ -6,7 +6,7 @@ import prometheus_client
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, database_session
-from mountaineer_db.prometheus import DatabaseCollector, register_collector
+from mountaineer_db.observability.prometheus import DatabaseCollector, register_collector
 
 
 async def test_the_registry_exports_pool_and_connect_figures(make_config: Callable[..., DatabaseConfig]) -> None:

@@ -14,8 +14,8 @@ from mountaineer.config import unregister_config
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseConfigError, SessionDep
-from mountaineer_db import read_your_writes as ryw
-from mountaineer_db.read_your_writes import COOKIE_NAME, Signer, format_position, signer_for
+from mountaineer_db.replicas import read_your_writes as ryw
+from mountaineer_db.replicas.read_your_writes import COOKIE_NAME, Signer, format_position, signer_for
 from tests.core_app import write_stub_views
 
 PRIMARY = "postgresql://app:pw-one@primary.internal/appdb"

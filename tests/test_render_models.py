@@ -21,7 +21,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 from sqlmodel import Field, Relationship, SQLModel, select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, PoolType
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from tests.core_app import write_stub_views
 
 ACTION = "/internal/api/heroes_controller"

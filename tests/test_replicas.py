@@ -36,15 +36,22 @@ from mountaineer_db import (
     database_session,
     dispose_engines,
 )
-from mountaineer_db import replicas as replicas_module
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.dependencies import get_db
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.migrations.environment import migration_engine
-from mountaineer_db.pgbouncer import PgBouncer
-from mountaineer_db.read_your_writes import COOKIE_NAME, signer_for
-from mountaineer_db.replicas import REFRESH_INTERVAL, REPLAY_SQL, STATUS_SQL, ReplicaSet, replica_status, replicas_of
-from mountaineer_db.replication import StreamingReplica, streaming_replicas
+from mountaineer_db.replicas import replica_set as replicas_module
+from mountaineer_db.replicas.read_your_writes import COOKIE_NAME, signer_for
+from mountaineer_db.replicas.replica_set import (
+    REFRESH_INTERVAL,
+    REPLAY_SQL,
+    STATUS_SQL,
+    ReplicaSet,
+    replica_status,
+    replicas_of,
+)
+from mountaineer_db.requests.dependencies import get_db
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
+from mountaineer_db.servers.replication import StreamingReplica, streaming_replicas
 from mountaineer_db.testing import pause_replay, resume_replay, wait_for_replicas
 from tests.conftest import require_pgbouncer
 from tests.core_app import write_stub_views
@@ -874,7 +881,7 @@ async def test_canary_sqlalchemy_asyncpg_adapter_starts_its_transaction_when_ask
 ) -> None:
     """`_start_transaction()` of SQLAlchemy's asyncpg adapter (2.0 and 2.1) sends BEGIN now, once.
 
-    mountaineer_db.read_sessions sends a replica read's BEGIN early through it. If SQLAlchemy
+    mountaineer_db.requests.read_sessions sends a replica read's BEGIN early through it. If SQLAlchemy
     renames it or makes it lazy, this fails: then BEGIN goes with the first statement again.
     """
     engine = engine_for(make_config(DATABASE_REPLICA_URLS=[]))

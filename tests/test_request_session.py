@@ -21,7 +21,7 @@ from sqlalchemy import event, text
 from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, database_session
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from tests.core_app import write_stub_views
 
 APP_NAME = "request_session_app"

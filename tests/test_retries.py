@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from mountaineer_db import AsyncSession, DatabaseConfig, database_session, on_commit, retries, run_in_transaction
-from mountaineer_db.engine import engine_for
-from mountaineer_db.retries import sqlstate_of
+from mountaineer_db import AsyncSession, DatabaseConfig, database_session, on_commit, run_in_transaction
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.requests import retries
+from mountaineer_db.requests.retries import sqlstate_of
 
 WARNING_PREFIX = "mountaineer_db"
 
@@ -198,7 +199,7 @@ async def test_when_the_retries_are_used_up_the_last_error_propagates(
 
 
 class _RecordedWaits:
-    """`asyncio` as mountaineer_db.retries sees it, except that `sleep` records the wait instead of waiting."""
+    """`asyncio` as mountaineer_db.requests.retries sees it, except that `sleep` records the wait instead of waiting."""
 
     def __init__(self) -> None:
         self.waits: list[float] = []

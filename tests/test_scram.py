@@ -1,4 +1,4 @@
-"""The SCRAM salted-password cache (`mountaineer_db.scram`), against real PostgreSQL and PgBouncer.
+"""The SCRAM salted-password cache (`mountaineer_db.engines.scram`), against real PostgreSQL and PgBouncer.
 
 PgBouncer here holds the role's SCRAM secret in its `auth_file`, as its documentation
 recommends: the salt and iteration count are then the same on every connection, which is
@@ -23,9 +23,9 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, database_session, dispose_engines
-from mountaineer_db.engine import engine_for
-from mountaineer_db.pgbouncer import PgBouncer
-from mountaineer_db.scram import _HashlibForAsyncpg, _key, cache_info, clear_scram_cache, scram_attempt
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.scram import _HashlibForAsyncpg, _key, cache_info, clear_scram_cache, scram_attempt
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from tests.conftest import admin_execute, require_pgbouncer
 from tests.sample_apps import superuser_connect
 
@@ -142,7 +142,7 @@ async def test_direct_connections_derive_the_key_once_and_cache_exactly_hashlibs
     assert await _query(config) == ROLE
     assert cache_info() == (1, 1, 1)
     salt, expected, iterations = _salted(role, await _secret(pg_server))
-    from mountaineer_db.scram import _cache
+    from mountaineer_db.engines.scram import _cache
 
     assert _cache._entries[_key("sha256", role.encode(), salt, iterations, None)] == expected
     await dispose_engines()
@@ -261,7 +261,7 @@ def test_the_hook_returns_hashlibs_bytes_and_caches_only_authenticated_attempts(
 async def test_no_password_or_derived_key_in_reprs_or_logs(
     pg_server: Any, scram_bouncer: PgBouncer, test_database: str, role: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mountaineer_db import scram
+    from mountaineer_db.engines import scram
 
     caplog.set_level(logging.DEBUG)
     config = _bounced(scram_bouncer, test_database, role, DATABASE_ECHO=True)

@@ -23,10 +23,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from mountaineer_db._processes import run_user, write_private
-from mountaineer_db.cluster import ClusterError, PostgresCluster, find_postgres_bindir
-from mountaineer_db.embedded import EmbeddedDatabase
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers._processes import run_user, write_private
+from mountaineer_db.servers.cluster import ClusterError, PostgresCluster, find_postgres_bindir
+from mountaineer_db.servers.embedded import EmbeddedDatabase
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from tests.conftest import require_pgbouncer
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def test_a_start_killed_during_initdb_leaves_no_password_behind(shared_dir: Path
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from mountaineer_db.cluster import PostgresCluster; "
+            "import sys; from pathlib import Path; from mountaineer_db.servers.cluster import PostgresCluster; "
             "PostgresCluster(Path(sys.argv[1]), password=sys.argv[2], bindir=Path(sys.argv[3])).start()",
             str(root / "data"),
             PASSWORD,

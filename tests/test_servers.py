@@ -47,9 +47,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mountaineer_db.cluster import find_postgres_bindir, free_port
 from mountaineer_db.exceptions import ResourceNotFoundError
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.cluster import find_postgres_bindir, free_port
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from mountaineer_db.testing import create_schema, throwaway_database
 from tests.example_app._require import require_example_app
 from tests.sample_apps import superuser_connect

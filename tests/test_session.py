@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from mountaineer_db import AsyncSession, DatabaseUnavailableError, database_session
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from tests.core_app import OBSERVED, CoreAppConfig, CoreTodo, build_app
 
 ConfigFactory = Any

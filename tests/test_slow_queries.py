@@ -11,8 +11,8 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from mountaineer_db import DatabaseConfig, database_session
-from mountaineer_db.config import DatabaseConfigError
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.settings.config import DatabaseConfigError
 from tests.observed_app import ObservedConfig, build_app, create_tables
 
 SECRET = "do-not-log-this-parameter"

@@ -22,8 +22,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
 from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, SchemaChangedError, SessionDep, on_commit
-from mountaineer_db.engine import engine_for
-from mountaineer_db.stale_statements import _recover, stale_statement_cause, uninstall_stale_statement_recovery
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.stale_statements import _recover, stale_statement_cause, uninstall_stale_statement_recovery
 from tests.core_app import write_stub_views
 from tests.sample_apps import server_execute
 from tests.stale_load import (

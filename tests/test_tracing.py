@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, database_session
-from mountaineer_db.engine import engine_for
-from mountaineer_db.tracing import instrument_opentelemetry, uninstrument_opentelemetry
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.observability.tracing import instrument_opentelemetry, uninstrument_opentelemetry
 
 SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 

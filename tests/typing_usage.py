@@ -33,11 +33,12 @@ from mountaineer_db import (
     on_commit,
     run_in_transaction,
 )
-from mountaineer_db.metrics import EngineMetrics, database_metrics
-from mountaineer_db.origins import work_origin
-from mountaineer_db.prometheus import DatabaseCollector, register_collector
-from mountaineer_db.replicas import replica_status
-from mountaineer_db.stale_statements import install_stale_statement_recovery
+from mountaineer_db.engines.metrics import EngineMetrics, database_metrics
+from mountaineer_db.engines.origins import work_origin
+from mountaineer_db.engines.stale_statements import install_stale_statement_recovery
+from mountaineer_db.observability.prometheus import DatabaseCollector, register_collector
+from mountaineer_db.observability.tracing import instrument_opentelemetry, uninstrument_opentelemetry
+from mountaineer_db.replicas.replica_set import replica_status
 from mountaineer_db.testing import (
     QueryLog,
     assert_max_queries,
@@ -46,7 +47,6 @@ from mountaineer_db.testing import (
     counted_queries,
     wait_for_replicas,
 )
-from mountaineer_db.tracing import instrument_opentelemetry, uninstrument_opentelemetry
 
 
 class TypedConfig(DatabaseConfig, ConfigBase):

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from mountaineer import APIException, AppController
 
 from mountaineer_db import ResourceNotFoundError, check_database, dispose_engines
-from mountaineer_db.embedded import ensure_embedded_database
+from mountaineer_db.servers.embedded import ensure_embedded_database
 from todo_app.config import AppConfig
 from todo_app.controllers.detail import DetailController
 from todo_app.controllers.errors import TodoNotFound

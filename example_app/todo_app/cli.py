@@ -11,7 +11,7 @@ from mountaineer.cli import handle_build, handle_runserver
 
 from mountaineer_db import MountaineerDBError
 from mountaineer_db.cli import createdb, dropdb, migrate
-from mountaineer_db.embedded import ensure_embedded_database
+from mountaineer_db.servers.embedded import ensure_embedded_database
 from todo_app.config import AppConfig
 
 WEBCONTROLLER = "todo_app.main:controller"

@@ -16,10 +16,10 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.exceptions import MigrationError
 from mountaineer_db.migrations.plumbing import on_connection, setup, sqlstate
 from mountaineer_db.migrations.project import load_config, load_metadata
+from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = [
     "ALREADY_EXISTS",

@@ -40,8 +40,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.engine import describe_target
+from mountaineer_db.engines.engine import describe_target
 from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
 from mountaineer_db.migrations.adoption import adoption_error, is_adoption_failure
 from mountaineer_db.migrations.differences import describe_difference
@@ -63,6 +62,7 @@ from mountaineer_db.migrations.plumbing import (
     setup,
 )
 from mountaineer_db.migrations.project import load_config, load_metadata, migrations_directory
+from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = [
     "MigrationCheckError",

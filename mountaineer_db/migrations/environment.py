@@ -8,9 +8,9 @@ from typing import Any, Literal
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mountaineer_db.config import DatabaseConfig, PoolType
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.migrations.lock import MIGRATION_LOCK_KEY, migration_lock
+from mountaineer_db.settings.config import DatabaseConfig, PoolType
 
 __all__ = ["MIGRATION_LOCK_KEY", "migration_engine", "migration_lock", "migration_settings", "render_item"]
 

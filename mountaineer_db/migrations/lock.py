@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mountaineer_db.data_errors import describe_error
+from mountaineer_db.engines.data_errors import describe_error
 
 __all__ = ["LOCK_REPORT_INTERVAL", "MIGRATION_LOCK_KEY", "PROGRESS", "PROGRESS_ATTRIBUTE", "migration_lock"]
 

@@ -20,7 +20,6 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.exceptions import (  # defined there with every other error
     MigrationCheckError,
     MigrationError,
@@ -30,6 +29,7 @@ from mountaineer_db.exceptions import (  # defined there with every other error
 from mountaineer_db.migrations.autocommit import OutsideTransactions
 from mountaineer_db.migrations.environment import migration_engine, migration_lock
 from mountaineer_db.migrations.project import load_config, migrations_directory
+from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = [
     "MigrationCheckError",

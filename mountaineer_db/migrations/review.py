@@ -28,7 +28,6 @@ from typing import Any, Final
 from alembic import command
 from sqlalchemy.engine import Connection
 
-from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.exceptions import DatabaseUnavailableError
 from mountaineer_db.migrations.plumbing import (
     MigrationError,
@@ -38,6 +37,7 @@ from mountaineer_db.migrations.plumbing import (
     on_connection,
     setup,
 )
+from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = ["LINT_EXCLUDED_RULES", "LintFinding", "lint", "sql"]
 

@@ -22,7 +22,7 @@ With pytest, the same as fixtures (this module's plugin is registered automatica
 and docs/transactions.md.
 """
 
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from mountaineer_db.testing.commit_hooks import captured_on_commit
 from mountaineer_db.testing.databases import (
     KIT_COMMENT,

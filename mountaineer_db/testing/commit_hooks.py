@@ -14,7 +14,7 @@ async def test_signup_sends_the_welcome_mail(mdb_client, outbox):
 import contextlib
 from collections.abc import Iterator
 
-from mountaineer_db.commit_hooks import CommitHook, capturing
+from mountaineer_db.requests.commit_hooks import CommitHook, capturing
 
 __all__ = ["captured_on_commit"]
 

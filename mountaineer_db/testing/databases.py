@@ -26,12 +26,12 @@ import asyncpg
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, make_url
 
-from mountaineer_db._blocking import run_blocking, run_coroutine
-from mountaineer_db.cluster import ExternalServer, PostgresCluster
-from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.engine import describe_target, engine_for
+from mountaineer_db.engines.engine import describe_target, engine_for
 from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers._blocking import run_blocking, run_coroutine
+from mountaineer_db.servers.cluster import ExternalServer, PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
+from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = [
     "KIT_COMMENT",
@@ -239,7 +239,7 @@ def create_schema(config: DatabaseConfig, schema: Schema) -> None:
     `asyncio.run` itself (Alembic's async `env.py` does); an async hook is awaited.
     """
     if isinstance(schema, MetaData):
-        from mountaineer_db.admin import create_all_tables  # imports the migrations package: only when used
+        from mountaineer_db.migrations.admin import create_all_tables  # imports the migrations package: only when used
 
         metadata = schema
 

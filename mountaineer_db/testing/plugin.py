@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import pytest
 
 if TYPE_CHECKING:
-    from mountaineer_db.config import DatabaseConfig
-    from mountaineer_db.pgbouncer import PgBouncer
-    from mountaineer_db.replication import StreamingReplica
+    from mountaineer_db.servers.pgbouncer import PgBouncer
+    from mountaineer_db.servers.replication import StreamingReplica
+    from mountaineer_db.settings.config import DatabaseConfig
     from mountaineer_db.testing.databases import Schema, Server, ThrowawayDatabase
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -88,7 +88,7 @@ def mdb_config(mdb_database: "ThrowawayDatabase") -> "DatabaseConfig":
     """
     from mountaineer import config as mountaineer_config
 
-    from mountaineer_db.config import DatabaseConfig
+    from mountaineer_db.settings.config import DatabaseConfig
 
     registered = mountaineer_config.APP_CONFIG
     if isinstance(registered, DatabaseConfig):
@@ -139,7 +139,7 @@ def mdb_pgbouncer(mdb_server: "Server") -> "Iterator[PgBouncer]":
 
     `mdb_database.url_via(mdb_pgbouncer)` is the test database's URL through it.
     """
-    from mountaineer_db.pgbouncer import find_pgbouncer
+    from mountaineer_db.servers.pgbouncer import find_pgbouncer
     from mountaineer_db.testing.databases import pgbouncer_for
 
     if find_pgbouncer() is None:
@@ -154,7 +154,7 @@ def mdb_replicas(mdb_server: "Server") -> "Iterator[list[StreamingReplica]]":
 
     Replicas see committed data only: tests that read through them commit for real and clean up.
     """
-    from mountaineer_db.cluster import PostgresCluster
+    from mountaineer_db.servers.cluster import PostgresCluster
     from mountaineer_db.testing.replicas import streaming_replicas
 
     if not isinstance(mdb_server, PostgresCluster):
@@ -170,7 +170,7 @@ def mdb_replica_config(
     """A config for `mdb_database` reading from `mdb_replicas` (the app's config class when registered)."""
     from mountaineer import config as mountaineer_config
 
-    from mountaineer_db.config import DatabaseConfig
+    from mountaineer_db.settings.config import DatabaseConfig
     from mountaineer_db.testing.replicas import replica_config
 
     registered = mountaineer_config.APP_CONFIG

@@ -33,8 +33,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mountaineer_db.origins import INTERNAL_STATEMENT
-from mountaineer_db.slow_queries import statement_summary
+from mountaineer_db.engines.origins import INTERNAL_STATEMENT
+from mountaineer_db.engines.slow_queries import statement_summary
 
 __all__ = ["QueryLog", "assert_max_queries", "assert_num_queries", "counted_queries"]
 

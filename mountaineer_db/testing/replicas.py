@@ -21,14 +21,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL
 
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.connections import Connector
+from mountaineer_db.engines.connections import Connector
 from mountaineer_db.exceptions import ConfigurationError, describe_target
-from mountaineer_db.read_your_writes import POSITION_SQL, format_position
-from mountaineer_db.replicas import REPLAY_SQL
-from mountaineer_db.replication import StreamingReplica
-from mountaineer_db.replication import streaming_replicas as _streaming_replicas
+from mountaineer_db.replicas.read_your_writes import POSITION_SQL, format_position
+from mountaineer_db.replicas.replica_set import REPLAY_SQL
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.replication import StreamingReplica
+from mountaineer_db.servers.replication import streaming_replicas as _streaming_replicas
+from mountaineer_db.settings.config import DatabaseConfig
 from mountaineer_db.testing.databases import Server, ThrowawayDatabase
 
 __all__ = ["pause_replay", "replica_config", "resume_replay", "streaming_replicas", "wait_for_replicas"]

@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection, Request
 
-from mountaineer_db.config import DatabaseConfig
-from mountaineer_db.data_errors import invalid_input_error_for
-from mountaineer_db.dependencies import get_db_read_session, get_db_session
-from mountaineer_db.engine import engine_for
-from mountaineer_db.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
-from mountaineer_db.session import run_shielded
+from mountaineer_db.engines.data_errors import invalid_input_error_for
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.requests.dependencies import get_db_read_session, get_db_session
+from mountaineer_db.requests.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
+from mountaineer_db.requests.session import run_shielded
+from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = ["override_app_session", "render_controller", "rollback_session", "session_provider"]
 

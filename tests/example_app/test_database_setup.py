@@ -16,7 +16,7 @@ from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
 from mountaineer_db import migrations
-from mountaineer_db.embedded import stop_embedded_database
+from mountaineer_db.servers.embedded import stop_embedded_database
 from mountaineer_db.testing import ThrowawayDatabase
 from tests.example_app._require import require_example_app
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mountaineer_db.cluster import free_port
+from mountaineer_db.servers.cluster import free_port
 from mountaineer_db.testing import Server, apply_migrations, create_schema, throwaway_database
 from tests.example_app._require import require_example_app
 

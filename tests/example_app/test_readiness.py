@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseStatus, check_database, database_session, migrations
-from mountaineer_db.cluster import free_port
+from mountaineer_db.servers.cluster import free_port
 from mountaineer_db.testing import Server, ThrowawayDatabase, throwaway_database
 from tests.example_app._require import require_example_app
 

@@ -18,9 +18,9 @@ import pytest
 from mountaineer.config import unregister_config
 
 from mountaineer_db import dispose_engines
-from mountaineer_db._processes import chown_tree, run_user
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.pgbouncer import PgBouncer, find_pgbouncer
+from mountaineer_db.servers._processes import chown_tree, run_user
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer, find_pgbouncer
 
 from .app import TABLE
 from .helpers import DATABASE, admin_execute

@@ -12,9 +12,9 @@ import httpx
 from mountaineer.config import unregister_config
 
 from mountaineer_db import DatabaseConfig
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.engine import engines_on_this_loop
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.engines.engine import engines_on_this_loop
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from tests.sample_apps import superuser_connect
 
 from .app import APP_NAME, INSERT_PATH, TABLE, FaultsConfig, build_app

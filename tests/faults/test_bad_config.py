@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseConfigError, DatabaseUnavailableError, database_session
-from mountaineer_db.cluster import PostgresCluster, free_port
+from mountaineer_db.servers.cluster import PostgresCluster, free_port
 
 from .app import INSERT_PATH
 from .helpers import DATABASE, app_client, assert_no_leaks, faults_config, table_ids

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from mountaineer_db import database_session
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
 
 from .app import TABLE, UNCOMMITTED_PATH
 from .helpers import (
@@ -183,7 +183,7 @@ async def test_client_disconnect_cancels_the_request(
     """
     import uvicorn
 
-    from mountaineer_db.cluster import free_port
+    from mountaineer_db.servers.cluster import free_port
 
     from .app import INSERT_PATH, build_app
 

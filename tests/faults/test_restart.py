@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
 
 from .helpers import (
     Ledger,

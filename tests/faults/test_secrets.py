@@ -21,9 +21,9 @@ from mountaineer.config import register_config, unregister_config
 from sqlalchemy import text
 
 from mountaineer_db import database_session
-from mountaineer_db.cluster import PostgresCluster, free_port
-from mountaineer_db.engine import engine_for
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.servers.cluster import PostgresCluster, free_port
+from mountaineer_db.servers.pgbouncer import PgBouncer
 
 from .app import TABLE
 from .helpers import (

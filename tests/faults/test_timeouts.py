@@ -18,10 +18,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mountaineer_db import DatabaseUnavailableError, database_session
-from mountaineer_db.cluster import PostgresCluster
-from mountaineer_db.engine import engine_for
-from mountaineer_db.pgbouncer import PgBouncer
-from mountaineer_db.session import RequestSyncSession, session_scope
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.requests.session import RequestSyncSession, session_scope
+from mountaineer_db.servers.cluster import PostgresCluster
+from mountaineer_db.servers.pgbouncer import PgBouncer
 
 from .app import TABLE
 from .helpers import (

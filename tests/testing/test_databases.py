@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, text
 
 from mountaineer_db import DatabaseConfig, ResourceAlreadyExistsError
-from mountaineer_db.cluster import ExternalServer
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.exceptions import ConfigurationError
+from mountaineer_db.servers.cluster import ExternalServer
 from mountaineer_db.testing import (
     KIT_COMMENT,
     TEST_URL_ENV,

@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, database_session
-from mountaineer_db.replication import StreamingReplica
+from mountaineer_db.servers.replication import StreamingReplica
 from mountaineer_db.testing import wait_for_replicas
 from mountaineer_db.testing.databases import ThrowawayDatabase
 

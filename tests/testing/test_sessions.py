@@ -8,8 +8,8 @@ from sqlalchemy import MetaData
 from sqlmodel import select
 
 from mountaineer_db import AsyncSession, DatabaseConfig, database_session
-from mountaineer_db.dependencies import get_db_session
-from mountaineer_db.pgbouncer import PgBouncer
+from mountaineer_db.requests.dependencies import get_db_session
+from mountaineer_db.servers.pgbouncer import PgBouncer
 from mountaineer_db.testing import (
     Server,
     ThrowawayDatabase,

@@ -4,7 +4,7 @@ import pytest
 from mountaineer import AppController
 
 from mountaineer_db import DatabaseConfig
-from mountaineer_db.engine import engine_for
+from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.testing import Schema, ThrowawayDatabase
 from tests.sample_apps.kit_app.app import KitAppConfig, build_app, kit_metadata
 

@@ -1,0 +1,1 @@
+"""Engines: the engine registry and lifecycle, connecting, pools, statement recovery, instrumentation."""

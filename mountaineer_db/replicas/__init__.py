@@ -1,0 +1,1 @@
+"""Read replicas: the replica set and its health, read-your-writes positions."""

@@ -1,0 +1,186 @@
+"""FastAPI / Mountaineer dependencies; exported as `mountaineer_db.DatabaseDependencies`.
+
+```python
+from mountaineer import ControllerBase, Depends
+from mountaineer_db import AsyncSession, DatabaseDependencies
+
+class HomeController(ControllerBase):
+    async def render(
+        self, session: AsyncSession = Depends(DatabaseDependencies.get_db_session)
+    ) -> HomeRender:
+        ...
+```
+
+One session, and one server connection, per request: the session keeps the connection it
+took across its commits until the request ends, and Mountaineer's re-render after a
+`@sideeffect` gets the action's session (`mountaineer_db.requests.rerender` says how).
+
+With DATABASE_REPLICA_URLS, `get_db_read_session` (and, with DATABASE_READ_ROUTING=renders,
+`get_db_session` in GET requests) reads from a replica (`mountaineer_db.requests.read_sessions`), and
+commits on the primary are tracked so that each client reads its own writes
+(`mountaineer_db.replicas.read_your_writes`). Without replicas nothing of that runs.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, params
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.origins import request_origin, work_origin
+from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
+from mountaineer_db.replicas.read_your_writes import Positions, ReplicatedRequestSession
+from mountaineer_db.replicas.replica_set import remember_replicas, replicas_of
+from mountaineer_db.requests.lifespan import with_development_database
+from mountaineer_db.requests.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
+from mountaineer_db.requests.rerender import SharedSession, borrowed, offer_to_rerender, shared_session
+from mountaineer_db.requests.session import DisconnectGuard, RequestSyncSession, session_scope
+from mountaineer_db.requests.setup_errors import install_setup_page
+from mountaineer_db.settings.appconfig import registered_config
+from mountaineer_db.settings.config import DatabaseConfig
+
+__all__ = [
+    "ReadSessionDep",
+    "SessionDep",
+    "get_database_config",
+    "get_db",
+    "get_db_read_session",
+    "get_db_session",
+]
+
+
+def _app_config() -> DatabaseConfig:
+    # The registered config; with DATABASE_EMBEDDED, on the development database, started on
+    # first use when no `database_lifespan` did it at startup.
+    return with_development_database(registered_config())
+
+
+async def get_database_config() -> DatabaseConfig:
+    """The registered app config, as a `DatabaseConfig` (async: no thread hop per request).
+
+    With DATABASE_EMBEDDED=true, the config of the development database, which the first
+    request starts when the app's lifespan did not (`with_development_database`).
+    """
+    return _app_config()
+
+
+def _given(value: Any, name: str, kind: type) -> Any:
+    """`value`, or None when it is the `Depends(...)` default (called outside FastAPI)."""
+    if isinstance(value, params.Depends):
+        return None
+    if not isinstance(value, kind):
+        raise ConfigurationError(
+            f"{name}= must be a {kind.__name__}, not {type(value).__name__}. Outside FastAPI, call "
+            f"`await get_db(config=my_config)`, or `await get_db()` for the registered app config."
+        )
+    return value
+
+
+def _engine(config: DatabaseConfig) -> AsyncEngine:
+    engine = engine_for(config)
+    remember_replicas(engine, config)  # which replicas its read sessions use (none: nothing happens)
+    return engine
+
+
+async def get_db(config: DatabaseConfig = Depends(get_database_config)) -> AsyncEngine:
+    """The engine for `config`, created on first use and cached per process and event loop.
+
+    Outside FastAPI: `engine = await get_db(config=my_config)`, or `await get_db()` for the
+    registered app config.
+    """
+    return _engine(_given(config, "config", DatabaseConfig) or _app_config())
+
+
+@asynccontextmanager
+async def _request_work(request: HTTPConnection | None) -> AsyncIterator[None]:
+    """The request's controller and action name its work in tags and log lines (`origins`); a
+    table that does not exist yet answers with the "not set up yet" page."""
+    with work_origin(request_origin(request)):
+        try:
+            yield
+        except DatabaseNotSetUpError:
+            install_setup_page(request)
+            raise
+
+
+@asynccontextmanager
+async def _rerender(state: SharedSession, request: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """The re-render after a @sideeffect: the action's session; its work is the controller's `render`."""
+    with work_origin(request_origin(request)):
+        async with borrowed(state) as session:
+            yield session
+
+
+async def get_db_session(
+    engine: AsyncEngine = Depends(get_db),
+    # HTTPConnection, not Request: FastAPI injects the request either way, while mountaineer_di
+    # passes it when it has one and otherwise leaves the None default (it insists on a value
+    # for parameters annotated Request), so resolving without a request keeps working.
+    request: HTTPConnection = None,  # type: ignore[assignment]
+    # FastAPI's response for this request: where the read-your-writes cookie goes (replicas only).
+    response: Response = None,  # type: ignore[assignment]
+) -> AsyncIterator[AsyncSession]:
+    """A session with a transaction open. The handler commits; the rest is rolled back.
+
+    One per request: Mountaineer's re-render after a `@sideeffect` gets the action's session,
+    and the session keeps one connection across commits. With DATABASE_READ_ROUTING=renders
+    and replicas configured, a GET request gets a read-only session on a replica instead.
+    """
+    engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
+    state = shared_session()
+    if state is not None and state.serves(request, engine):
+        async with _rerender(state, request) as session:
+            yield session
+        return
+    replicas = replicas_of(engine)
+    if replicas is not None and replicas.renders and is_page_read(request):
+        async with _request_work(request), read_session(engine, replicas, request, label=RENDERS) as session:
+            yield session
+        return
+    async with (
+        _request_work(request),
+        # FastAPI hands a Request here; without one (None) the guard stays idle.
+        DisconnectGuard(cast(Request, request)) as guard,
+        session_scope(
+            engine, sync_session_class=RequestSyncSession if replicas is None else ReplicatedRequestSession
+        ) as session,
+        offer_to_rerender(session, request, engine=engine),
+    ):
+        if replicas is not None:  # note where commits went, for this client's next reads
+            session.sync_session._mdb_positions = Positions(replicas.signer, request, response)  # type: ignore[attr-defined]
+        guard.watch(session)  # a client disconnect cancels the work in flight (docs/request-sessions.md)
+        yield session
+
+
+async def get_db_read_session(
+    engine: AsyncEngine = Depends(get_db),
+    request: HTTPConnection = None,  # type: ignore[assignment]  # as in get_db_session
+) -> AsyncIterator[AsyncSession]:
+    """A read-only session on a replica fit to serve the read, else on the primary.
+
+    It sees this client's own earlier writes (the replica has replayed them, or the read goes
+    to the primary). Writes fail with `ReadOnlySessionError`; use `get_db_session` for them.
+    Mountaineer's re-render after a `@sideeffect` reads the primary (the action's session).
+    Without DATABASE_REPLICA_URLS it is a read-only session on the primary.
+    """
+    engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
+    state = shared_session()
+    if state is not None and state.serves(request, engine):
+        async with _rerender(state, request) as session:
+            yield session
+        return
+    replicas = None if is_rerender(request) else replicas_of(engine)
+    async with _request_work(request), read_session(engine, replicas, request, label=EXPLICIT) as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_db_session)]
+"""`session: SessionDep` in a handler is `session: AsyncSession = Depends(get_db_session)`."""
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_db_read_session)]
+"""`session: ReadSessionDep` is `session: AsyncSession = Depends(get_db_read_session)`."""

@@ -1,0 +1,1 @@
+"""Local server processes: PostgreSQL, PgBouncer, streaming replicas, the embedded dev database."""

@@ -1,0 +1,1 @@
+"""Settings: `DatabaseConfig`, its checks and sources, URLs, the app's registered config."""
