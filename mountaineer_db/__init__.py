@@ -22,6 +22,7 @@ from mountaineer_db.exceptions import (
     ResourceNotFoundError,
     SchemaChangedError,
 )
+from mountaineer_db.observability import tracing as _tracing  # noqa: F401 - registers its engine hook
 from mountaineer_db.observability.health import DatabaseCheck, DatabaseStatus, check_database
 from mountaineer_db.requests import dependencies as DatabaseDependencies
 from mountaineer_db.requests.commit_hooks import on_commit

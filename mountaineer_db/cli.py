@@ -30,6 +30,7 @@ from mountaineer_db.engines.engine import describe_target, dispose_engines
 from mountaineer_db.exceptions import DatabaseConfigError, MountaineerDBError
 from mountaineer_db.migrations import admin
 from mountaineer_db.migrations.lock import PROGRESS_ATTRIBUTE
+from mountaineer_db.servers.embedded import ensure_embedded_database
 from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = ["cli", "createdb", "dropdb", "main", "migrate"]
@@ -85,8 +86,6 @@ def _load_config(*, create_database: bool = True) -> DatabaseConfig:
             # current directory); it stops when this command ends unless the app still uses it.
             # createdb and dropdb leave the app's database to the command itself, so what they
             # print is what they did.
-            from mountaineer_db.servers.embedded import ensure_embedded_database
-
             config = ensure_embedded_database(config, apply_migrations=False, create_database=create_database)
         return config
     except MountaineerDBError as error:

@@ -4,16 +4,15 @@ Messages say what went wrong, which setting or input caused it, and what to do a
 it. They never contain a password.
 """
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import asyncpg
 from fastapi import HTTPException
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
-
-if TYPE_CHECKING:
-    from mountaineer_db.migrations.plumbing import Revision
 
 __all__ = [
     "ClientDisconnectedError",
@@ -291,10 +290,28 @@ class MigrationError(MountaineerDBError):
     """A migration command could not do what was asked (the message says why and what to do)."""
 
 
+class PendingRevision(Protocol):
+    """A migration script not applied yet (`mountaineer_db.migrations.Revision` is one).
+
+    A protocol so that this module, the bottom layer, needs nothing from the migrations package.
+    """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def down_revisions(self) -> tuple[str, ...]: ...
+    @property
+    def is_head(self) -> bool: ...
+    @property
+    def path(self) -> Path: ...
+
+
 class MigrationCheckError(MigrationError):
     """The database does not match the models: unapplied revisions or schema differences."""
 
-    def __init__(self, message: str, *, pending: "list[Revision]", differences: list[str]) -> None:
+    def __init__(self, message: str, *, pending: Sequence[PendingRevision], differences: list[str]) -> None:
         super().__init__(message)
         self.pending = pending
         self.differences = differences

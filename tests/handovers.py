@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.engines.fair_pool import FairQueue
-from mountaineer_db.engines.metrics import engine_metrics
+from mountaineer_db.observability.metrics import engine_metrics
 from tests.sample_apps import server_fetch
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, PoolType, database_session
 from mountaineer_db.engines.engine import engine_for
-from mountaineer_db.engines.metrics import EngineMetrics, database_metrics, engine_metrics
+from mountaineer_db.observability.metrics import EngineMetrics, database_metrics, engine_metrics
 
 
 def _only(config: DatabaseConfig) -> EngineMetrics:

@@ -33,9 +33,9 @@ from mountaineer_db import (
     on_commit,
     run_in_transaction,
 )
-from mountaineer_db.engines.metrics import EngineMetrics, database_metrics
 from mountaineer_db.engines.origins import work_origin
 from mountaineer_db.engines.stale_statements import install_stale_statement_recovery
+from mountaineer_db.observability.metrics import EngineMetrics, database_metrics
 from mountaineer_db.observability.prometheus import DatabaseCollector, register_collector
 from mountaineer_db.observability.tracing import instrument_opentelemetry, uninstrument_opentelemetry
 from mountaineer_db.replicas.replica_set import replica_status

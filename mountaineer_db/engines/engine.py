@@ -28,7 +28,7 @@ import os
 import threading
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,6 @@ from mountaineer_db.engines.scram import clear_scram_cache
 from mountaineer_db.engines.slow_queries import install_slow_query_log
 from mountaineer_db.engines.stale_statements import install_stale_statement_recovery
 from mountaineer_db.exceptions import describe_target
-from mountaineer_db.observability.tracing import instrument_new_engine
 from mountaineer_db.settings.config import DatabaseConfig, PoolType
 from mountaineer_db.settings.urls import without_password
 
@@ -55,6 +54,8 @@ __all__ = [
     "dispose_engines",
     "engine_for",
     "engines_on_this_loop",
+    "on_dispose",
+    "on_engine_built",
 ]
 
 logger = logging.getLogger("mountaineer_db")
@@ -125,7 +126,8 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     holder.append(engine)
     retirement = _Retirement()
     install_metrics(engine, stats)
-    instrument_new_engine(engine)  # OpenTelemetry, when it is on
+    for hook in _built_hooks:  # instrumentation a higher layer registered (tracing)
+        hook(engine)
     event.listen(engine.sync_engine, "handle_error", translate_driver_error)
     if connector.tag_prefix is not None:
         enable_tagging(engine.sync_engine)
@@ -210,6 +212,23 @@ class _LoopEngines:
 
 
 _registry: dict[int, _LoopEngines] = {}
+# Callbacks of higher layers (engines import none of them): see on_engine_built, on_dispose.
+_built_hooks: list[Callable[[AsyncEngine], None]] = []
+_dispose_hooks: list[Callable[[], None]] = []
+
+
+def on_engine_built(hook: Callable[[AsyncEngine], None]) -> None:
+    """Call `hook(engine)` for every engine built from now on (instrumentation of a higher layer)."""
+    if hook not in _built_hooks:
+        _built_hooks.append(hook)
+
+
+def on_dispose(hook: Callable[[], None]) -> None:
+    """Call `hook()` first thing in every `dispose_engines()` (state a higher layer built on engines)."""
+    if hook not in _dispose_hooks:
+        _dispose_hooks.append(hook)
+
+
 _registry_lock = threading.Lock()
 _inherited: list[Any] = []  # a forked child's copies of its parent's engines and connections
 _RECENT_LIMIT = 16
@@ -347,9 +366,8 @@ async def dispose_engines() -> None:
     disposed on their own loop; those of closed loops are released without I/O. Sessions
     still in flight finish normally, and their connections are closed when they come back.
     """
-    from mountaineer_db.replicas.replica_set import forget_replicas  # it imports this module
-
-    forget_replicas()  # what this process knew of replicas, and their background probes
+    for hook in _dispose_hooks:  # what higher layers built on these engines (replicas, their probes)
+        hook()
     try:
         current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:

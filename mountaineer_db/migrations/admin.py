@@ -34,9 +34,10 @@ from mountaineer_db.exceptions import (
     ResourceNotFoundError,
     describe_target,
 )
+from mountaineer_db.migrations import adoption, commands
 from mountaineer_db.migrations.commands import stamp_new_database
 from mountaineer_db.migrations.environment import migration_engine, migration_settings
-from mountaineer_db.migrations.project import load_config, load_metadata
+from mountaineer_db.migrations.project import load_config, load_metadata, migrations_directory
 from mountaineer_db.servers.embedded import ensure_embedded_database
 from mountaineer_db.settings.config import DatabaseConfig
 
@@ -46,6 +47,7 @@ __all__ = [
     "createdb",
     "database_exists",
     "dropdb",
+    "prepare_development_database",
     "quote_identifier",
     "wait_for_database",
 ]
@@ -249,3 +251,24 @@ async def dropdb(config: DatabaseConfig | None = None, *, force: bool = False) -
     finally:
         await connection.close()
     logger.info("Dropped %s", describe_target(url))
+
+
+async def prepare_development_database(
+    config: DatabaseConfig, *, create_database: bool, apply_migrations: bool
+) -> None:
+    """The embedded database's preparation once its server runs: the app's database, its migrations."""
+    # Both dispose of the engines they open; the app's own engines are left alone.
+    if create_database:
+        await createdb(config)
+    package = getattr(config, "PACKAGE", None)
+    # A migrations folder without env.py is not ours (say, the old mountaineer.migrations' rev_*.py files).
+    if not (apply_migrations and isinstance(package, str)):
+        return
+    if not (migrations_directory(config) / "env.py").is_file():
+        return
+    advice = await adoption.adoption_advice(config)
+    if advice is not None:  # tables made before the migrations: applying them would fail on the first table
+        logger.warning("Development database: %s", advice)
+        return
+    for revision in await commands.apply(config=config):
+        logger.info("Applied migration %s", revision)

@@ -19,6 +19,7 @@ from typing import Any, Final
 from sqlalchemy import MetaData
 
 from mountaineer_db.exceptions import ConfigurationError
+from mountaineer_db.settings.appconfig import registered_config
 from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = [
@@ -98,8 +99,6 @@ def load_config(spec: str | None = None) -> DatabaseConfig:
                 "No app config found. Pass --config module:ClassName (for example myapp.config:AppConfig) "
                 f"or set {CONFIG_ENV_VAR}=module:ClassName."
             )
-        from mountaineer_db.settings.appconfig import registered_config
-
         return registered_config()
     config_class = import_string(spec, source)
     if not (isinstance(config_class, type) and issubclass(config_class, DatabaseConfig)):

@@ -151,6 +151,8 @@ _heads: dict[Path, _Heads] = {}  # per migrations folder; re-read when versions/
 
 def _code_heads(config: DatabaseConfig) -> _Heads | None:
     """The head revisions in the app's migrations folder, None when it has none."""
+    # Imported here for import time only: the migrations package loads Alembic (slow), which only
+    # an app with a migrations folder needs, at its first readiness check.
     from mountaineer_db.migrations.plumbing import alembic_errors, setup
     from mountaineer_db.migrations.project import migrations_directory
 

@@ -6,7 +6,7 @@ from mountaineer_db.observability.prometheus import register_collector
 register_collector()   # once, at startup: the default registry, served by your /metrics route
 ```
 
-A collector over `mountaineer_db.engines.metrics.database_metrics()`, read at scrape time (nothing
+A collector over `mountaineer_db.observability.metrics.database_metrics()`, read at scrape time (nothing
 runs between scrapes), labelled by `database`, `pool_type` and `application_name`; engines
 with the same labels (one per event loop) are added up:
 
@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from mountaineer_db.engines.metrics import EngineMetrics, database_metrics
+from mountaineer_db.observability.metrics import EngineMetrics, database_metrics
 
 __all__ = ["DatabaseCollector", "register_collector"]
 

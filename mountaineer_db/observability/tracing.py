@@ -31,6 +31,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mountaineer_db.engines.engine import cached_engines, on_engine_built
+
 __all__ = ["instrument_new_engine", "instrument_opentelemetry", "uninstrument_opentelemetry"]
 
 _SQLALCHEMY_INSTRUMENTATION = "opentelemetry.instrumentation.sqlalchemy"
@@ -82,7 +84,7 @@ def _add_suppression(engine: Engine) -> None:
 
 
 def instrument_new_engine(engine: AsyncEngine) -> None:
-    """Called by `mountaineer_db.engines.engine` for each engine it builds; no cost without OpenTelemetry."""
+    """Called for each engine `engine_for` builds (registered below); no cost without OpenTelemetry."""
     if _sqlalchemy_instrumented():
         _add_suppression(engine.sync_engine)
 
@@ -93,8 +95,6 @@ def instrument_opentelemetry(*, tracer_provider: Any = None, meter_provider: Any
     `tracer_provider` / `meter_provider` default to OpenTelemetry's global ones.
     """
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-    from mountaineer_db.engines.engine import cached_engines
 
     existing = [engine.sync_engine for engine in cached_engines()]
     instrumentor = SQLAlchemyInstrumentor()
@@ -121,3 +121,8 @@ def uninstrument_opentelemetry() -> None:
         event.remove(engine, "after_cursor_execute", _after)
         event.remove(engine, "handle_error", _failed)
     _suppressing.clear()
+
+
+# Every engine built from now on. mountaineer_db/__init__.py imports this module, so the hook is in
+# place before the first engine, also when the app instruments SQLAlchemy itself.
+on_engine_built(instrument_new_engine)

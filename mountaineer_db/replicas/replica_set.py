@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mountaineer_db.engines.data_errors import describe_error
-from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.engine import engine_for, on_dispose
 from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
 from mountaineer_db.replicas.read_your_writes import Signer, format_position, signer_for
 from mountaineer_db.settings.config import DatabaseConfig, ReadRouting
@@ -339,3 +339,6 @@ def replica_status(config: DatabaseConfig) -> list[dict[str, Any]]:
             }
         )
     return report
+
+
+on_dispose(forget_replicas)  # dispose_engines forgets the replicas' health and stops their probes

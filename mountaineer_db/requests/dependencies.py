@@ -34,10 +34,11 @@ from starlette.responses import Response
 from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.engines.origins import request_origin, work_origin
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
-from mountaineer_db.replicas.read_your_writes import Positions, ReplicatedRequestSession
+from mountaineer_db.replicas.read_your_writes import Positions
 from mountaineer_db.replicas.replica_set import remember_replicas, replicas_of
 from mountaineer_db.requests.lifespan import with_development_database
 from mountaineer_db.requests.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
+from mountaineer_db.requests.replicated_session import ReplicatedRequestSession
 from mountaineer_db.requests.rerender import SharedSession, borrowed, offer_to_rerender, shared_session
 from mountaineer_db.requests.session import DisconnectGuard, RequestSyncSession, session_scope
 from mountaineer_db.requests.setup_errors import install_setup_page

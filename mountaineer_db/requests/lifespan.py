@@ -16,6 +16,7 @@ from mountaineer_db.servers.embedded import (
     DEFAULT_DIRECTORY,
     ensure_embedded_database,
     points_at_embedded_server,
+    set_database_preparer,
     stop_embedded_database,
 )
 from mountaineer_db.settings.config import DatabaseConfig
@@ -93,3 +94,16 @@ def _registered_embedded_config() -> DatabaseConfig | None:
     ):
         return registered
     return None
+
+
+async def _prepare_development_database(
+    config: DatabaseConfig, *, create_database: bool, apply_migrations: bool
+) -> None:
+    # Imported here for import time only: the migrations package loads Alembic (slow), which an app
+    # needs only when its development database starts.
+    from mountaineer_db.migrations.admin import prepare_development_database
+
+    await prepare_development_database(config, create_database=create_database, apply_migrations=apply_migrations)
+
+
+set_database_preparer(_prepare_development_database)  # the embedded server (servers/) cannot import migrations

@@ -303,25 +303,24 @@ def stop_embedded_database(directory: Path | str | None = None) -> None:
         server.stop()
 
 
-async def _prepare(config: DatabaseConfig, *, create_database: bool, apply_migrations: bool) -> None:
-    from mountaineer_db import migrations
+# Creating the app's database and applying its migrations is the migrations package's work, and
+# servers import nothing above settings: `mountaineer_db.requests.lifespan` registers it here.
+Preparer = Callable[..., Coroutine[Any, Any, None]]
+_preparers: list[Preparer] = []
 
-    # Both dispose of the engines they open; the app's own engines are left alone.
-    from mountaineer_db.migrations import admin
-    if create_database:
-        await admin.createdb(config)
-    package = getattr(config, "PACKAGE", None)
-    # A migrations folder without env.py is not ours (say, the old mountaineer.migrations' rev_*.py files).
-    if not (apply_migrations and isinstance(package, str)):
-        return
-    if not (migrations.migrations_directory(config) / "env.py").is_file():
-        return
-    advice = await migrations.adoption_advice(config)
-    if advice is not None:  # tables made before the migrations: applying them would fail on the first table
-        logger.warning("Development database: %s", advice)
-        return
-    for revision in await migrations.apply(config=config):
-        logger.info("Applied migration %s", revision)
+
+def set_database_preparer(preparer: Preparer) -> None:
+    """What `ensure_embedded_database` awaits once the server runs.
+
+    Called as `preparer(config, create_database=..., apply_migrations=...)`.
+    """
+    _preparers[:] = [preparer]
+
+
+async def _prepare(config: DatabaseConfig, *, create_database: bool, apply_migrations: bool) -> None:
+    if not _preparers:
+        raise RuntimeError("mountaineer_db: no database preparer registered (import mountaineer_db first)")
+    await _preparers[0](config, create_database=create_database, apply_migrations=apply_migrations)
 
 
 def ensure_embedded_database(

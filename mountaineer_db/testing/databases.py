@@ -284,7 +284,7 @@ def apply_migrations(
     """
 
     async def run_migrations(config: DatabaseConfig) -> None:
-        from mountaineer_db import migrations
+        from mountaineer_db import migrations  # import time: Alembic loads only when a kit applies migrations
 
         values: dict[str, Any] = {"SQLALCHEMY_DATABASE_URI": config.database_url, **settings}
         app_config = config_class.model_construct(**values)

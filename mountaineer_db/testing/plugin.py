@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
+# Imports inside functions: for import time only. pytest loads this plugin (the pytest11 entry
+# point) in every run of an app that installs mountaineer-db, tests using the kit or not; each
+# fixture imports the kit's modules it needs when it first runs.
 if TYPE_CHECKING:
     from mountaineer_db.servers.pgbouncer import PgBouncer
     from mountaineer_db.servers.replication import StreamingReplica
