@@ -61,7 +61,7 @@ CommitHook = Callable[[], Awaitable[object] | object]
 # has the canary.
 _await: Callable[[Awaitable[Any]], Any] = getattr(sqlalchemy.util, "await_", None) or sqlalchemy.util.await_only
 
-_INFO_KEY = "mountaineer_db.requests.commit_hooks"
+_INFO_KEY = "mountaineer_db.commit_hooks"
 
 
 @dataclass(slots=True)
