@@ -4,8 +4,8 @@
 #   bash scripts/test.sh [pytest args]
 #
 # Installs what the suite needs when it is missing (PgBouncer and Chromium from Debian's
-# packages; a virtualenv with the package, its dev extra and the example app), runs ruff and
-# mypy --strict, then pytest twice: on the newest releases of our dependencies with the newest
+# packages; a virtualenv with the package, its dev extra and the example app), runs ruff,
+# mypy --strict and lint-imports, then pytest twice: on the newest releases of our dependencies with the newest
 # Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
 # it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
 # MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two; PYTHON_NEWEST and
@@ -78,6 +78,7 @@ fi
 echo "==> linters"
 .venv/bin/ruff check mountaineer_db tests bench scripts
 .venv/bin/mypy
+.venv/bin/lint-imports  # the layers and import rules in pyproject.toml (docs/architecture.md)
 
 status=0
 if [ "$versions" != lowest ]; then
