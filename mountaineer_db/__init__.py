@@ -25,14 +25,17 @@ from mountaineer_db.exceptions import (
     ResourceConflictError,
     ResourceNotFoundError,
     SchemaChangedError,
+    TenantRequiredError,
 )
 from mountaineer_db.health import DatabaseCheck, DatabaseStatus, check_database
 from mountaineer_db.http_errors import get_or_404, map_integrity_errors
 from mountaineer_db.lifespan import database_lifespan
 from mountaineer_db.retries import run_in_transaction
 from mountaineer_db.session import database_session
+from mountaineer_db.tenants import ALL_TENANTS
 
 __all__ = [
+    "ALL_TENANTS",
     "AsyncSession",
     "ClientDisconnectedError",
     "ClusterError",
@@ -59,6 +62,7 @@ __all__ = [
     "ResourceNotFoundError",
     "SchemaChangedError",
     "SessionDep",
+    "TenantRequiredError",
     "check_database",
     "database_lifespan",
     "database_session",
