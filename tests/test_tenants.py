@@ -25,6 +25,7 @@ from mountaineer.config import unregister_config
 from sqlalchemy import text
 from sqlmodel import func, select
 
+from bench.wire import CountingProxy
 from mountaineer_db import (
     ALL_TENANTS,
     AsyncSession,
@@ -37,6 +38,7 @@ from mountaineer_db import (
     run_in_transaction,
 )
 from mountaineer_db import migrations as migrations_api
+from mountaineer_db.engine import engine_for
 from mountaineer_db.pgbouncer import PgBouncer
 from mountaineer_db.tenants import bind_tenant
 from mountaineer_db.testing import (
@@ -275,6 +277,44 @@ async def test_a_pooled_connection_never_hands_its_tenant_to_the_next_session(te
         assert (await session.exec(select(func.count()).select_from(Note))).one() == EXPECTED["b"]
 
 
+async def test_a_staged_tenant_never_reaches_a_transaction_outside_a_session(tenant_db: TenantDatabase) -> None:
+    """A tenant bound to a session that sent nothing is forgotten when its pooled connection goes
+    back: the engine's next raw transaction on that connection serves no tenant."""
+    config = tenant_db.config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0)
+    async with database_session(config, tenant="a") as session:
+        await session.connection()  # a connection taken and a transaction begun, nothing sent
+    async with engine_for(config).connect() as connection:
+        setting = (await connection.execute(select(func.current_setting(SETTING, True)))).scalar_one()
+        rows = (await connection.execute(select(func.count()).select_from(Note))).scalar_one()
+    assert (setting, rows) == ("", 0)
+
+
+async def test_the_tenant_costs_no_round_trip(tenant_db: TenantDatabase) -> None:
+    """Counted on the wire: a request of two transactions takes as many round trips with a tenant as
+    without tenancy, and each BEGIN carries the tenant in the same message."""
+    url = tenant_db.config().database_url
+    async with CountingProxy("127.0.0.1", url.port or 5432) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port)
+        base = {"SQLALCHEMY_DATABASE_URI": proxied, "DATABASE_POOL_TYPE": "FIXED_PROCESS", "DATABASE_POOL_SIZE": 1}
+
+        async def round_trips(config: DatabaseConfig, tenant: str | None) -> tuple[int, list[str]]:
+            for _ in range(2):  # warm-up, then counted
+                proxy.reset()
+                async with database_session(config, tenant=tenant) as session:
+                    for _ in range(2):
+                        await session.exec(select(func.count()).select_from(Note))
+                        await session.commit()
+            await dispose_engines()
+            return sum(log.round_trips for log in proxy.connections), [
+                sql for log in proxy.connections for sql in log.sql if sql.startswith("BEGIN")
+            ]
+
+        off, _ = await round_trips(DatabaseConfig(**base), None)
+        on, begins = await round_trips(DatabaseConfig(**base, DATABASE_TENANT_SETTING=SETTING), "a")
+    assert on == off
+    assert begins == ["BEGIN; SET LOCAL client_connection_check_interval = '500ms'; SET LOCAL app.tenant_id = 'a'"] * 2
+
+
 # -- Outside requests --------------------------------------------------------------------------
 
 
@@ -442,6 +482,8 @@ async def test_the_kits_rollback_session_serves_the_tenant_given_by_use_tenant(t
         await session.commit()  # a savepoint: the next one carries the tenant again
         assert (await session.exec(select(func.count()).select_from(Note))).one() == EXPECTED["a"] + 1
         await use_tenant(session, "b")
+        assert (await session.exec(select(func.count()).select_from(Note))).one() == EXPECTED["b"]
+        await session.rollback()  # back to before the savepoint that set b: each new one sets it again
         assert (await session.exec(select(func.count()).select_from(Note))).one() == EXPECTED["b"]
         with pytest.raises(Exception, match="row-level security"):
             session.add(Note(tenant_id="a", body="written as b"))  # the policy's check refuses it
