@@ -1014,6 +1014,91 @@ CATALOGUE: tuple[Mutant, ...] = (
         "        pass",
         ("tests/test_migration_enums.py",),
     ),
+    # -- tenants (row-level security, docs/tenants.md) ---------------------------------------------
+    M(
+        "tenant-once-per-session",
+        "the tenant is re-sent with the BEGIN of every transaction of a session, not only the first",
+        "mountaineer_db/tenants.py",
+        "        state.staged = tenant  # None too",
+        '        state.staged = None if session.info.get("mdb_sent") else tenant\n'
+        '        session.info["mdb_sent"] = True  # None too',
+        (
+            "tests/test_tenants.py::test_every_transaction_of_a_request_serves_its_tenant_only",
+            "tests/test_tenants.py::test_run_in_transaction_keeps_the_tenant_on_every_attempt",
+        ),
+    ),
+    M(
+        "untenanted-begin-sends-nothing",
+        "a transaction without a tenant sets the setting to '' (a value left on a server connection never leaks)",
+        "mountaineer_db/tenants.py",
+        "        if tenant is None:\n            return self.empty",
+        '        if tenant is None:\n            return ""',
+        (
+            "tests/test_tenants.py::test_a_pooled_connection_never_hands_its_tenant_to_the_next_session",
+            "tests/test_tenants.py::test_interleaved_tenants_through_pgbouncer_never_see_each_other[NULL]",
+        ),
+    ),
+    M(
+        "for-tenant-fails-open",
+        "a tenant dependency returning None is a 403 before any I/O",
+        "mountaineer_db/dependencies.py",
+        "        bind_tenant(session, tenant, config)  # no I/O",
+        "        if tenant is not None:\n            bind_tenant(session, tenant, config)  # no I/O",
+        (
+            "tests/test_tenants.py::test_no_tenant_is_a_403_before_any_io",
+            "tests/test_tenants.py::test_interleaved_tenants_through_pgbouncer_never_see_each_other[FIXED_PROCESS]",
+        ),
+    ),
+    M(
+        "staged-tenant-kept-on-checkin",
+        "a tenant staged but never sent is forgotten when the connection goes back to its pool",
+        "mountaineer_db/engine.py",
+        '        event.listen(engine.sync_engine.pool, "checkin", forget_on_checkin)',
+        "        pass",
+        ("tests/test_tenants.py::test_a_staged_tenant_never_reaches_a_transaction_outside_a_session",),
+    ),
+    M(
+        "tenant-switch-mid-request",
+        "a session serves one tenant: the re-render cannot switch it",
+        "mountaineer_db/tenants.py",
+        "    if current is not None and current != value:",
+        "    if False:",
+        ("tests/test_tenants.py::test_a_session_serves_one_tenant",),
+    ),
+    M(
+        "savepoint-skips-tenant",
+        "each savepoint of the kit's session sets the tenant again (a rolled-back savepoint took it away)",
+        "mountaineer_db/tenants.py",
+        "    if not connection.in_nested_transaction() and state.sent == tenant:",
+        "    if state.sent == tenant:",
+        ("tests/test_tenants.py::test_the_kits_rollback_session_serves_the_tenant_given_by_use_tenant",),
+    ),
+    M(
+        "tenant-sent-apart-from-begin",
+        "the tenant rides on BEGIN: no extra round trip",
+        "mountaineer_db/tenants.py",
+        "    if driver is None or not driver.is_in_transaction():\n        state.staged",
+        "    if False:\n        state.staged",
+        ("tests/test_tenants.py::test_the_tenant_costs_no_round_trip",),
+    ),
+    M(
+        "tenant-quote-unescaped",
+        "a tenant id with a quote is sent as one SQL string",
+        "mountaineer_db/tenants.py",
+        """    return "'" + text.replace("'", "''") + "'"
+""",
+        """    return "'" + text + "'"
+""",
+        ("tests/test_tenants.py::test_quotes_ints_and_uuids_reach_the_server_as_text",),
+    ),
+    M(
+        "bypass-not-tagged",
+        "ALL_TENANTS shows as <app>:all-tenants in pg_stat_activity",
+        "mountaineer_db/tenants.py",
+        '            f"{application_name_suffix(self.tag_prefix, label)}"',
+        '            ""',
+        ("tests/test_tenants.py::test_all_tenants_is_the_named_bypass_and_shows_in_pg_stat_activity",),
+    ),
     M(
         "createdb-sends-a-nul",
         "createdb and dropdb refuse a name with a NUL before any statement",
