@@ -501,3 +501,61 @@ async def test_the_revision_enables_and_forces_rls_with_its_policy(tenant_db: Te
         database=tenant_db.name,
     )
     assert [tuple(row) for row in rows] == [(True, True, "tenant_isolation")]
+
+
+# -- The documented setup ------------------------------------------------------------------
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of a SQL block, one by one (CREATE DATABASE cannot share a round trip)."""
+    lines = [line.split("--")[0] for line in sql.splitlines()]
+    return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]
+
+
+async def test_the_documented_roles_and_policy_work(pg_server: Any) -> None:
+    """docs/tenants.md "Setup": its SQL, run as written (names made unique), gives an owner held to
+    the policy, an app role that sees one tenant at a time and a bypass role for ALL_TENANTS."""
+    from tests.docs_code import FENCE, section
+
+    page = (Path(__file__).parent.parent / "docs" / "tenants.md").read_text()
+    setup, policy = [
+        block.group("body")
+        for block in FENCE.finditer(section(page, "## Setup: roles and policies"))
+        if block.group("lang") == "sql"
+    ]
+    suffix = secrets.token_hex(3)
+    setup = setup.replace("myapp", f"myapp{suffix}")
+    before, _, after = setup.partition(f"\\connect myapp{suffix}\n")
+    database = f"myapp{suffix}"
+    roles = [f"myapp{suffix}_{name}" for name in ("app", "admin", "owner")]
+    try:
+        await server_execute(pg_server, *_statements(before))
+        await server_execute(pg_server, *_statements(after), database=database)
+        owner = pg_server.url(database, user=roles[2], password="change-me-owner")
+        app = pg_server.url(database, user=roles[0], password="change-me-app")
+        tenants = [uuid.uuid4(), uuid.uuid4()]
+        async with database_session(DatabaseConfig(SQLALCHEMY_DATABASE_URI=owner)) as session:
+            await session.exec(text("CREATE TABLE note (id serial PRIMARY KEY, tenant_id uuid NOT NULL)"))  # type: ignore[call-overload]
+            for statement in _statements(policy):
+                await session.exec(text(statement))  # type: ignore[call-overload]
+            await session.commit()
+        owner_config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=owner, DATABASE_TENANT_SETTING="app.tenant_id")
+        for count, tenant in enumerate(tenants, start=1):
+            async with database_session(owner_config, tenant=tenant) as session:
+                for _ in range(count):
+                    await session.exec(text("INSERT INTO note (tenant_id) VALUES (:t)").bindparams(t=tenant))  # type: ignore[call-overload]
+                await session.commit()
+        async with database_session(owner_config) as session:  # FORCE: the owner sees nothing without a tenant
+            assert (await session.exec(text("SELECT count(*) FROM note"))).one() == (0,)  # type: ignore[call-overload]
+        app_config = DatabaseConfig(
+            SQLALCHEMY_DATABASE_URI=app, DATABASE_TENANT_SETTING="app.tenant_id", DATABASE_TENANT_BYPASS_ROLE=roles[1]
+        )
+        seen = []
+        for tenant in [*tenants, ALL_TENANTS]:
+            async with database_session(app_config, tenant=tenant) as session:
+                seen.append((await session.exec(text("SELECT count(*) FROM note"))).one()[0])  # type: ignore[call-overload]
+        assert seen == [1, 2, 3]
+    finally:
+        await dispose_engines()
+        await server_execute(pg_server, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await server_execute(pg_server, *(f'DROP ROLE IF EXISTS "{role}"' for role in roles))
