@@ -1100,6 +1100,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_tenants.py::test_all_tenants_is_the_named_bypass_and_shows_in_pg_stat_activity",),
     ),
     M(
+        "replica-begin-without-tenant",
+        "a read on a replica carries the tenant on the BEGIN sent when the replica is picked",
+        "mountaineer_db/read_sessions.py",
+        "            stage_for(session, connection)",
+        "            pass",
+        ("tests/test_tenant_replicas.py::test_the_tenant_costs_no_round_trip_on_a_replica",),
+    ),
+    M(
         "createdb-sends-a-nul",
         "createdb and dropdb refuse a name with a NUL before any statement",
         "mountaineer_db/admin.py",

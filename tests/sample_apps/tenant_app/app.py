@@ -8,9 +8,10 @@ shows it that tenant's rows only.
 - `NotesController`: a page (render tests go through the kit) and a `@sideeffect` action;
 - `ProbeController`: answers GET with JSON (no frontend build needed): for each of two
   transactions in one request, the tenant setting the server saw and the tenants of the rows
-  visible. The leak tests read it; `?read=1` uses a read session, `?plain=1` a session without
-  a tenant, `?poison=1` leaves a session-level value of the setting behind on the server
-  connection (what a careless `SET` would do through PgBouncer).
+  visible, and whether a replica served it. The leak tests read it; `/probe-read` uses a read
+  session, `/probe-plain` and `/probe-plain-read` sessions without a tenant; `?poison=1`
+  leaves a session-level value of the setting behind on the server connection (what a
+  careless `SET` would do through PgBouncer).
 """
 
 from pathlib import Path
@@ -22,7 +23,7 @@ from mountaineer import AppController, ConfigBase, ControllerBase, Depends, Meta
 from pydantic import BaseModel
 from sqlmodel import func, select
 
-from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, SessionDep
+from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, ReadSessionDep, SessionDep
 from tests.sample_apps.tenant_app.models import Note
 
 VIEWS = Path(__file__).parent / "views"
@@ -81,13 +82,14 @@ class ProbeRender(RenderBase):
 
 
 async def _probe(session: AsyncSession, request: Request) -> JSONResponse:
+    in_recovery = (await session.exec(select(func.pg_is_in_recovery()))).one()  # served by a replica?
     transactions = [await seen(session)]
     await session.commit()
     transactions.append(await seen(session))
     if request.query_params.get("poison"):
         await session.exec(select(func.set_config(SETTING, "poisoned", False)))  # session-level, not LOCAL
         await session.commit()
-    return JSONResponse({"transactions": transactions})
+    return JSONResponse({"transactions": transactions, "in_recovery": in_recovery})
 
 
 class ProbeController(ControllerBase):
@@ -114,9 +116,24 @@ class PlainProbeController(ControllerBase):
         return ProbeRender(metadata=Metadata(explicit_response=await _probe(session, request)))
 
 
+class PlainReadProbeController(ControllerBase):
+    url = "/probe-plain-read"
+    view_path = "/app/notes/page.tsx"
+
+    async def render(self, request: Request, session: ReadSessionDep) -> ProbeRender:
+        return ProbeRender(metadata=Metadata(explicit_response=await _probe(session, request)))
+
+
 def build_app(config: TenantAppConfig) -> AppController:
     app = AppController(view_root=VIEWS, config=config)
-    for controller in (NotesController(), ProbeController(), ReadProbeController(), PlainProbeController()):
+    controllers = (
+        NotesController(),
+        ProbeController(),
+        ReadProbeController(),
+        PlainProbeController(),
+        PlainReadProbeController(),
+    )
+    for controller in controllers:
         app.register(controller)
     return app
 
