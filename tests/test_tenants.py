@@ -44,6 +44,7 @@ from mountaineer_db.tenants import bind_tenant
 from mountaineer_db.testing import (
     TenantPolicyError,
     assert_tenant_policies,
+    override_app_session,
     plain_role,
     rollback_session,
     use_tenant,
@@ -488,6 +489,32 @@ async def test_the_kits_rollback_session_serves_the_tenant_given_by_use_tenant(t
         with pytest.raises(Exception, match="row-level security"):
             session.add(Note(tenant_id="a", body="written as b"))  # the policy's check refuses it
             await session.commit()
+
+
+async def test_the_kits_app_session_gives_for_tenant_its_tenant_per_request(tenant_db: TenantDatabase) -> None:
+    """override_app_session: each request binds its own tenant on the kit's session, inside the
+    test's transaction, and the re-render after an action keeps it; the test's own tenant is
+    back after each request."""
+    unregister_config()
+    app = build_app(tenant_db.app())
+    async with rollback_session(tenant_db.config()) as session:
+        await use_tenant(session, "b")
+        with override_app_session(app, session):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app.app), base_url="http://tenant.test"
+            ) as http:
+                probe_a = (await http.get("/probe", headers={"x-tenant": "a"})).json()
+                plain = (await http.get("/probe-plain")).json()
+                missing = await http.get("/probe")
+                action = await http.post(
+                    "/internal/api/notes_controller/add_note", json={"body": "kit a"}, headers={"x-tenant": "a"}
+                )
+        assert (await session.exec(select(func.count()).select_from(Note))).one() == EXPECTED["b"]
+    assert probe_a["transactions"] == [_own("a"), _own("a")]
+    assert plain["transactions"] == [NONE, NONE]
+    assert missing.status_code == 403
+    render = action.json()["sideeffect"]
+    assert (render["setting"], render["tenants"], render["notes"][-1]) == ("a", ["a"], "kit a")
 
 
 # -- Migrations --------------------------------------------------------------------------------
