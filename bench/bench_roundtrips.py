@@ -12,7 +12,9 @@ ended relative to the end of the handler (and, over HTTP, to the response being 
 Setups: ours and raw for the three in-process comparisons of bench_sessions.py, a read-only
 handler (no commit), and over HTTP (in-process ASGI) the Mountaineer render and action of
 bench_app.py with the default config via PgBouncer, and with FIXED_PROCESS direct (where
-it also reports when the request's pooled connection goes back to the pool).
+it also reports when the request's pooled connection goes back to the pool). [6]: a handler
+of two transactions with DATABASE_TENANT_SETTING off, on with a tenant bound, and on without
+one (default config via PgBouncer, and FIXED_PROCESS direct): the same round trips.
 
 Run:  .venv/bin/python bench/bench_roundtrips.py [--requests 200]
 """
