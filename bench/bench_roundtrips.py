@@ -12,7 +12,9 @@ ended relative to the end of the handler (and, over HTTP, to the response being 
 Setups: ours and raw for the three in-process comparisons of bench_sessions.py, a read-only
 handler (no commit), and over HTTP (in-process ASGI) the Mountaineer render and action of
 bench_app.py with the default config via PgBouncer, and with FIXED_PROCESS direct (where
-it also reports when the request's pooled connection goes back to the pool).
+it also reports when the request's pooled connection goes back to the pool). [6]: a handler
+of two transactions with DATABASE_TENANT_SETTING off, on with a tenant bound, and on without
+one (default config via PgBouncer, and FIXED_PROCESS direct): the same round trips.
 
 Run:  .venv/bin/python bench/bench_roundtrips.py [--requests 200]
 """
@@ -37,6 +39,7 @@ from wire import CountingProxy
 
 from mountaineer_db import DatabaseConfig, DatabaseDependencies, dispose_engines
 from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.tenants import bind_tenant
 
 # A request returns its timeline: {"begin", "start", "end", "done"} and, over HTTP, "sent".
 Timeline = dict[str, float]
@@ -49,17 +52,24 @@ def through(proxy: CountingProxy, url: URL) -> URL:
     return url.set(host="127.0.0.1", port=proxy.port)
 
 
-def ours(config: DatabaseConfig, *, commit: bool = True) -> Request:
-    """`get_db_session` as FastAPI calls it (no HTTP request), like bench_sessions.py."""
+def ours(config: DatabaseConfig, *, commit: bool = True, tenant: str | None = None, twice: bool = False) -> Request:
+    """`get_db_session` as FastAPI calls it (no HTTP request), like bench_sessions.py.
+
+    `tenant`: bound to the session as `DatabaseDependencies.for_tenant` does (DATABASE_TENANT_SETTING
+    on); `twice`: the handler runs two transactions (SELECT 1, commit, SELECT 1, commit).
+    """
     dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
 
     async def request() -> Timeline:
         t = {"begin": now()}
         async with dependency(engine=await DatabaseDependencies.get_db(config=config)) as session:
+            if tenant is not None:
+                bind_tenant(session, tenant, config)
             t["start"] = now()
-            await session.exec(SELECT_1)
-            if commit:
-                await session.commit()
+            for _ in range(2 if twice else 1):
+                await session.exec(SELECT_1)
+                if commit:
+                    await session.commit()
             t["end"] = now()
         t["done"] = now()
         return t
@@ -223,6 +233,26 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         await report(f"[5g] raw: asyncpg.create_pool({POOL_SIZE}) via PgBouncer", via_bouncer, raw_pooled(pool), n)
         await pool.close()
         await dispose_engines()
+
+        # DATABASE_TENANT_SETTING: the same round trips with tenancy on as off (SET LOCAL rides on BEGIN).
+        tenancy = {"DATABASE_TENANT_SETTING": "app.tenant_id"}
+        for label, config in (
+            ("default config via PgBouncer", default),
+            ("FIXED_PROCESS direct", fixed),
+        ):
+            proxy = direct if config is fixed else via_bouncer
+            tenanted = config.model_copy(update=tenancy)
+            await report(f"[6a] ours: {label}, two transactions, tenancy off", proxy, ours(config, twice=True), n)
+            await report(
+                f"[6b] ours: {label}, two transactions, tenancy on, a tenant bound",
+                proxy,
+                ours(tenanted, tenant="tenant-a", twice=True),
+                n,
+            )
+            await report(
+                f"[6c] ours: {label}, two transactions, tenancy on, no tenant", proxy, ours(tenanted, twice=True), n
+            )
+            await dispose_engines()
 
         import bench_app
         from mountaineer.config import unregister_config

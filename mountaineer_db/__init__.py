@@ -3,6 +3,7 @@
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.engines.engine import dispose_engines
+from mountaineer_db.engines.tenants import ALL_TENANTS
 from mountaineer_db.exceptions import (
     ClientDisconnectedError,
     ClusterError,
@@ -21,6 +22,7 @@ from mountaineer_db.exceptions import (
     ResourceConflictError,
     ResourceNotFoundError,
     SchemaChangedError,
+    TenantRequiredError,
 )
 from mountaineer_db.observability import tracing as _tracing  # noqa: F401 - registers its engine hook
 from mountaineer_db.observability.health import DatabaseCheck, DatabaseStatus, check_database
@@ -34,6 +36,7 @@ from mountaineer_db.requests.session import database_session
 from mountaineer_db.settings.config import DatabaseConfig, PoolType, ReadRouting
 
 __all__ = [
+    "ALL_TENANTS",
     "AsyncSession",
     "ClientDisconnectedError",
     "ClusterError",
@@ -60,6 +63,7 @@ __all__ = [
     "ResourceNotFoundError",
     "SchemaChangedError",
     "SessionDep",
+    "TenantRequiredError",
     "check_database",
     "database_lifespan",
     "database_session",

@@ -32,6 +32,7 @@ __all__ = [
     "ResourceConflictError",
     "ResourceNotFoundError",
     "SchemaChangedError",
+    "TenantRequiredError",
     "describe_target",
     "unavailable_error_for",
 ]
@@ -340,3 +341,15 @@ class ReadOnlySessionError(MountaineerDBError):
     ... in a read-only transaction". The message says which session it was and what to use for
     writes (`DatabaseDependencies.get_db_session`). A programming error, so an HTTP 500.
     """
+
+
+class TenantRequiredError(_HTTPError, PermissionError):
+    """With DATABASE_TENANT_SETTING on, a request session got no tenant (or a second, different one).
+
+    Raised by `DatabaseDependencies.for_tenant(...)` when the app's tenant dependency returns
+    None, before any statement runs: an HTTP 403. An app that wants 401 for anonymous clients
+    raises its own `HTTPException(401)` in its tenant dependency instead of returning None.
+    """
+
+    status = 403
+    default_detail = "No tenant for this request."

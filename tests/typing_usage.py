@@ -1,6 +1,8 @@
 """Type-checked usage of the public API (mypy --strict runs over this file; pytest imports it too)."""
 
 from collections.abc import Sequence
+from typing import Annotated
+from uuid import UUID
 
 from mountaineer import ConfigBase, ControllerBase, Depends, RenderBase, sideeffect
 from pydantic import BaseModel
@@ -8,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import (
+    ALL_TENANTS,
     AsyncSession,
     DatabaseCheck,
     DatabaseConfig,
@@ -25,6 +28,7 @@ from mountaineer_db import (
     ResourceNotFoundError,
     SchemaChangedError,
     SessionDep,
+    TenantRequiredError,
     check_database,
     database_session,
     dispose_engines,
@@ -45,6 +49,8 @@ from mountaineer_db.testing import (
     assert_num_queries,
     captured_on_commit,
     counted_queries,
+    plain_role,
+    use_tenant,
     wait_for_replicas,
 )
 
@@ -206,3 +212,42 @@ async def typed_replicas(config: DatabaseConfig) -> list[str]:
     await wait_for_replicas(config, timeout=5.0)
     states: list[str] = [str(item["state"]) for item in replica_status(config)]
     return states if renders else [str(url.host) for url in config.DATABASE_REPLICA_URLS]
+
+
+async def typed_current_tenant() -> UUID | None:
+    return None
+
+
+TypedTenantSession = Annotated[AsyncSession, Depends(DatabaseDependencies.for_tenant(typed_current_tenant))]
+TypedTenantReadSession = Annotated[
+    AsyncSession, Depends(DatabaseDependencies.for_tenant(typed_current_tenant, read=True))
+]
+
+
+class TypedTenantController(ControllerBase):  # type: ignore[type-arg]
+    url = "/tenant"
+    view_path = "/app/tenant/page.tsx"
+
+    async def render(self, session: TypedTenantSession, reader: TypedTenantReadSession) -> TodoList:
+        todos = (await session.exec(select(TypedTodo))).all()
+        return TodoList(descriptions=[todo.description for todo in todos])
+
+
+async def typed_tenants(config: DatabaseConfig, tenant: UUID) -> int:
+    async with database_session(config, tenant=tenant) as session:
+        count = len((await session.exec(select(TypedTodo))).all())
+    async with database_session(config, tenant=ALL_TENANTS) as session:
+        count += len((await session.exec(select(TypedTodo))).all())
+
+    async def work(session: AsyncSession) -> int:
+        return len((await session.exec(select(TypedTodo))).all())
+
+    count += await run_in_transaction(work, tenant="acme", config=config)
+    with plain_role(config) as app_config:
+        async with database_session(app_config) as session:
+            await use_tenant(session, 42)
+    try:
+        raise TenantRequiredError("no tenant")
+    except TenantRequiredError as error:
+        status: int = error.status_code
+    return count + status

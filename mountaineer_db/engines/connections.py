@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL, ExceptionContext
 
 from mountaineer_db.engines.origins import application_name_suffix, current_origin
 from mountaineer_db.engines.scram import scram_attempt
+from mountaineer_db.engines.tenants import TenantState
 from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
 from mountaineer_db.settings.config import DatabaseConfig, SSLMode
 
@@ -72,10 +73,17 @@ class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
         "_mdb_idle_timeout",
         "_mdb_open_transaction",
         "_mdb_tag_prefix",
+        "_mdb_tenancy",
     )
 
     def _mdb_setup(
-        self, *, begin_suffix: str, close_timeout: float, idle_timeout: float | None, tag_prefix: str | None = None
+        self,
+        *,
+        begin_suffix: str,
+        close_timeout: float,
+        idle_timeout: float | None,
+        tag_prefix: str | None = None,
+        tenancy: TenantState | None = None,
     ) -> None:
         if self.get_server_version() >= (14,):
             # The server checks that the client is still there while a statement runs, and
@@ -87,6 +95,7 @@ class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
         self._mdb_idle_timeout = idle_timeout
         self._mdb_open_transaction = False
         self._mdb_tag_prefix = tag_prefix  # None: DATABASE_TAG_REQUESTS is off
+        self._mdb_tenancy = tenancy  # None: DATABASE_TENANT_SETTING is off (`mountaineer_db.engines.tenants`)
 
     def transaction(self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False) -> Any:
         """asyncpg's `transaction()`; with per-transaction settings, BEGIN carries them.
@@ -100,6 +109,9 @@ class MountaineerConnection(asyncpg.Connection):  # type: ignore[misc]
             origin = current_origin()
             if origin is not None:
                 suffix += application_name_suffix(self._mdb_tag_prefix, origin)
+        if self._mdb_tenancy is not None:
+            # DATABASE_TENANT_SETTING: the tenant staged for this transaction, or '' (`tenants`).
+            suffix += self._mdb_tenancy.begin_suffix()
         if not suffix:
             return super().transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
         begin = "BEGIN"
@@ -144,6 +156,8 @@ class _SettingsTransaction:
             await self._connection.execute("COMMIT")
         finally:
             self._connection._mdb_open_transaction = False
+            if self._connection._mdb_tenancy is not None:
+                self._connection._mdb_tenancy.ended()
 
     async def rollback(self) -> None:
         try:
@@ -152,6 +166,8 @@ class _SettingsTransaction:
                 await self._connection.execute("ROLLBACK", timeout=self._connection._mdb_close_timeout)
         finally:
             self._connection._mdb_open_transaction = False
+            if self._connection._mdb_tenancy is not None:
+                self._connection._mdb_tenancy.ended()
 
     async def __aenter__(self) -> "_SettingsTransaction":
         await self.start()
@@ -182,6 +198,9 @@ class Connector:
             server_settings["application_name"] = app_name
         # DATABASE_TAG_REQUESTS: transactions are tagged `<application_name>:<origin>`.
         self.tag_prefix = server_settings.get("application_name", "") if config.DATABASE_TAG_REQUESTS else None
+        self.tenant_setting = config.DATABASE_TENANT_SETTING
+        self.bypass_role = config.DATABASE_TENANT_BYPASS_ROLE
+        self.app_name = server_settings.get("application_name", "")
         host = url.query.get("host")  # a Unix socket directory given as ?host=/path
         self._kwargs: dict[str, Any] = {
             "host": host if isinstance(host, str) else url.host,
@@ -230,6 +249,9 @@ class Connector:
                     close_timeout=self.close_timeout,
                     idle_timeout=self.idle_timeout,
                     tag_prefix=self.tag_prefix,
+                    tenancy=None
+                    if self.tenant_setting is None
+                    else TenantState(self.tenant_setting, self.bypass_role, self.app_name),
                 )
                 return connection
             if remaining > 0.1:

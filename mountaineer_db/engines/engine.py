@@ -44,6 +44,7 @@ from mountaineer_db.engines.origins import enable_tagging
 from mountaineer_db.engines.scram import clear_scram_cache
 from mountaineer_db.engines.slow_queries import install_slow_query_log
 from mountaineer_db.engines.stale_statements import install_stale_statement_recovery
+from mountaineer_db.engines.tenants import forget_on_checkin
 from mountaineer_db.exceptions import describe_target
 from mountaineer_db.settings.config import DatabaseConfig, PoolType
 from mountaineer_db.settings.urls import without_password
@@ -78,6 +79,8 @@ _ENGINE_FIELDS = (
     "DATABASE_SCRAM_CACHE",
     "DATABASE_TAG_REQUESTS",
     "DATABASE_SLOW_QUERY_THRESHOLD",
+    "DATABASE_TENANT_SETTING",
+    "DATABASE_TENANT_BYPASS_ROLE",
 )
 """Every setting `_build_engine` reads; two configs differing in any of them get two engines."""
 
@@ -136,6 +139,8 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
+    if config.DATABASE_TENANT_SETTING is not None:  # a tenant staged but never sent stays behind
+        event.listen(engine.sync_engine.pool, "checkin", forget_on_checkin)
     if fixed:
         event.listen(engine.sync_engine.pool, "checkout", _check_pooled)
         event.listen(engine.sync_engine.pool, "checkin", retirement.on_checkin)

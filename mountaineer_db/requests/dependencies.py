@@ -21,7 +21,7 @@ commits on the primary are tracked so that each client reads its own writes
 (`mountaineer_db.replicas.read_your_writes`). Without replicas nothing of that runs.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
@@ -33,6 +33,7 @@ from starlette.responses import Response
 
 from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.engines.origins import request_origin, work_origin
+from mountaineer_db.engines.tenants import bind_tenant
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
 from mountaineer_db.replicas.read_your_writes import Positions
 from mountaineer_db.replicas.replica_set import remember_replicas, replicas_of
@@ -48,6 +49,7 @@ from mountaineer_db.settings.config import DatabaseConfig
 __all__ = [
     "ReadSessionDep",
     "SessionDep",
+    "for_tenant",
     "get_database_config",
     "get_db",
     "get_db_read_session",
@@ -185,3 +187,34 @@ SessionDep = Annotated[AsyncSession, Depends(get_db_session)]
 
 ReadSessionDep = Annotated[AsyncSession, Depends(get_db_read_session)]
 """`session: ReadSessionDep` is `session: AsyncSession = Depends(get_db_read_session)`."""
+
+
+def for_tenant(current_tenant: Callable[..., Any], *, read: bool = False) -> Callable[..., Any]:
+    """A request-session dependency whose every transaction serves the tenant `current_tenant` names.
+
+    ```python
+    async def current_tenant(request: Request) -> UUID | None:   # the app's own: cookie, subdomain...
+        ...
+
+    TenantSession = Annotated[AsyncSession, Depends(DatabaseDependencies.for_tenant(current_tenant))]
+    ```
+
+    `current_tenant` is any FastAPI dependency returning the tenant's id (a str, int or UUID),
+    or None when it does not know it: then the request fails with `TenantRequiredError` (403)
+    before any statement runs (raise your own `HTTPException(401)` in it to answer 401 instead).
+    The session is `get_db_session`'s (`get_db_read_session`'s with `read=True`), so the
+    re-render after an action shares it, and the test kit's session override reaches it.
+    Needs DATABASE_TENANT_SETTING; see docs/tenants.md.
+    """
+    source = get_db_read_session if read else get_db_session
+
+    async def tenant_session(
+        tenant: Any = Depends(current_tenant),
+        session: AsyncSession = Depends(source),
+        config: DatabaseConfig = Depends(get_database_config),
+    ) -> AsyncSession:
+        bind_tenant(session, tenant, config)  # no I/O: the tenant rides on the next BEGIN
+        return session
+
+    tenant_session.__qualname__ = f"for_tenant({getattr(current_tenant, '__qualname__', current_tenant)!s})"
+    return tenant_session

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from mountaineer_db.engines.tenants import stage_for
 from mountaineer_db.exceptions import ReadOnlySessionError
 from mountaineer_db.replicas.read_your_writes import await_, required_position
 from mountaineer_db.replicas.replica_set import Replica, ReplicaSet
@@ -80,7 +81,7 @@ class ReadOnlyRequestSession(RequestSyncSession):
         route = self._mdb_route
         if route is None:
             return _read_only(bind.connect(), EXPLICIT)
-        return route.connect(bind)
+        return route.connect(bind, self)
 
 
 def _refuse_flush(session: Session, flush_context: Any, instances: Any) -> None:
@@ -128,7 +129,7 @@ class _Route:
         self.request = request
         self.label = label
 
-    def connect(self, primary: Engine) -> Connection:
+    def connect(self, primary: Engine, session: Session | None = None) -> Connection:
         """A read-only connection on the first replica fit for this read, else on the primary.
 
         Runs in SQLAlchemy's greenlet (the session's first statement), so it can await.
@@ -137,13 +138,13 @@ class _Route:
         if replicas is not None:
             position = required_position(self.request, replicas.signer)
             for number, replica in enumerate(replicas.candidates(position)):
-                connection = self._on_replica(replicas, replica, position, may_wait=number == 0)
+                connection = self._on_replica(replicas, replica, position, may_wait=number == 0, session=session)
                 if connection is not None:
                     return connection
         return _read_only(primary.connect(), self.label)
 
     def _on_replica(
-        self, replicas: ReplicaSet, replica: Replica, position: int, *, may_wait: bool
+        self, replicas: ReplicaSet, replica: Replica, position: int, *, may_wait: bool, session: Session | None = None
     ) -> Connection | None:
         try:
             connection = replicas.engine(replica).sync_engine.connect()
@@ -151,6 +152,8 @@ class _Route:
             replicas.mark_down(replica, error)
             return None
         _read_only(connection, self.label)
+        if session is not None:
+            stage_for(session, connection)  # the session's tenant rides on the BEGIN sent now
         try:
             admitted = await_(_begin_and_admit(replicas, replica, connection, position, may_wait))
             if not admitted:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.tenants import Tenant, bind_tenant, require_tenant
 from mountaineer_db.requests.commit_hooks import describe_callback
 from mountaineer_db.requests.session import session_scope
 from mountaineer_db.settings.appconfig import registered_config
@@ -84,6 +85,7 @@ async def run_in_transaction(
     retries: int = 3,
     isolation_level: str | None = None,
     config: DatabaseConfig | None = None,
+    tenant: Tenant | None = None,
 ) -> T:
     """`await work(session)` in a fresh session, commit, and run it again on a serialization failure or deadlock.
 
@@ -109,7 +111,8 @@ async def run_in_transaction(
     fails): running it again would apply that twice. Returns what `work` returned.
 
     `isolation_level`: "SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED" or "READ UNCOMMITTED"
-    for these transactions (default: the server's, normally READ COMMITTED). `work` must be
+    for these transactions (default: the server's, normally READ COMMITTED). `tenant`: as in
+    `database_session(tenant=...)`, for every attempt and each of its transactions. `work` must be
     safe to run more than once: keep side effects outside the database in `on_commit` hooks,
     which run only for the attempt that commits.
     """
@@ -117,7 +120,10 @@ async def run_in_transaction(
         raise ValueError(f"retries={retries!r}: give the number of retries after the first attempt, 0 or more.")
     level = _isolation(isolation_level)
     options = {"isolation_level": level} if level is not None else None
-    engine = engine_for(config or registered_config())
+    config = config or registered_config()
+    if tenant is not None:
+        require_tenant(tenant, config)  # before any I/O
+    engine = engine_for(config)
     name = describe_callback(work)
     attempt = 0
     while True:
@@ -127,6 +133,8 @@ async def run_in_transaction(
         # each connection the session takes has it), not only the first.
         async with session_scope(engine, execution_options=options) as session:
             committed = _watch_commits(session)
+            if tenant is not None:
+                bind_tenant(session, tenant, config)
             try:
                 result = await work(session)
                 await session.commit()

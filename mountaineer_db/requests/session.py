@@ -39,6 +39,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from mountaineer_db.engines.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.engines.stale_statements import schema_changed_error, stale_statement_cause
+from mountaineer_db.engines.tenants import Tenant, bind_tenant, require_tenant
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
 from mountaineer_db.requests.commit_hooks import hooks_carried_over
 from mountaineer_db.requests.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
@@ -359,7 +360,9 @@ def _holds_transaction(session: AsyncSession) -> bool:
 
 
 @asynccontextmanager
-async def database_session(config: DatabaseConfig | None = None) -> AsyncIterator[AsyncSession]:
+async def database_session(
+    config: DatabaseConfig | None = None, *, tenant: Tenant | None = None
+) -> AsyncIterator[AsyncSession]:
     """A session for code outside a request (scripts, jobs, CLI commands), same guarantees.
 
     ```python
@@ -370,6 +373,15 @@ async def database_session(config: DatabaseConfig | None = None) -> AsyncIterato
 
     `config` defaults to the registered Mountaineer app config. With DATABASE_EMBEDDED=true
     the development database is started first when nothing started it yet.
+
+    `tenant` (with DATABASE_TENANT_SETTING): every transaction of the session serves that tenant
+    (`ALL_TENANTS`: the bypass for admin work, docs/tenants.md); without it, none (rows under
+    row-level security stay out of reach).
     """
-    async with session_scope(engine_for(with_development_database(config or registered_config()))) as session:
+    config = with_development_database(config or registered_config())
+    if tenant is not None:
+        require_tenant(tenant, config)  # before any I/O
+    async with session_scope(engine_for(config)) as session:
+        if tenant is not None:
+            bind_tenant(session, tenant, config)
         yield session

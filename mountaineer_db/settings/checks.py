@@ -9,6 +9,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from mountaineer_db.settings.sources import described
+from mountaineer_db.settings.tenant_checks import tenant_problems
 
 if TYPE_CHECKING:
     from mountaineer_db.settings.config import DatabaseConfig
@@ -61,6 +62,7 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
                 f"sslmode={url_sslmode}. Keep one of them."
             )
     problems.extend(_embedded_problems(config))
+    problems.extend(tenant_problems(config))
     if url is None and not config.DATABASE_EMBEDDED:
         missing = [n for n in ("POSTGRES_HOST", "POSTGRES_DB") if not getattr(config, n)]
         if missing:

@@ -127,6 +127,13 @@ class DatabaseConfig(BaseSettings):
     DATABASE_SLOW_QUERY_THRESHOLD: float | None = None
     """Seconds after which a statement is logged as slow, one WARNING each (default: no slow-query log)."""
 
+    # -- Tenants (docs/tenants.md) ----------------------------------------------------
+    DATABASE_TENANT_SETTING: str | None = None
+    """The PostgreSQL setting that carries the tenant, e.g. `app.tenant_id`: `SET LOCAL` with every
+    BEGIN, '' when a transaction serves no tenant (default: unset, tenancy off)."""
+    DATABASE_TENANT_BYPASS_ROLE: str | None = None
+    """A role with BYPASSRLS the app role may SET ROLE to, for `tenant=ALL_TENANTS` (default: no bypass)."""
+
     # -- Timeouts (seconds) --------------------------------------------------------
     DATABASE_CONNECT_TIMEOUT: float = 5.0
     """Seconds allowed to open a connection, TCP and authentication included (default 5)."""

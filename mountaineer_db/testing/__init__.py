@@ -50,6 +50,7 @@ from mountaineer_db.testing.sessions import (
     rollback_session,
     session_provider,
 )
+from mountaineer_db.testing.tenants import TenantPolicyError, assert_tenant_policies, plain_role, use_tenant
 
 __all__ = [
     "KIT_COMMENT",
@@ -58,16 +59,19 @@ __all__ = [
     "QueryLog",
     "Schema",
     "Server",
+    "TenantPolicyError",
     "ThrowawayDatabase",
     "apply_migrations",
     "assert_max_queries",
     "assert_num_queries",
+    "assert_tenant_policies",
     "captured_on_commit",
     "counted_queries",
     "create_schema",
     "override_app_session",
     "pause_replay",
     "pgbouncer_for",
+    "plain_role",
     "postgres_server",
     "render_controller",
     "replica_config",
@@ -76,5 +80,6 @@ __all__ = [
     "session_provider",
     "streaming_replicas",
     "throwaway_database",
+    "use_tenant",
     "wait_for_replicas",
 ]

@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.engines.data_errors import invalid_input_error_for
 from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.tenants import bind_tenant, bound_tenant, unbind_tenant
 from mountaineer_db.requests.dependencies import get_db_read_session, get_db_session
 from mountaineer_db.requests.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
 from mountaineer_db.requests.session import run_shielded
@@ -83,6 +84,10 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
         # The test's own instances outlive the request: attached again when it ends, with
         # what they hold (a request's own instances end up detached, as in production).
         outlives_request[:] = list(session.identity_map.values())
+        # A request starts with no tenant, as in production (`for_tenant` binds its own); the
+        # test's own (`use_tenant`) is back once the request ends.
+        test_tenant = bound_tenant(session)
+        unbind_tenant(session)
         await session.begin()
         try:
             async with offer_to_rerender(session, request):
@@ -97,6 +102,9 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
         finally:
             await run_shielded(end_transaction(session, keep=outlives_request))
             outlives_request.clear()
+            unbind_tenant(session)
+            if test_tenant is not None:
+                bind_tenant(session, test_tenant)
 
     return provide_test_session
 
