@@ -4,7 +4,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db import dependencies as DatabaseDependencies
 from mountaineer_db.commit_hooks import on_commit
-from mountaineer_db.config import DatabaseConfig, PoolType, ReadRouting
+from mountaineer_db.config import DatabaseConfig, LazyLoads, PoolType, ReadRouting
 from mountaineer_db.dependencies import ReadSessionDep, SessionDep
 from mountaineer_db.engine import dispose_engines
 from mountaineer_db.exceptions import (
@@ -16,6 +16,7 @@ from mountaineer_db.exceptions import (
     DatabaseNotSetUpError,
     DatabaseUnavailableError,
     InvalidInputError,
+    LazyLoadError,
     MigrationCheckError,
     MigrationError,
     MigrationLockTimeoutError,
@@ -46,6 +47,8 @@ __all__ = [
     "DatabaseStatus",
     "DatabaseUnavailableError",
     "InvalidInputError",
+    "LazyLoadError",
+    "LazyLoads",
     "MigrationCheckError",
     "MigrationError",
     "MigrationLockTimeoutError",

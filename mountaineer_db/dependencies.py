@@ -35,6 +35,7 @@ from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
+from mountaineer_db.lazy_loads import checked_request
 from mountaineer_db.lifespan import with_development_database
 from mountaineer_db.origins import request_origin, work_origin
 from mountaineer_db.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
@@ -97,10 +98,11 @@ async def get_db(config: DatabaseConfig = Depends(get_database_config)) -> Async
 
 
 @asynccontextmanager
-async def _request_work(request: HTTPConnection | None) -> AsyncIterator[None]:
-    """The request's controller and action name its work in tags and log lines (`origins`); a
-    table that does not exist yet answers with the "not set up yet" page."""
-    with work_origin(request_origin(request)):
+async def _request_work(request: HTTPConnection | None, engine: AsyncEngine) -> AsyncIterator[None]:
+    """The request's controller and action name its work in tags and log lines (`origins`), its
+    lazy loads and repeated statements are checked (`lazy_loads`); a table that does not exist
+    yet answers with the "not set up yet" page."""
+    with work_origin(request_origin(request)), checked_request(engine):
         try:
             yield
         except DatabaseNotSetUpError:
@@ -109,9 +111,9 @@ async def _request_work(request: HTTPConnection | None) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def _rerender(state: SharedSession, request: HTTPConnection) -> AsyncIterator[AsyncSession]:
+async def _rerender(state: SharedSession, request: HTTPConnection, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """The re-render after a @sideeffect: the action's session; its work is the controller's `render`."""
-    with work_origin(request_origin(request)):
+    with work_origin(request_origin(request)), checked_request(engine):
         async with borrowed(state) as session:
             yield session
 
@@ -134,16 +136,16 @@ async def get_db_session(
     engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        async with _rerender(state, request) as session:
+        async with _rerender(state, request, engine) as session:
             yield session
         return
     replicas = replicas_of(engine)
     if replicas is not None and replicas.renders and is_page_read(request):
-        async with _request_work(request), read_session(engine, replicas, request, label=RENDERS) as session:
+        async with _request_work(request, engine), read_session(engine, replicas, request, label=RENDERS) as session:
             yield session
         return
     async with (
-        _request_work(request),
+        _request_work(request, engine),
         # FastAPI hands a Request here; without one (None) the guard stays idle.
         DisconnectGuard(cast(Request, request)) as guard,
         session_scope(
@@ -171,11 +173,11 @@ async def get_db_read_session(
     engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        async with _rerender(state, request) as session:
+        async with _rerender(state, request, engine) as session:
             yield session
         return
     replicas = None if is_rerender(request) else replicas_of(engine)
-    async with _request_work(request), read_session(engine, replicas, request, label=EXPLICIT) as session:
+    async with _request_work(request, engine), read_session(engine, replicas, request, label=EXPLICIT) as session:
         yield session
 
 

@@ -43,6 +43,7 @@ from mountaineer_db.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
 from mountaineer_db.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
+from mountaineer_db.lazy_loads import LazyLoadCheckedSession
 from mountaineer_db.lifespan import with_development_database
 from mountaineer_db.setup_errors import not_set_up_error_for
 from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
@@ -59,8 +60,9 @@ __all__ = [
 logger = logging.getLogger("mountaineer_db")
 
 
-class RequestSyncSession(Session):
-    """SQLModel's `Session`, keeping the connection it took across commits until it is closed.
+class RequestSyncSession(LazyLoadCheckedSession):
+    """SQLModel's `Session`, keeping the connection it took across commits until it is closed
+    (and its lazy loads checked: `mountaineer_db.lazy_loads`).
 
     A plain session gives its connection back at every commit, so with the default `NULL`
     pool a handler that commits and then queries again (an action and its re-render) opens
