@@ -63,7 +63,7 @@ class TodosController(ControllerBase):
     url = "/todos"
     view_path = "/app/todos/page.tsx"
 
-    async def render(self, session: SessionDep, how: str = "lazy") -> PageRender:
+    async def render(self, session: SessionDep, how: str = "selectinload") -> PageRender:
         owners = []  # held: the identity map keeps only what something else references
         if how == "identity-map":  # the owners are in the session already: no query needed for todo.owner
             owners = (await session.exec(select(LlOwner))).all()
@@ -78,7 +78,7 @@ class TodosController(ControllerBase):
             if how == "awaitable_attrs":
                 owner = await todo.awaitable_attrs.owner
             elif how == "run_sync":
-                owner = await session.run_sync(lambda _: todo.owner)
+                owner = await session.run_sync(lambda _, todo=todo: todo.owner)  # type: ignore[misc]
             else:
                 owner = todo.owner
             names.append(owner.name if owner else None)
@@ -90,6 +90,12 @@ class TodosController(ControllerBase):
         todo = (await session.exec(select(LlTodo).order_by(LlTodo.id))).first()  # type: ignore[arg-type]
         assert todo is not None
         _ = todo.owner
+
+    @sideeffect
+    async def owners_one_by_one(self, session: SessionDep) -> None:
+        """An N+1 written by hand: one query per todo for its owner."""
+        for todo in (await session.exec(select(LlTodo))).all():
+            (await session.exec(select(LlOwner).where(LlOwner.id == todo.owner_id))).one()
 
 
 class OwnersController(ControllerBase):
@@ -165,7 +171,7 @@ async def test_a_many_to_one_read_in_render_names_the_model_attribute_controller
     client: httpx.AsyncClient,
 ) -> None:
     with pytest.raises(LazyLoadError) as caught:
-        await client.get("/todos")
+        await client.get("/todos", params={"how": "lazy"})
     assert str(caught.value) == (
         "Lazy load of LlTodo.owner in TodosController.render: the relationship was not loaded with the LlTodo, "
         "and async code cannot load it when it is first read. "
