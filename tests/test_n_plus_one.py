@@ -22,9 +22,7 @@ from mountaineer_db.request_checks import request_checks_of
 from mountaineer_db.testing import assert_no_n_plus_one, override_app_session, rollback_session
 from tests.test_lazy_loads import TODOS_ACTION, LlConfig, _make_tables, build_app
 
-OWNER_QUERY = (
-    "SELECT lazy_owner.id, lazy_owner.name FROM lazy_owner WHERE lazy_owner.id = $n"
-)
+OWNER_QUERY = "SELECT lazy_owner.id, lazy_owner.name FROM lazy_owner WHERE lazy_owner.id = $n"
 
 
 @pytest.fixture
@@ -127,9 +125,8 @@ async def test_the_kit_assertion_fails_on_an_n_plus_one_naming_the_statement_cou
     kit: tuple[httpx.AsyncClient, Any],
 ) -> None:
     client, _ = kit
-    with pytest.raises(AssertionError) as caught:
-        with assert_no_n_plus_one():
-            await client.get("/todos", params={"how": "awaitable_attrs"})
+    with pytest.raises(AssertionError) as caught, assert_no_n_plus_one():
+        await client.get("/todos", params={"how": "awaitable_attrs"})
     assert str(caught.value) == (
         "N+1 queries: 1 statement ran more than 1 time for one controller/action (threshold=1):\n"
         f"- 2 times in TodosController.render: {OWNER_QUERY}\n"
@@ -152,9 +149,9 @@ async def test_the_kit_groups_by_action_so_an_action_and_its_rerender_do_not_add
     kit: tuple[httpx.AsyncClient, Any],
 ) -> None:
     client, _ = kit
-    with pytest.raises(AssertionError, match=r"- 3 times in TodosController.owners_one_by_one: ") as caught:
-        with assert_no_n_plus_one(threshold=2):
-            await client.post(f"{TODOS_ACTION}/owners_one_by_one")
+    expected = r"- 3 times in TodosController.owners_one_by_one: "
+    with pytest.raises(AssertionError, match=expected) as caught, assert_no_n_plus_one(threshold=2):
+        await client.post(f"{TODOS_ACTION}/owners_one_by_one")
     assert "TodosController.render" not in str(caught.value)
 
 

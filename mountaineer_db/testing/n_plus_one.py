@@ -97,9 +97,7 @@ def assert_no_n_plus_one(threshold: int = 1, *, session: AsyncSession | None = N
             event.remove(recorder.session, "after_begin", recorder.on_begin)
     repeated = recorder.log.repeated(threshold)
     if repeated:
-        lines = [
-            f"- {count} times in {origin or 'the test itself'}: {shape}" for origin, shape, count in repeated
-        ]
+        lines = [f"- {count} times in {origin or 'the test itself'}: {shape}" for origin, shape, count in repeated]
         raise AssertionError(
             f"N+1 queries: {len(repeated)} statement{'s' if len(repeated) > 1 else ''} ran more than "
             f"{threshold} time{'s' if threshold > 1 else ''} for one controller/action (threshold={threshold}):\n"
