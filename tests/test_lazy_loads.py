@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import prometheus_client
 import pytest
 from fastapi.responses import JSONResponse
 from mountaineer import AppController, ConfigBase, ControllerBase, Metadata, RenderBase, sideeffect
@@ -22,6 +23,7 @@ from sqlmodel import Field, Relationship, SQLModel, select
 from mountaineer_db import DatabaseConfig, LazyLoadError, LazyLoads, SessionDep
 from mountaineer_db.engine import engine_for
 from mountaineer_db.loading_metrics import loading_metrics, reset_loading_metrics
+from mountaineer_db.prometheus import register_collector
 from tests.core_app import write_stub_views
 
 TODOS_ACTION = "/internal/api/todos_controller"
@@ -254,6 +256,10 @@ async def test_warn_lets_an_identity_map_load_run_and_logs_it_once_with_a_counte
     assert warnings[0].startswith("Lazy load of LlTodo.owner in TodosController.render: ")
     assert "DATABASE_LAZY_LOADS=warn" in warnings[0] and "selectinload(LlTodo.owner)" in warnings[0]
     assert loading_metrics().lazy_loads == {("LlTodo", "owner", "TodosController.render"): 6}
+    registry = prometheus_client.CollectorRegistry()
+    register_collector(registry)
+    labels = {"model": "LlTodo", "attribute": "owner", "origin": "TodosController.render"}
+    assert registry.get_sample_value("mountaineer_db_lazy_loads_total", labels) == 6
 
 
 async def test_warn_still_explains_a_load_that_cannot_run(make_app: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import prometheus_client
 import pytest
 from sqlalchemy import event
 
@@ -18,6 +19,7 @@ from mountaineer_db import LazyLoadError
 from mountaineer_db.engine import engine_for
 from mountaineer_db.loading_metrics import loading_metrics, reset_loading_metrics
 from mountaineer_db.n_plus_one import statement_shape
+from mountaineer_db.prometheus import register_collector
 from mountaineer_db.request_checks import request_checks_of
 from mountaineer_db.testing import assert_no_n_plus_one, override_app_session, rollback_session
 from tests.test_lazy_loads import TODOS_ACTION, LlConfig, _make_tables, build_app
@@ -58,6 +60,9 @@ async def test_a_statement_repeated_past_the_threshold_in_a_render_logs_one_warn
     ), warnings[0]
     assert "WHERE lazy_owner.id = $n" in warnings[0] and 'see "Loading related rows"' in warnings[0]
     assert loading_metrics().n_plus_one == {"TodosController.render": 1}
+    registry = prometheus_client.CollectorRegistry()
+    register_collector(registry)
+    assert registry.get_sample_value("mountaineer_db_n_plus_one_total", {"origin": "TodosController.render"}) == 1
 
 
 async def test_an_action_is_named_and_its_rerender_counted_apart(
