@@ -131,7 +131,7 @@ def _seen(model: str, attribute: str, mode: LazyLoads, *, from_identity_map: boo
 def _check_statement(state: ORMExecuteState) -> None:
     """`do_orm_execute`: a lazy load that needs a query, from async code, fails with the explanation."""
     mode = _mode.get()
-    if mode is None:
+    if mode is None or not state.is_select:  # SQLAlchemy 2.0 refuses `lazy_loaded_from` on other statements
         return
     parent = state.lazy_loaded_from
     if parent is None or in_greenlet():

@@ -2,8 +2,8 @@
 
 ```
 WARNING mountaineer_db: N+1 queries in HomeController.render: one statement ran 25 times in this
-request (DATABASE_N_PLUS_ONE_THRESHOLD=10): SELECT owner.id, owner.name FROM owner WHERE owner.id =
-$1::INTEGER. Load the related rows with the query that fetches the parents (see "Loading related rows").
+request (DATABASE_N_PLUS_ONE_THRESHOLD=10); load the related rows with the query that fetches the
+parents (see "Loading related rows"): SELECT owner.id, owner.name FROM owner WHERE owner.id = $n
 ```
 
 Each request (and the re-render after a `@sideeffect`, counted on its own as
@@ -104,8 +104,8 @@ class StatementCounts:
         where = f" in {origin}" if origin else ""
         for shape, count in repeated:
             logger.warning(
-                "N+1 queries%s: one statement ran %d times in this request (DATABASE_N_PLUS_ONE_THRESHOLD=%d): %s "
-                'Load the related rows with the query that fetches the parents (see "Loading related rows").',
+                "N+1 queries%s: one statement ran %d times in this request (DATABASE_N_PLUS_ONE_THRESHOLD=%d); load "
+                'the related rows with the query that fetches the parents (see "Loading related rows"): %s',
                 where,
                 count,
                 self._threshold,

@@ -6,6 +6,7 @@ loads each todo's owner with its own query (an N+1: two owners, two identical st
 """
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,15 @@ def make_app(pg_server: Any, test_database: str, tmp_path: Path) -> Any:
     return make
 
 
+def _unlabelled(text: str) -> str:
+    """SQLAlchemy 2.0 labels selected columns (`lazy_owner.id AS lazy_owner_id`), 2.1 does not."""
+    return re.sub(r" AS \w+", "", text)
+
+
 def _n_plus_one_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "mountaineer_db" and "N+1" in r.getMessage()]
+    return [
+        _unlabelled(r.getMessage()) for r in caplog.records if r.name == "mountaineer_db" and "N+1" in r.getMessage()
+    ]
 
 
 async def test_a_statement_repeated_past_the_threshold_in_a_render_logs_one_warning(
@@ -54,11 +62,11 @@ async def test_a_statement_repeated_past_the_threshold_in_a_render_logs_one_warn
     assert response.json() == {"owners": ["ada", "brian", "ada"]}
     warnings = _n_plus_one_warnings(caplog)
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith(
+    assert warnings[0] == (
         "N+1 queries in TodosController.render: one statement ran 2 times in this request "
-        "(DATABASE_N_PLUS_ONE_THRESHOLD=1): SELECT lazy_owner.id, lazy_owner.name"
-    ), warnings[0]
-    assert "WHERE lazy_owner.id = $n" in warnings[0] and 'see "Loading related rows"' in warnings[0]
+        "(DATABASE_N_PLUS_ONE_THRESHOLD=1); load the related rows with the query that fetches the parents "
+        f'(see "Loading related rows"): {OWNER_QUERY}'
+    )
     assert loading_metrics().n_plus_one == {"TodosController.render": 1}
     registry = prometheus_client.CollectorRegistry()
     register_collector(registry)
@@ -132,7 +140,7 @@ async def test_the_kit_assertion_fails_on_an_n_plus_one_naming_the_statement_cou
     client, _ = kit
     with pytest.raises(AssertionError) as caught, assert_no_n_plus_one():
         await client.get("/todos", params={"how": "awaitable_attrs"})
-    assert str(caught.value) == (
+    assert _unlabelled(str(caught.value)) == (
         "N+1 queries: 1 statement ran more than 1 time for one controller/action (threshold=1):\n"
         f"- 2 times in TodosController.render: {OWNER_QUERY}\n"
         'Load the related rows with the query that fetches the parents (see "Loading related rows").'
