@@ -14,6 +14,7 @@ import pstats
 
 from _harness import POOL_SIZE, SETUPS, Stack, ours_request, run_script
 from peers import PEERS, build_peer
+from pydantic import TypeAdapter
 
 from mountaineer_db import DatabaseConfig, dispose_engines
 
@@ -27,11 +28,12 @@ def _calls(stats: pstats.Stats, requests: int) -> dict[str, float]:
 
 
 def _with_settings(config: DatabaseConfig, settings: list[str]) -> DatabaseConfig:
-    """`config` with NAME=VALUE settings applied (validated as the environment would be)."""
-    if not settings:
-        return config
-    values = {**config.model_dump(exclude_unset=True), **dict(item.split("=", 1) for item in settings)}
-    return DatabaseConfig(**values)
+    """`config` with NAME=VALUE settings applied (each value validated as its field's type)."""
+    update = {}
+    for item in settings:
+        name, value = item.split("=", 1)
+        update[name] = TypeAdapter(DatabaseConfig.model_fields[name].annotation).validate_python(value)
+    return config.model_copy(update=update)
 
 
 async def main(args: argparse.Namespace, stack: Stack) -> None:

@@ -94,6 +94,20 @@ class TodosController(ControllerBase):
         _ = todo.owner
 
     @sideeffect
+    async def owner_after_commit(self, session: SessionDep) -> None:
+        """The lazy load is the first statement of the request's second transaction."""
+        todo = (await session.exec(select(LlTodo).order_by(LlTodo.id))).first()  # type: ignore[arg-type]
+        assert todo is not None
+        await session.commit()
+        _ = todo.owner
+
+    @sideeffect
+    async def list_todos(self, session: SessionDep) -> None:
+        """Runs the very statements of the re-render that follows it, once each."""
+        query = select(LlTodo).order_by(LlTodo.id).options(selectinload(LlTodo.owner))  # type: ignore[arg-type]
+        (await session.exec(query)).all()
+
+    @sideeffect
     async def owners_one_by_one(self, session: SessionDep) -> None:
         """An N+1 written by hand: one query per todo for its owner."""
         for todo in (await session.exec(select(LlTodo))).all():
@@ -204,6 +218,15 @@ async def test_a_many_to_one_read_in_an_action_names_the_action(client: httpx.As
         await client.post(f"{TODOS_ACTION}/owner_of_first")
     assert str(caught.value).startswith("Lazy load of LlTodo.owner in TodosController.owner_of_first: ")
     assert _fix("LlTodo", "owner", "ll_todo") in str(caught.value)
+    assert isinstance(caught.value.__cause__, sa_exc.MissingGreenlet)
+
+
+async def test_a_lazy_load_that_starts_a_transaction_after_a_commit_is_explained_too(
+    client: httpx.AsyncClient,
+) -> None:
+    with pytest.raises(LazyLoadError) as caught:
+        await client.post(f"{TODOS_ACTION}/owner_after_commit")
+    assert str(caught.value).startswith("Lazy load of LlTodo.owner in TodosController.owner_after_commit: ")
     assert isinstance(caught.value.__cause__, sa_exc.MissingGreenlet)
 
 

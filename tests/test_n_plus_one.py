@@ -86,6 +86,17 @@ async def test_an_action_is_named_and_its_rerender_counted_apart(
     assert warnings[0].startswith("N+1 queries in TodosController.owners_one_by_one: one statement ran 3 times")
 
 
+async def test_an_action_and_its_rerender_running_the_same_statements_once_each_is_no_n_plus_one(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mountaineer_db")
+    client, _, _ = await make_app(DATABASE_N_PLUS_ONE_THRESHOLD=1)
+    async with client:
+        response = await client.post(f"{TODOS_ACTION}/list_todos")
+    assert response.json()["sideeffect"] == {}, "the re-render ran (its explicit response is not serialized)"
+    assert _n_plus_one_warnings(caplog) == []
+
+
 async def test_no_warning_at_or_below_the_threshold_or_with_one_query(
     make_app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
