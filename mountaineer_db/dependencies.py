@@ -21,6 +21,7 @@ commits on the primary are tracked so that each client reads its own writes
 (`mountaineer_db.read_your_writes`). Without replicas nothing of that runs.
 """
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
@@ -35,12 +36,13 @@ from mountaineer_db.appconfig import registered_config
 from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
-from mountaineer_db.lazy_loads import checked_request
+from mountaineer_db.lazy_loads import checked
 from mountaineer_db.lifespan import with_development_database
 from mountaineer_db.origins import request_origin, work_origin
 from mountaineer_db.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
 from mountaineer_db.read_your_writes import Positions, ReplicatedRequestSession
 from mountaineer_db.replicas import remember_replicas, replicas_of
+from mountaineer_db.request_checks import CHECKS_ATTRIBUTE
 from mountaineer_db.rerender import SharedSession, borrowed, offer_to_rerender, shared_session
 from mountaineer_db.session import DisconnectGuard, RequestSyncSession, session_scope
 from mountaineer_db.setup_errors import install_setup_page
@@ -102,9 +104,14 @@ async def _request_work(request: HTTPConnection | None, engine: AsyncEngine) -> 
     """The request's controller and action name its work in tags and log lines (`origins`), its
     lazy loads and repeated statements are checked (`lazy_loads`); a table that does not exist
     yet answers with the "not set up yet" page."""
-    with work_origin(request_origin(request)), checked_request(engine):
+    checks = getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)  # None (nothing to run) unless they are on
+    with work_origin(request_origin(request)):
         try:
-            yield
+            if checks is None:
+                yield
+            else:
+                with checked(checks):
+                    yield
         except DatabaseNotSetUpError:
             install_setup_page(request)
             raise
@@ -113,7 +120,8 @@ async def _request_work(request: HTTPConnection | None, engine: AsyncEngine) -> 
 @asynccontextmanager
 async def _rerender(state: SharedSession, request: HTTPConnection, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """The re-render after a @sideeffect: the action's session; its work is the controller's `render`."""
-    with work_origin(request_origin(request)), checked_request(engine):
+    checks = getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)
+    with work_origin(request_origin(request)), checked(checks) if checks is not None else contextlib.nullcontext():
         async with borrowed(state) as session:
             yield session
 

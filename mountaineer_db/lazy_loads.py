@@ -53,9 +53,9 @@ from mountaineer_db.exceptions import LazyLoadError
 from mountaineer_db.loading_metrics import count_lazy_load
 from mountaineer_db.n_plus_one import StatementCounts
 from mountaineer_db.origins import current_origin
-from mountaineer_db.request_checks import request_checks_of
+from mountaineer_db.request_checks import RequestChecks, request_checks_of
 
-__all__ = ["LazyLoadCheckedSession", "checked_request", "lazy_load_error", "lazy_load_message"]
+__all__ = ["LazyLoadCheckedSession", "checked", "checked_request", "lazy_load_error", "lazy_load_message"]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -219,7 +219,7 @@ def _listen() -> None:
 
 
 class _Checked:
-    """`checked_request`'s context manager (a class: cheaper per request than a generator)."""
+    """`checked`'s context manager (a class: cheaper per request than a generator)."""
 
     __slots__ = ("_counts", "_mode", "_token")
 
@@ -230,17 +230,26 @@ class _Checked:
 
     def __enter__(self) -> None:
         if self._mode is not None:
-            _listen()
+            if not _listening:
+                _listen()
             self._token = _mode.set(self._mode)
         if self._counts is not None:
             self._counts.__enter__()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         if self._token is not None:
-            with contextlib.suppress(ValueError):  # torn down from another context: leave that one alone
+            try:  # noqa: SIM105 - contextlib.suppress would cost three calls per request
                 _mode.reset(self._token)
+            except ValueError:  # torn down from another context: leave that one alone
+                pass
         if self._counts is not None:
             self._counts.__exit__(kind, error, tb)
+
+
+def checked(checks: RequestChecks, *, kit: bool = False) -> contextlib.AbstractContextManager[None]:
+    """`with checked(checks):` check lazy loads and count statements as `checks` say (see `checked_request`)."""
+    mode = checks.lazy_loads if checks.lazy_loads_set or not kit else LazyLoads.RAISE
+    return _Checked(mode, checks.n_plus_one_threshold)
 
 
 def checked_request(
@@ -252,7 +261,4 @@ def checked_request(
     `kit=True` (the test kit): DATABASE_LAZY_LOADS defaults to `raise` whatever ENVIRONMENT says.
     """
     checks = request_checks_of(engine)
-    if checks is None:
-        return contextlib.nullcontext()
-    mode = checks.lazy_loads if checks.lazy_loads_set or not kit else LazyLoads.RAISE
-    return _Checked(mode, checks.n_plus_one_threshold)
+    return contextlib.nullcontext() if checks is None else checked(checks, kit=kit)

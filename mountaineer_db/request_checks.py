@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mountaineer_db.config import DatabaseConfig, LazyLoads
 from mountaineer_db.n_plus_one import install_statement_counts
 
-__all__ = ["RequestChecks", "install_request_checks", "request_checks_of"]
+__all__ = ["CHECKS_ATTRIBUTE", "RequestChecks", "install_request_checks", "request_checks_of"]
 
-_ATTRIBUTE = "_mdb_request_checks"
+CHECKS_ATTRIBUTE = "_mdb_request_checks"
+"""The sync engine's attribute holding its `RequestChecks` (absent: nothing to check)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +36,11 @@ def install_request_checks(engine: AsyncEngine, config: DatabaseConfig) -> None:
     checks = RequestChecks(config.lazy_loads, config.DATABASE_LAZY_LOADS is not None, threshold)
     if checks.lazy_loads is LazyLoads.ALLOW and checks.n_plus_one_threshold is None:
         return
-    setattr(engine.sync_engine, _ATTRIBUTE, checks)
+    setattr(engine.sync_engine, CHECKS_ATTRIBUTE, checks)
     if checks.n_plus_one_threshold is not None:
         install_statement_counts(engine)
 
 
 def request_checks_of(engine: AsyncEngine | AsyncConnection) -> RequestChecks | None:
     """The checks recorded on `engine` (or a connection's engine; None: nothing to check)."""
-    return getattr(engine.sync_engine, _ATTRIBUTE, None)
+    return getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)
