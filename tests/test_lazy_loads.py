@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import selectinload
 from sqlmodel import Field, Relationship, SQLModel, select
 
-from mountaineer_db import DatabaseConfig, LazyLoadError, LazyLoads, SessionDep
+from mountaineer_db import DatabaseConfig, LazyLoadError, LazyLoads, ReadSessionDep, SessionDep
 from mountaineer_db.engine import engine_for
 from mountaineer_db.loading_metrics import loading_metrics, reset_loading_metrics
 from mountaineer_db.prometheus import register_collector
@@ -134,6 +134,17 @@ class OwnersController(ControllerBase):
         _ = len(owner.todos)
 
 
+class ReadTodosController(ControllerBase):
+    """`/read-todos`: the owners' names through a read session (`get_db_read_session`)."""
+
+    url = "/read-todos"
+    view_path = "/app/read_todos/page.tsx"
+
+    async def render(self, session: ReadSessionDep) -> PageRender:
+        todos = (await session.exec(select(LlTodo).order_by(LlTodo.id))).all()  # type: ignore[arg-type]
+        return PageRender(metadata=_json({"owners": [todo.owner.name if todo.owner else None for todo in todos]}))
+
+
 async def _make_tables(config: DatabaseConfig) -> None:
     tables = [LlTodo.__table__, LlOwner.__table__]  # type: ignore[attr-defined]
     async with engine_for(config).begin() as connection:
@@ -147,10 +158,11 @@ async def _make_tables(config: DatabaseConfig) -> None:
 
 
 def build_app(config: DatabaseConfig, view_root: Path) -> AppController:
-    write_stub_views(view_root, "lazy-loads-views", "todos", "owners")
+    write_stub_views(view_root, "lazy-loads-views", "todos", "owners", "read_todos")
     app = AppController(view_root=view_root, config=config)
     app.register(TodosController())
     app.register(OwnersController())
+    app.register(ReadTodosController())
     return app
 
 
@@ -219,6 +231,11 @@ async def test_a_many_to_one_read_in_an_action_names_the_action(client: httpx.As
     assert str(caught.value).startswith("Lazy load of LlTodo.owner in TodosController.owner_of_first: ")
     assert _fix("LlTodo", "owner", "ll_todo") in str(caught.value)
     assert isinstance(caught.value.__cause__, sa_exc.MissingGreenlet)
+
+
+async def test_a_read_session_explains_its_lazy_loads_too(client: httpx.AsyncClient) -> None:
+    with pytest.raises(LazyLoadError, match=r"^Lazy load of LlTodo.owner in ReadTodosController.render: "):
+        await client.get("/read-todos")
 
 
 async def test_a_lazy_load_that_starts_a_transaction_after_a_commit_is_explained_too(

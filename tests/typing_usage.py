@@ -15,6 +15,8 @@ from mountaineer_db import (
     DatabaseNotSetUpError,
     DatabaseStatus,
     InvalidInputError,
+    LazyLoadError,
+    LazyLoads,
     MountaineerDBError,
     PoolType,
     ReadOnlySessionError,
@@ -33,6 +35,7 @@ from mountaineer_db import (
     on_commit,
     run_in_transaction,
 )
+from mountaineer_db.loading_metrics import LoadingMetrics, loading_metrics
 from mountaineer_db.metrics import EngineMetrics, database_metrics
 from mountaineer_db.origins import work_origin
 from mountaineer_db.prometheus import DatabaseCollector, register_collector
@@ -40,7 +43,9 @@ from mountaineer_db.replicas import replica_status
 from mountaineer_db.stale_statements import install_stale_statement_recovery
 from mountaineer_db.testing import (
     QueryLog,
+    StatementsByOrigin,
     assert_max_queries,
+    assert_no_n_plus_one,
     assert_num_queries,
     captured_on_commit,
     counted_queries,
@@ -206,3 +211,21 @@ async def typed_replicas(config: DatabaseConfig) -> list[str]:
     await wait_for_replicas(config, timeout=5.0)
     states: list[str] = [str(item["state"]) for item in replica_status(config)]
     return states if renders else [str(url.host) for url in config.DATABASE_REPLICA_URLS]
+
+
+async def typed_loading(config: DatabaseConfig) -> dict[str, object]:
+    """Lazy loads and N+1 queries (docs/loading.md)."""
+    mode: LazyLoads = config.lazy_loads
+    setting: LazyLoads | None = config.DATABASE_LAZY_LOADS
+    n_plus_one: int | None = config.DATABASE_N_PLUS_ONE_THRESHOLD
+    with assert_no_n_plus_one() as seen, assert_no_n_plus_one(threshold=3, session=None):
+        try:
+            async with database_session(config) as session:
+                await session.exec(select(TypedTodo))
+        except LazyLoadError as error:
+            names: tuple[str, str, str | None] = (error.model, error.attribute, error.origin)
+            return {"names": names}
+    by_origin: StatementsByOrigin = seen
+    figures: LoadingMetrics = loading_metrics()
+    lazy: dict[tuple[str, str, str], int] = figures.lazy_loads
+    return {"mode": mode, "setting": setting, "threshold": n_plus_one, "counts": by_origin.counts, "lazy": lazy}
