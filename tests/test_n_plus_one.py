@@ -22,8 +22,8 @@ from mountaineer_db.loading_metrics import loading_metrics, reset_loading_metric
 from mountaineer_db.n_plus_one import statement_shape
 from mountaineer_db.prometheus import register_collector
 from mountaineer_db.request_checks import request_checks_of
-from mountaineer_db.testing import assert_no_n_plus_one, override_app_session, rollback_session
-from tests.test_lazy_loads import TODOS_ACTION, LlConfig, _make_tables, build_app
+from mountaineer_db.testing import assert_no_n_plus_one, override_app_session, render_controller, rollback_session
+from tests.test_lazy_loads import TODOS_ACTION, LlConfig, OwnersController, _make_tables, build_app
 
 OWNER_QUERY = "SELECT lazy_owner.id, lazy_owner.name FROM lazy_owner WHERE lazy_owner.id = $n"
 
@@ -193,3 +193,11 @@ async def test_the_kit_follows_an_explicit_setting(make_app: Any) -> None:
         with override_app_session(app, session):
             response = await client.get("/todos", params={"how": "identity-map"})
     assert response.json() == {"owners": ["ada", "brian", "ada"]}
+
+
+async def test_render_controller_checks_lazy_loads_and_names_the_controller(make_app: Any) -> None:
+    """The kit's `render_controller` (no HTTP, no frontend build) is a request like any other."""
+    client, _, config = await make_app(ENVIRONMENT="production")
+    async with client, rollback_session(config) as session:
+        with pytest.raises(LazyLoadError, match=r"^Lazy load of LlOwner.todos in OwnersController.render: "):
+            await render_controller(OwnersController(), session)
