@@ -16,6 +16,12 @@ Comparisons, each at concurrency 1 and 16:
 3. FIXED_PROCESS via PgBouncer (DATABASE_STATEMENT_CACHE_SIZE=0)  vs  raw pool of 10 via
    PgBouncer (statement_cache_size=0).
 
+[7] the lazy-load and N+1 checks (docs/loading.md): ours with DATABASE_LAZY_LOADS=allow and no
+N+1 threshold (off: nothing installed) vs the default (raise) vs raise with
+DATABASE_N_PLUS_ONE_THRESHOLD=10, FIXED_PROCESS direct, concurrency 1; each request an ORM
+`select()` of one row of a mapped table (what the checks look at), committed. `--checks-only`
+runs only this.
+
 The peers of `peers.py` (what a user would pick instead: a plain SQLModel session as the docs
 show it, the old `mountaineer.database`, advanced-alchemy) run in the same rotation, each at
 the same URL with the same pool size; each line gives ours ÷ peer, or the peer's error rate
@@ -27,6 +33,7 @@ Run:  .venv/bin/python bench/bench_sessions.py [--rounds 9] [--requests 400] [--
 import argparse
 import statistics
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from _harness import (
     POOL_SIZE,
@@ -43,8 +50,62 @@ from _harness import (
     run_script,
 )
 from peers import PEERS, Peer, build_peer
+from sqlalchemy import text
+from sqlmodel import Field, SQLModel, select
 
-from mountaineer_db import dispose_engines
+from mountaineer_db import DatabaseConfig, DatabaseDependencies, LazyLoads, dispose_engines
+from mountaineer_db.engines.engine import engine_for
+
+
+class BenchItem(SQLModel, table=True):
+    __tablename__ = "bench_item"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+
+
+def orm_request(config: DatabaseConfig) -> Callable[[], Awaitable[None]]:
+    """`get_db_session` as FastAPI calls it; an ORM select of one row, committed."""
+    dependency = asynccontextmanager(DatabaseDependencies.get_db_session)
+    query = select(BenchItem).where(BenchItem.id == 1)
+
+    async def request() -> None:
+        async with dependency(engine=await DatabaseDependencies.get_db(config=config)) as session:
+            (await session.exec(query)).one()
+            await session.commit()
+
+    return request
+
+
+async def checks_comparison(stack: Stack, args: argparse.Namespace) -> None:
+    """[7]: the checks off, on by default, and on with an N+1 threshold; ratios to off."""
+    base = stack.config("fixed-direct")
+    async with engine_for(base).begin() as connection:
+        await connection.run_sync(lambda sync: SQLModel.metadata.create_all(sync, [BenchItem.__table__]))  # type: ignore[attr-defined]
+        await connection.execute(text("INSERT INTO bench_item (id, name) VALUES (1, 'one') ON CONFLICT DO NOTHING"))
+    variants = {
+        "off: DATABASE_LAZY_LOADS=allow, no threshold": base.model_copy(
+            update={"DATABASE_LAZY_LOADS": LazyLoads.ALLOW}
+        ),
+        "default: DATABASE_LAZY_LOADS=raise": base,
+        "raise + DATABASE_N_PLUS_ONE_THRESHOLD=10": base.model_copy(update={"DATABASE_N_PLUS_ONE_THRESHOLD": 10}),
+    }
+    requests = [orm_request(config) for config in variants.values()]
+    measured = await rotating_rounds(
+        [(lambda request=request: run_concurrent(request, args.requests, 1)) for request in requests], args.rounds
+    )
+    off = measured[0]
+    print("[7] lazy-load and N+1 checks, FIXED_PROCESS direct, ORM select, concurrency 1", flush=True)
+    for (label, _), values in zip(variants.items(), measured, strict=True):
+        ratio = statistics.median(a / b for a, b in zip(values, off, strict=True))
+        cpu = statistics.median(a.cpu / b.cpu for a, b in zip(values, off, strict=True))  # type: ignore[attr-defined]
+        print(
+            f"    {label:<48} {statistics.median(values):>8.0f} µs/req"
+            f"   (client CPU {statistics.median(v.cpu for v in values):>5.0f} µs)"  # type: ignore[attr-defined]
+            f"  ratio to off = {ratio:.3f}×; client CPU ratio {cpu:.3f}×",
+            flush=True,
+        )
+    await dispose_engines()
 
 # setup: (title, ours label, raw label, target ratio); run in this order at each concurrency.
 COMPARISONS = {
@@ -97,6 +158,9 @@ def peer_lines(ours: list[float], peers: list[tuple[Peer, list[float]]], raw: fl
 
 async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
     results: list[Comparison] = []
+    if args.checks_only:
+        await checks_comparison(stack, args)
+        return results
 
     def measure(request: Callable[[], Awaitable[None]], concurrency: int) -> Callable[[], Awaitable[Timing]]:
         requests = args.requests if concurrency == 1 else args.requests * 2
@@ -150,6 +214,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> list[Comparison]:
                 for peer in peers:
                     await peer.close()
         await dispose_engines()
+    await checks_comparison(stack, args)
     return results
 
 
@@ -158,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison (default 9)")
     parser.add_argument("--requests", type=int, default=400, help="requests per round at concurrency 1 (x2 at 16)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--checks-only", action="store_true", help="run only [7], the lazy-load and N+1 checks")
     parser.add_argument("--only", default="", help="comma list of: " + ", ".join(SETUPS))
     parser.add_argument(
         "--peers", default=",".join(PEERS), help=f"comma list of: {', '.join(PEERS)}; or none (default: all)"

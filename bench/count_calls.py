@@ -5,6 +5,7 @@ shows what each layer of ours adds to the plain session a peer hands out. One re
 `SELECT 1` in a transaction, committed, concurrency 1.
 
 Run:  .venv/bin/python bench/count_calls.py [--setup fixed-direct] [--peer sqlmodel-docs] [--requests 2000]
+      [--set DATABASE_LAZY_LOADS=allow] (a setting of ours' config, repeatable)
 """
 
 import argparse
@@ -13,8 +14,9 @@ import pstats
 
 from _harness import POOL_SIZE, SETUPS, Stack, ours_request, run_script
 from peers import PEERS, build_peer
+from pydantic import TypeAdapter
 
-from mountaineer_db import dispose_engines
+from mountaineer_db import DatabaseConfig, dispose_engines
 
 
 def _calls(stats: pstats.Stats, requests: int) -> dict[str, float]:
@@ -25,11 +27,21 @@ def _calls(stats: pstats.Stats, requests: int) -> dict[str, float]:
     return counts
 
 
+def _with_settings(config: DatabaseConfig, settings: list[str]) -> DatabaseConfig:
+    """`config` with NAME=VALUE settings applied (each value validated as its field's type)."""
+    update = {}
+    for item in settings:
+        name, value = item.split("=", 1)
+        update[name] = TypeAdapter(DatabaseConfig.model_fields[name].annotation).validate_python(value)
+    return config.model_copy(update=update)
+
+
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     url = stack.url_for(args.setup)
     peer = build_peer(args.peer, url, connect_per_request=args.setup.startswith("default"), pool_size=POOL_SIZE)
     measured: dict[str, dict[str, float]] = {}
-    for label, request in (("ours", ours_request(stack.config(args.setup))), (args.peer, peer.request)):
+    ours = ours_request(_with_settings(stack.config(args.setup), args.set))
+    for label, request in (("ours", ours), (args.peer, peer.request)):
         for _ in range(200):
             await request()
         profiler = cProfile.Profile()
@@ -59,5 +71,6 @@ if __name__ == "__main__":
     parser.add_argument("--peer", choices=PEERS, default="sqlmodel-docs")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a setting of ours' config")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     run_script(parser, "Python calls per request: ours vs {peer} ({setup})", main)

@@ -13,6 +13,7 @@ from mountaineer_db.exceptions import (
     DatabaseNotSetUpError,
     DatabaseUnavailableError,
     InvalidInputError,
+    LazyLoadError,
     MigrationCheckError,
     MigrationError,
     MigrationLockTimeoutError,
@@ -33,7 +34,7 @@ from mountaineer_db.requests.http_errors import get_or_404, map_integrity_errors
 from mountaineer_db.requests.lifespan import database_lifespan
 from mountaineer_db.requests.retries import run_in_transaction
 from mountaineer_db.requests.session import database_session
-from mountaineer_db.settings.config import DatabaseConfig, PoolType, ReadRouting
+from mountaineer_db.settings.config import DatabaseConfig, LazyLoads, PoolType, ReadRouting
 
 __all__ = [
     "ALL_TENANTS",
@@ -50,6 +51,8 @@ __all__ = [
     "DatabaseStatus",
     "DatabaseUnavailableError",
     "InvalidInputError",
+    "LazyLoadError",
+    "LazyLoads",
     "MigrationCheckError",
     "MigrationError",
     "MigrationLockTimeoutError",

@@ -23,6 +23,7 @@ __all__ = [
     "DatabaseNotSetUpError",
     "DatabaseUnavailableError",
     "InvalidInputError",
+    "LazyLoadError",
     "MigrationCheckError",
     "MigrationError",
     "MigrationLockTimeoutError",
@@ -353,3 +354,19 @@ class TenantRequiredError(_HTTPError, PermissionError):
 
     status = 403
     default_detail = "No tenant for this request."
+
+
+class LazyLoadError(MountaineerDBError):
+    """A relationship that was not loaded was read in a request session (DATABASE_LAZY_LOADS).
+
+    The message names the model, the attribute, the controller and action, and the fix
+    (an eager loader option in the query, or `await session.refresh(obj, ["attr"])`). Where
+    SQLAlchemy itself failed (`MissingGreenlet`), its error is the `__cause__`. A programming
+    error, so an HTTP 500. `model`, `attribute` and `origin` hold the names.
+    """
+
+    def __init__(self, message: str, *, model: str, attribute: str, origin: str | None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.attribute = attribute
+        self.origin = origin

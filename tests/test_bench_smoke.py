@@ -50,6 +50,7 @@ def test_bench_sessions_prints_every_comparison_with_its_ratio() -> None:
     found = ratios(output)
     assert len(found) == 8 and all(r > 0 for r in found), output
     assert "client CPU ratio" in output
+    assert output.count("ratio to off = ") == 3, "[7]: the checks off, on, and on with an N+1 threshold"
     # Every peer appears once per comparison, with a ratio to ours or its error rate.
     for peer in ("sqlmodel-docs", "mountaineer.database", "advanced-alchemy"):
         lines = [line for line in output.splitlines() if line.strip().startswith(f"peer  {peer} ")]

@@ -397,3 +397,47 @@ async def test_canary_asyncpg_refuses_an_argument_it_cannot_encode_as_its_dataer
     invalid = invalid_input_error_for(caught.value)
     assert invalid is not None and invalid.kind == "out_of_range"
     assert "invalid input for query argument $1: value out of int64 range" in describe_error(caught.value)
+
+
+def test_canary_sqlalchemy_answers_a_many_to_one_lazy_load_through_session_identity_lookup() -> None:
+    """Upstream: `LazyLoader._load_for_state` looks a many-to-one up with
+    `session._identity_lookup(mapper, identity, passive=..., lazy_loaded_from=state)` before any query.
+    Ours: `lazy_loads.LazyLoadCheckedSession` overrides it so that DATABASE_LAZY_LOADS=raise fails, and
+    `warn` logs, a lazy load the identity map answers (no statement, so `do_orm_execute` never sees it)."""
+    from sqlalchemy.orm import PassiveFlag, make_transient_to_detached
+
+    from mountaineer_db.requests.lazy_loads import LazyLoadCheckedSession
+    from tests.test_lazy_loads import LlOwner, LlTodo
+
+    calls: list[dict[str, Any]] = []
+
+    class Recording(LazyLoadCheckedSession):
+        def _identity_lookup(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append({"args": args, **kwargs})
+            return super()._identity_lookup(*args, **kwargs)
+
+    owner, todo = LlOwner(id=1, name="ada"), LlTodo(id=1, description="write", owner_id=1)
+    for instance in (owner, todo):
+        make_transient_to_detached(instance)
+    with Recording() as session:  # no bind: nothing may reach a database
+        session.add_all([owner, todo])
+        assert todo.owner is owner
+    lookups = [call for call in calls if call.get("lazy_loaded_from") is not None]
+    assert len(lookups) == 1, "SQLAlchemy no longer asks Session._identity_lookup for a many-to-one lazy load"
+    assert lookups[0]["lazy_loaded_from"].obj() is todo
+    assert lookups[0]["passive"] & PassiveFlag.RELATED_OBJECT_OK, "the passive flags moved"
+
+
+def test_canary_sqlalchemy_raises_missing_greenlet_from_its_await_helper_outside_a_greenlet() -> None:
+    """Upstream: `sqlalchemy.util.concurrency.await_` (2.1; `await_only` in 2.0) raises `MissingGreenlet`
+    outside a greenlet without running the awaitable. Ours: `lazy_loads._missing_greenlet` takes the
+    `__cause__` of a `LazyLoadError` from it (a fallback builds one when the helper is gone)."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.util import concurrency
+
+    from mountaineer_db.requests.lazy_loads import _missing_greenlet
+
+    assert getattr(concurrency, "await_", None) or getattr(concurrency, "await_only", None), "the helper moved"
+    cause = _missing_greenlet()
+    assert isinstance(cause, sa_exc.MissingGreenlet)
+    assert cause.__traceback__ is not None, "raised by SQLAlchemy's helper, not built by the fallback"

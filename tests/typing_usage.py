@@ -18,6 +18,8 @@ from mountaineer_db import (
     DatabaseNotSetUpError,
     DatabaseStatus,
     InvalidInputError,
+    LazyLoadError,
+    LazyLoads,
     MountaineerDBError,
     PoolType,
     ReadOnlySessionError,
@@ -37,6 +39,7 @@ from mountaineer_db import (
     on_commit,
     run_in_transaction,
 )
+from mountaineer_db.engines.loading_metrics import LoadingMetrics, loading_metrics
 from mountaineer_db.engines.origins import work_origin
 from mountaineer_db.engines.stale_statements import install_stale_statement_recovery
 from mountaineer_db.observability.metrics import EngineMetrics, database_metrics
@@ -45,7 +48,9 @@ from mountaineer_db.observability.tracing import instrument_opentelemetry, unins
 from mountaineer_db.replicas.replica_set import replica_status
 from mountaineer_db.testing import (
     QueryLog,
+    StatementsByOrigin,
     assert_max_queries,
+    assert_no_n_plus_one,
     assert_num_queries,
     captured_on_commit,
     counted_queries,
@@ -251,3 +256,21 @@ async def typed_tenants(config: DatabaseConfig, tenant: UUID) -> int:
     except TenantRequiredError as error:
         status: int = error.status_code
     return count + status
+
+
+async def typed_loading(config: DatabaseConfig) -> dict[str, object]:
+    """Lazy loads and N+1 queries (docs/loading.md)."""
+    mode: LazyLoads = config.lazy_loads
+    setting: LazyLoads | None = config.DATABASE_LAZY_LOADS
+    n_plus_one: int | None = config.DATABASE_N_PLUS_ONE_THRESHOLD
+    with assert_no_n_plus_one() as seen, assert_no_n_plus_one(threshold=3, session=None):
+        try:
+            async with database_session(config) as session:
+                await session.exec(select(TypedTodo))
+        except LazyLoadError as error:
+            names: tuple[str, str, str | None] = (error.model, error.attribute, error.origin)
+            return {"names": names}
+    by_origin: StatementsByOrigin = seen
+    figures: LoadingMetrics = loading_metrics()
+    lazy: dict[tuple[str, str, str], int] = figures.lazy_loads
+    return {"mode": mode, "setting": setting, "threshold": n_plus_one, "counts": by_origin.counts, "lazy": lazy}

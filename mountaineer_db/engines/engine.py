@@ -41,6 +41,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from mountaineer_db.engines.connections import Connector, translate_driver_error
 from mountaineer_db.engines.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
 from mountaineer_db.engines.origins import enable_tagging
+from mountaineer_db.engines.request_checks import install_request_checks
 from mountaineer_db.engines.scram import clear_scram_cache
 from mountaineer_db.engines.slow_queries import install_slow_query_log
 from mountaineer_db.engines.stale_statements import install_stale_statement_recovery
@@ -81,6 +82,8 @@ _ENGINE_FIELDS = (
     "DATABASE_SLOW_QUERY_THRESHOLD",
     "DATABASE_TENANT_SETTING",
     "DATABASE_TENANT_BYPASS_ROLE",
+    "DATABASE_N_PLUS_ONE_THRESHOLD",
+    "lazy_loads",  # DATABASE_LAZY_LOADS resolved (its default follows ENVIRONMENT)
 )
 """Every setting `_build_engine` reads; two configs differing in any of them get two engines."""
 
@@ -137,6 +140,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     if config.DATABASE_SLOW_QUERY_THRESHOLD is not None:  # no listeners (no cost) without a threshold
         install_slow_query_log(engine, config.DATABASE_SLOW_QUERY_THRESHOLD)
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
+    install_request_checks(engine, config)  # lazy loads, N+1 counts: nothing with `allow` and no threshold
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
     if config.DATABASE_TENANT_SETTING is not None:  # a tenant staged but never sent stays behind

@@ -23,6 +23,8 @@ with the same labels (one per event loop) are added up:
 | `mountaineer_db_connects_total` | counter | connections opened |
 | `mountaineer_db_connect_failures_total` | counter | connection attempts that failed |
 | `mountaineer_db_connect_seconds_total` | counter | time spent opening connections |
+| `mountaineer_db_lazy_loads_total` | counter | DATABASE_LAZY_LOADS=warn: lazy loads by `model`, `attribute`, `origin` |
+| `mountaineer_db_n_plus_one_total` | counter | requests with an N+1 warning, by `origin` (controller.action) |
 
 `rate(mountaineer_db_connects_total[1m])` is the connect rate (with the default NULL pool,
 one per request), and `rate(..._connect_seconds_total) / rate(..._connects_total)` their
@@ -36,6 +38,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
+from mountaineer_db.engines.loading_metrics import loading_metrics
 from mountaineer_db.observability.metrics import EngineMetrics, database_metrics
 
 __all__ = ["DatabaseCollector", "register_collector"]
@@ -78,6 +81,28 @@ class DatabaseCollector(Collector):
             for labels, engines in groups.items():
                 counter.add_metric(list(labels), float(sum(getattr(engine, field) for engine in engines)))
             yield counter
+        yield from _loading_counters()
+
+
+def _loading_counters() -> Iterator[Metric]:
+    """Lazy loads (warn mode) and N+1 warnings (`mountaineer_db.engines.loading_metrics`), per process."""
+    figures = loading_metrics()
+    lazy = CounterMetricFamily(
+        "mountaineer_db_lazy_loads",
+        "Lazy loads of relationships in request sessions (DATABASE_LAZY_LOADS=warn).",
+        labels=["model", "attribute", "origin"],
+    )
+    for (model, attribute, origin), count in figures.lazy_loads.items():
+        lazy.add_metric([model, attribute, origin], float(count))
+    yield lazy
+    repeated = CounterMetricFamily(
+        "mountaineer_db_n_plus_one",
+        "Requests in which one statement ran more than DATABASE_N_PLUS_ONE_THRESHOLD times.",
+        labels=["origin"],
+    )
+    for origin, count in figures.n_plus_one.items():
+        repeated.add_metric([origin], float(count))
+    yield repeated
 
 
 _registered: "weakref.WeakKeyDictionary[CollectorRegistry, DatabaseCollector]" = weakref.WeakKeyDictionary()

@@ -21,6 +21,7 @@ commits on the primary are tracked so that each client reads its own writes
 (`mountaineer_db.replicas.read_your_writes`). Without replicas nothing of that runs.
 """
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
@@ -33,10 +34,12 @@ from starlette.responses import Response
 
 from mountaineer_db.engines.engine import engine_for
 from mountaineer_db.engines.origins import request_origin, work_origin
+from mountaineer_db.engines.request_checks import CHECKS_ATTRIBUTE
 from mountaineer_db.engines.tenants import bind_tenant
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
 from mountaineer_db.replicas.read_your_writes import Positions
 from mountaineer_db.replicas.replica_set import remember_replicas, replicas_of
+from mountaineer_db.requests.lazy_loads import checked
 from mountaineer_db.requests.lifespan import with_development_database
 from mountaineer_db.requests.read_sessions import EXPLICIT, RENDERS, is_page_read, is_rerender, read_session
 from mountaineer_db.requests.replicated_session import ReplicatedRequestSession
@@ -100,21 +103,28 @@ async def get_db(config: DatabaseConfig = Depends(get_database_config)) -> Async
 
 
 @asynccontextmanager
-async def _request_work(request: HTTPConnection | None) -> AsyncIterator[None]:
-    """The request's controller and action name its work in tags and log lines (`origins`); a
-    table that does not exist yet answers with the "not set up yet" page."""
+async def _request_work(request: HTTPConnection | None, engine: AsyncEngine) -> AsyncIterator[None]:
+    """The request's controller and action name its work in tags and log lines (`origins`), its
+    lazy loads and repeated statements are checked (`lazy_loads`); a table that does not exist
+    yet answers with the "not set up yet" page."""
+    checks = getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)  # None (nothing to run) unless they are on
     with work_origin(request_origin(request)):
         try:
-            yield
+            if checks is None:
+                yield
+            else:
+                with checked(checks):
+                    yield
         except DatabaseNotSetUpError:
             install_setup_page(request)
             raise
 
 
 @asynccontextmanager
-async def _rerender(state: SharedSession, request: HTTPConnection) -> AsyncIterator[AsyncSession]:
+async def _rerender(state: SharedSession, request: HTTPConnection, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """The re-render after a @sideeffect: the action's session; its work is the controller's `render`."""
-    with work_origin(request_origin(request)):
+    checks = getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)
+    with work_origin(request_origin(request)), checked(checks) if checks is not None else contextlib.nullcontext():
         async with borrowed(state) as session:
             yield session
 
@@ -137,16 +147,16 @@ async def get_db_session(
     engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        async with _rerender(state, request) as session:
+        async with _rerender(state, request, engine) as session:
             yield session
         return
     replicas = replicas_of(engine)
     if replicas is not None and replicas.renders and is_page_read(request):
-        async with _request_work(request), read_session(engine, replicas, request, label=RENDERS) as session:
+        async with _request_work(request, engine), read_session(engine, replicas, request, label=RENDERS) as session:
             yield session
         return
     async with (
-        _request_work(request),
+        _request_work(request, engine),
         # FastAPI hands a Request here; without one (None) the guard stays idle.
         DisconnectGuard(cast(Request, request)) as guard,
         session_scope(
@@ -174,11 +184,11 @@ async def get_db_read_session(
     engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
-        async with _rerender(state, request) as session:
+        async with _rerender(state, request, engine) as session:
             yield session
         return
     replicas = None if is_rerender(request) else replicas_of(engine)
-    async with _request_work(request), read_session(engine, replicas, request, label=EXPLICIT) as session:
+    async with _request_work(request, engine), read_session(engine, replicas, request, label=EXPLICIT) as session:
         yield session
 
 

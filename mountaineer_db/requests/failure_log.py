@@ -31,7 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.engines.data_errors import describe_error, driver_error_of
 from mountaineer_db.engines.origins import current_origin, tags_requests
-from mountaineer_db.exceptions import MountaineerDBError
+from mountaineer_db.exceptions import LazyLoadError, MountaineerDBError
 
 __all__ = ["ScopedSyncSession", "log_failure", "note_rollback", "origin_note", "rolled_back_here"]
 
@@ -46,7 +46,9 @@ def log_failure(error: Exception, engine: AsyncEngine, *, transaction_open: bool
     client_error = (isinstance(error, HTTPException) and error.status_code < 500) or isinstance(
         error, RequestValidationError
     )
-    from_database = isinstance(error, sa_exc.SQLAlchemyError | MountaineerDBError) or driver_error_of(error) is not None
+    from_database = (
+        isinstance(error, sa_exc.SQLAlchemyError | MountaineerDBError) or driver_error_of(error) is not None
+    ) and not isinstance(error, LazyLoadError)  # the app's code read an unloaded relationship: its bug, not ours
     failure = from_database and not client_error
     if not (failure or transaction_open):
         return  # nothing reached the server, nothing was rolled back, and the framework reports the error

@@ -43,6 +43,7 @@ from mountaineer_db.engines.tenants import Tenant, bind_tenant, require_tenant
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
 from mountaineer_db.requests.commit_hooks import hooks_carried_over
 from mountaineer_db.requests.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
+from mountaineer_db.requests.lazy_loads import LazyLoadCheckedSession
 from mountaineer_db.requests.lifespan import with_development_database
 from mountaineer_db.requests.setup_errors import not_set_up_error_for
 from mountaineer_db.settings.appconfig import registered_config
@@ -60,8 +61,9 @@ __all__ = [
 logger = logging.getLogger("mountaineer_db")
 
 
-class RequestSyncSession(Session):
-    """SQLModel's `Session`, keeping the connection it took across commits until it is closed.
+class RequestSyncSession(LazyLoadCheckedSession):
+    """SQLModel's `Session`, keeping the connection it took across commits until it is closed
+    (and its lazy loads checked: `mountaineer_db.requests.lazy_loads`).
 
     A plain session gives its connection back at every commit, so with the default `NULL`
     pool a handler that commits and then queries again (an action and its re-render) opens

@@ -121,6 +121,12 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
             f"MIGRATIONS_LOCK_TIMEOUT is {config.MIGRATIONS_LOCK_TIMEOUT}; use a number of seconds greater than 0 "
             "(default 5)."
         )
+    threshold = config.DATABASE_N_PLUS_ONE_THRESHOLD
+    if threshold is not None and threshold < 1:
+        problems.append(
+            f"DATABASE_N_PLUS_ONE_THRESHOLD is {threshold}; use 1 or more (a statement run more than that many "
+            "times in one request is logged), or leave it unset for no N+1 warnings."
+        )
     if config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
     problems.extend(_text_problems(config))

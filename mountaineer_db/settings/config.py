@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import URL
 
 from mountaineer_db.exceptions import DatabaseConfigError
-from mountaineer_db.settings.checks import config_problems
+from mountaineer_db.settings.checks import config_problems, deploy_environment
 from mountaineer_db.settings.sources import collecting_origins, recording_sources
 from mountaineer_db.settings.urls import (
     DatabaseURL,
@@ -42,8 +42,7 @@ from mountaineer_db.settings.urls import (
     split_url_list,
 )
 
-__all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "ReadRouting", "SSLMode"]
-
+__all__ = ["DatabaseConfig", "DatabaseURL", "LazyLoads", "PoolType", "ReadRouting", "SSLMode"]
 
 
 class PoolType(StrEnum):
@@ -62,6 +61,17 @@ class ReadRouting(StrEnum):
     """Every session is on the primary; only `get_db_read_session` reads from a replica (default)."""
     RENDERS = "renders"
     """GET requests (page renders) read from a replica too; actions and re-renders stay on the primary."""
+
+
+class LazyLoads(StrEnum):
+    """What a lazy load of a relationship in a request session does (DATABASE_LAZY_LOADS; docs/loading.md)."""
+
+    RAISE = "raise"
+    """Fail at the point of access with `LazyLoadError`, also where it would have worked (development, tests)."""
+    WARN = "warn"
+    """Load where SQLAlchemy can (log once per model, attribute and controller); explain where it cannot."""
+    ALLOW = "allow"
+    """SQLAlchemy's own behaviour, nothing added (`MissingGreenlet` in async code)."""
 
 
 class DatabaseConfig(BaseSettings):
@@ -126,6 +136,10 @@ class DatabaseConfig(BaseSettings):
     """Show each request's controller and action in pg_stat_activity.application_name (default off)."""
     DATABASE_SLOW_QUERY_THRESHOLD: float | None = None
     """Seconds after which a statement is logged as slow, one WARNING each (default: no slow-query log)."""
+    DATABASE_LAZY_LOADS: LazyLoads | None = None
+    """Lazy loads in request sessions: `raise`, `warn` or `allow` (default raise; warn with ENVIRONMENT=production)."""
+    DATABASE_N_PLUS_ONE_THRESHOLD: int | None = None
+    """Log an N+1 warning when one statement runs more than this many times in one request (default: off)."""
 
     # -- Tenants (docs/tenants.md) ----------------------------------------------------
     DATABASE_TENANT_SETTING: str | None = None
@@ -226,7 +240,9 @@ class DatabaseConfig(BaseSettings):
     def _url_list(cls, value: Any) -> Any:
         return split_url_list(value)
 
-    @field_validator("DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", "DATABASE_READ_ROUTING", mode="before")
+    @field_validator(
+        "DATABASE_POOL_TYPE", "POSTGRES_SSLMODE", "DATABASE_READ_ROUTING", "DATABASE_LAZY_LOADS", mode="before"
+    )
     @classmethod
     def _enum_any_case(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and info.field_name == "DATABASE_POOL_TYPE":
@@ -308,6 +324,13 @@ class DatabaseConfig(BaseSettings):
         """DATABASE_APPLICATION_NAME, else the app's PACKAGE."""
         package = getattr(self, "PACKAGE", None)
         return self.DATABASE_APPLICATION_NAME or (package if isinstance(package, str) else None)
+
+    @property
+    def lazy_loads(self) -> LazyLoads:
+        """DATABASE_LAZY_LOADS, else its default: `warn` when ENVIRONMENT is production, `raise` otherwise."""
+        if self.DATABASE_LAZY_LOADS is not None:
+            return self.DATABASE_LAZY_LOADS
+        return LazyLoads.WARN if deploy_environment(self) == "production" else LazyLoads.RAISE
 
     def sslmode_for(self, url: URL) -> SSLMode:
         """The sslmode used for `url`: the URL's own `sslmode`, POSTGRES_SSLMODE, or the default."""

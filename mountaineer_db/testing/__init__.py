@@ -18,7 +18,8 @@ with postgres_server() as server, throwaway_database(server) as database:
 With pytest, the same as fixtures (this module's plugin is registered automatically):
 `mdb_server`, `mdb_database`, `mdb_schema`, `mdb_config`, `mdb_session`, `mdb_app`,
 `mdb_app_session`, `mdb_client`, `mdb_pgbouncer`, `mdb_captured_on_commit`,
-`mdb_assert_num_queries`, `mdb_assert_max_queries`, `mdb_replicas`, `mdb_replica_config`. See docs/testing.md
+`mdb_assert_num_queries`, `mdb_assert_max_queries`, `mdb_assert_no_n_plus_one`,
+`mdb_replicas`, `mdb_replica_config`. See docs/testing.md
 and docs/transactions.md.
 """
 
@@ -36,6 +37,7 @@ from mountaineer_db.testing.databases import (
     postgres_server,
     throwaway_database,
 )
+from mountaineer_db.testing.n_plus_one import StatementsByOrigin, assert_no_n_plus_one
 from mountaineer_db.testing.queries import QueryLog, assert_max_queries, assert_num_queries, counted_queries
 from mountaineer_db.testing.replicas import (
     pause_replay,
@@ -59,10 +61,12 @@ __all__ = [
     "QueryLog",
     "Schema",
     "Server",
+    "StatementsByOrigin",
     "TenantPolicyError",
     "ThrowawayDatabase",
     "apply_migrations",
     "assert_max_queries",
+    "assert_no_n_plus_one",
     "assert_num_queries",
     "assert_tenant_policies",
     "captured_on_commit",

@@ -19,6 +19,7 @@ installed. Nothing starts unless a test asks for one of these fixtures:
 | `mdb_captured_on_commit` | test | `captured_on_commit`: `with mdb_captured_on_commit(execute=True) as hooks:` |
 | `mdb_assert_num_queries` | test | `assert_num_queries`: `with mdb_assert_num_queries(1): ...` |
 | `mdb_assert_max_queries` | test | `assert_max_queries`: `with mdb_assert_max_queries(3): ...` |
+| `mdb_assert_no_n_plus_one` | test | `assert_no_n_plus_one`: `with mdb_assert_no_n_plus_one(): ...` |
 """
 
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -218,3 +219,18 @@ def mdb_assert_max_queries() -> Callable[..., Any]:
     from mountaineer_db.testing.queries import assert_max_queries
 
     return assert_max_queries
+
+
+@pytest.fixture
+def mdb_assert_no_n_plus_one() -> Callable[..., Any]:
+    """`mountaineer_db.testing.assert_no_n_plus_one`: fail if one statement repeats for one controller action.
+
+    ```python
+    async def test_list_page(mdb_client, mdb_assert_no_n_plus_one):
+        with mdb_assert_no_n_plus_one():
+            await mdb_client.get("/todos")
+    ```
+    """
+    from mountaineer_db.testing.n_plus_one import assert_no_n_plus_one
+
+    return assert_no_n_plus_one

@@ -13,14 +13,16 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection, Request
 
 from mountaineer_db.engines.data_errors import invalid_input_error_for
 from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.origins import request_origin, work_origin
 from mountaineer_db.engines.tenants import bind_tenant, bound_tenant, unbind_tenant
 from mountaineer_db.requests.dependencies import get_db_read_session, get_db_session
+from mountaineer_db.requests.lazy_loads import LazyLoadCheckedSession, checked_request
 from mountaineer_db.requests.rerender import borrowed, end_transaction, offer_to_rerender, shared_session, track_writes
 from mountaineer_db.requests.session import run_shielded
 from mountaineer_db.settings.config import DatabaseConfig
@@ -43,7 +45,12 @@ async def rollback_session(config_or_engine: DatabaseConfig | AsyncEngine) -> As
     engine = engine_for(config_or_engine) if isinstance(config_or_engine, DatabaseConfig) else config_or_engine
     async with engine.connect() as connection:
         outer = await connection.begin()
-        session = AsyncSession(bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
+        session = AsyncSession(
+            bind=connection,
+            expire_on_commit=False,
+            join_transaction_mode="create_savepoint",
+            sync_session_class=LazyLoadCheckedSession,  # lazy loads in requests checked, as in production
+        )
         track_writes(session)
         await session.begin()
         try:
@@ -63,6 +70,8 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
     (422), and a `@sideeffect`'s re-render gets the same session after the action's
     uncommitted changes are rolled back. What the test wrote before the request is
     committed (inside the test's transaction) first, so the handler sees it and it stays.
+    Lazy loads and repeated statements are checked as in production (`lazy_loads`), except that
+    DATABASE_LAZY_LOADS defaults to `raise` here whatever ENVIRONMENT says.
     """
 
     outlives_request: list[Any] = []
@@ -71,11 +80,14 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
         request: HTTPConnection = None,  # type: ignore[assignment] # as in get_db_session
     ) -> AsyncIterator[AsyncSession]:
         state = shared_session()
+        bind = session.bind
+        checks = checked_request(bind, kit=True) if isinstance(bind, AsyncEngine | AsyncConnection) else None
         # Asked again for the same session while one of its requests is open: Mountaineer's
         # re-render (however its request looks: the kit knows its own session).
         if state is not None and state.session is session and state.is_open and state.nested(request):
-            async with borrowed(state, keep=outlives_request) as borrowed_session:
-                yield borrowed_session
+            with work_origin(request_origin(request)), checks or contextlib.nullcontext():
+                async with borrowed(state, keep=outlives_request) as borrowed_session:
+                    yield borrowed_session
             return
         if session.in_transaction():
             # What the test itself wrote before the request stays: a request starts from a
@@ -90,8 +102,9 @@ def session_provider(session: AsyncSession) -> Callable[..., AsyncIterator[Async
         unbind_tenant(session)
         await session.begin()
         try:
-            async with offer_to_rerender(session, request):
-                yield session
+            with work_origin(request_origin(request)), checks or contextlib.nullcontext():
+                async with offer_to_rerender(session, request):
+                    yield session
         except Exception as error:
             # As in production: a value the database cannot take is the client's 422 (the
             # driver's error, which quotes the value, not chained).
@@ -184,6 +197,7 @@ async def render_controller(controller: Any, session: AsyncSession, *, path: str
         "client": ("127.0.0.1", 0),
         "server": ("testserver", 80),
         "path_params": {},
+        "endpoint": controller.render,  # names the work `NotesController.render`, as a page request does
     }
     request = Request(scope)
     provider = session_provider(session)
