@@ -44,6 +44,7 @@ from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
 from mountaineer_db.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
 from mountaineer_db.lifespan import with_development_database
+from mountaineer_db.pooler_statements import note_schema_change
 from mountaineer_db.setup_errors import not_set_up_error_for
 from mountaineer_db.stale_statements import schema_changed_error, stale_statement_cause
 
@@ -162,6 +163,7 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         # skipped its error events): drop the connection here, its statements are stale.
         for connection in session._kept.values():
             if not connection.invalidated:
+                note_schema_change(connection.connection.driver_connection)  # pooler statements: new texts
                 connection.invalidate()
     logger.info("A statement met a schema change before anything else in its transaction; running it again.")
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
