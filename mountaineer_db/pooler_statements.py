@@ -44,7 +44,7 @@ import asyncpg
 from mountaineer_db.connections import MountaineerConnection
 from mountaineer_db.exceptions import PoolerPreparedStatementsError
 
-__all__ = ["PoolerConnection", "PoolerStatements", "check_pooler", "note_schema_change", "schema_token"]
+__all__ = ["PoolerConnection", "PoolerStatements", "check_pooler", "note_schema_change"]
 
 SETTING = "DATABASE_POOLER_PREPARED_STATEMENTS"
 
@@ -120,11 +120,6 @@ async def _revisions(connection: asyncpg.Connection) -> str | None:
     return str(value) if value is not None else None
 
 
-def schema_token(prefix: str) -> str:
-    """The generation token in a prefix made here (`/* mdb:<token> */ `), or "" for none."""
-    return prefix[len("/* mdb:") : -len(" */ ")] if prefix else ""
-
-
 async def check_pooler(connection: asyncpg.Connection, target: str) -> None:
     """Raise `PoolerPreparedStatementsError` unless named statements are safe on `connection`.
 
@@ -134,8 +129,9 @@ async def check_pooler(connection: asyncpg.Connection, target: str) -> None:
     name = f"mdb_probe_{secrets.token_hex(6)}"
     async with connection.transaction():
         # asyncpg's own prepare: the probe's text is ours, without a generation prefix.
-        await asyncpg.Connection.prepare(connection, _PROBE, name=name)
+        probe = await asyncpg.Connection.prepare(connection, _PROBE, name=name)
         rows = await connection.fetch(_FIND_PROBE, _PROBE)
+        del probe  # kept until here: asyncpg closes a statement nothing refers to
     names = {row[0] for row in rows}
     if any(not found.startswith("mdb_probe_") for found in names):
         return  # renamed by the pooler: PgBouncer's protocol-level prepared statements
