@@ -85,14 +85,14 @@ class PoolerStatements:
                 await check_pooler(connection, self.target)
             events = self.stale_events
             revisions = await _revisions(connection)
-            if not self.checked or revisions != self.revisions:
-                # New revisions (or the first connection): a generation every process seeing them shares.
-                self.prefix = _prefix(revisions)
-            else:
+            if events != self.refreshed and revisions == self.revisions:
                 # A schema change without a new revision: a generation no process has used yet.
                 self.prefix = _prefix(f"{revisions}:{self._salt}:{events}")
+            else:
+                # New revisions (or the first connections): a generation every process seeing them shares.
+                self.prefix = _prefix(revisions)
             self.revisions = revisions
-            self.refreshed = events
+            self.refreshed = max(self.refreshed, events)
             self.checked = True
         except BaseException:
             connection.terminate()

@@ -5,6 +5,7 @@ Set against a pooler that cannot take them (PgBouncer 1.18, or 1.24 with max_pre
 one, never a random "prepared statement ... does not exist" later.
 """
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -185,3 +186,54 @@ async def test_the_test_kit_refuses_a_pgbouncer_version_it_cannot_find(pg_server
         "No PgBouncer 9.0 or newer was found; build one with `bash scripts/build_pgbouncer.sh` "
         "(PgBouncer 1.24 from Debian 13's source package)."
     )
+
+
+async def test_after_a_migration_a_new_process_never_meets_the_old_statements(
+    pgbouncer_124: PgBouncer, pg_server: Any, test_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`migrate apply` writes a new revision with its DDL: processes started afterwards prepare new
+    texts, so the stale ones left on every PgBouncer server connection are never used."""
+    await server_execute(
+        pg_server,
+        "DROP TABLE IF EXISTS alembic_version, mdb_after_migration",
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+        "INSERT INTO alembic_version VALUES ('bbbb00000001')",
+        "CREATE TABLE mdb_after_migration (id int PRIMARY KEY)",
+        "INSERT INTO mdb_after_migration VALUES (1)",
+        database=test_database,
+    )
+    config = _config(pgbouncer_124, pg_server, test_database, "NULL")
+
+    async def on_every_server_connection() -> set[int]:
+        """`SELECT *` in 4 sessions at once: one per server connection of PgBouncer's pool of 4."""
+        widths: set[int] = set()
+        gate = asyncio.Barrier(4)
+
+        async def one() -> None:
+            async with database_session(config) as session:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+                await gate.wait()  # all four hold a server connection now
+                row = (await session.exec(text("SELECT * FROM mdb_after_migration"))).one()  # type: ignore[call-overload]
+                widths.add(len(row))
+
+        await asyncio.gather(*(one() for _ in range(4)))
+        return widths
+
+    try:
+        assert await on_every_server_connection() == {1}
+        await dispose_engines()  # the old process goes away
+        await server_execute(
+            pg_server,
+            "ALTER TABLE mdb_after_migration ADD COLUMN note text",
+            "UPDATE alembic_version SET version_num = 'bbbb00000002'",
+            database=test_database,
+        )
+        caplog.clear()
+        assert await on_every_server_connection() == {2}
+        assert [
+            r.getMessage() for r in caplog.records if r.name == "mountaineer_db" and r.levelno >= logging.INFO
+        ] == []
+    finally:
+        await server_execute(
+            pg_server, "DROP TABLE IF EXISTS alembic_version, mdb_after_migration", database=test_database
+        )
