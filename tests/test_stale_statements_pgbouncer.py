@@ -9,6 +9,7 @@ texts, so after the first stale statement every request runs on fresh ones.
 The load is tests/stale_load.py's (an app, CONCURRENCY concurrent GETs per round, an ALTER).
 """
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ async def bounced_client(
 ) -> AsyncIterator[Any]:
     """The stale-load app through the PgBouncer under test: (client, version, pool)."""
     await server_execute(pg_server, *SCHEMA, database=test_database)
+    # As after `migrate apply`: a revision of its own, so this app's statement texts are not the ones
+    # an earlier test's app left (stale, the table re-created) on the session's PgBouncer.
+    await server_execute(
+        pg_server,
+        "DROP TABLE IF EXISTS alembic_version",
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+        f"INSERT INTO alembic_version VALUES ('{secrets.token_hex(6)}')",
+        database=test_database,
+    )
     url = any_pgbouncer.url(test_database, user=pg_server.user, password=pg_server.password)
     settings: dict[str, Any] = {"DATABASE_POOL_TYPE": request.param}
     if pgbouncer_version_under_test == "1.24":
@@ -56,8 +66,11 @@ async def bounced_client(
         config = fixed_pool_config(url, **settings)
     else:
         config = StaleConfig(SQLALCHEMY_DATABASE_URI=url, **settings)
-    async with app_client(config, tmp_path / "views") as client:
-        yield client, pgbouncer_version_under_test, request.param
+    try:
+        async with app_client(config, tmp_path / "views") as client:
+            yield client, pgbouncer_version_under_test, request.param
+    finally:
+        await server_execute(pg_server, "DROP TABLE IF EXISTS alembic_version", database=test_database)
 
 
 def _failed(outcomes: list[Outcome]) -> list[Outcome]:
