@@ -80,18 +80,22 @@ class PoolerStatements:
         connection._mdb_statements = self
         if self.checked and self.refreshed == self.stale_events:
             return
+        # What this refresh starts from: concurrent connections may refresh for the same event, and
+        # must all reach the same generation (never back to one made before the event).
+        events, last, known = self.stale_events, self.refreshed, self.revisions
         try:
             if not self.checked:
                 await check_pooler(connection, self.target)
-            events = self.stale_events
             revisions = await _revisions(connection)
-            if events != self.refreshed and revisions == self.revisions:
+            if self.refreshed > events:
+                pass  # a refresh for a later stale statement finished meanwhile: keep its generation
+            elif events != last and revisions == known:
                 # A schema change without a new revision: a generation no process has used yet.
                 self.prefix = _prefix(f"{revisions}:{self._salt}:{events}")
             else:
                 # New revisions (or the first connections): a generation every process seeing them shares.
                 self.prefix = _prefix(revisions)
-            self.revisions = revisions
+                self.revisions = revisions
             self.refreshed = max(self.refreshed, events)
             self.checked = True
         except BaseException:
