@@ -312,6 +312,61 @@ CATALOGUE: tuple[Mutant, ...] = (
         "            unavailable = None",
         ("tests/test_stale_statements.py::test_a_stale_statement_the_engine_recovery_missed_is_still_replayed_or_a_503",),
     ),
+    # -- named statements through PgBouncer >= 1.21 (DATABASE_POOLER_PREPARED_STATEMENTS) -------
+    M(
+        "pooler-setting-ignored",
+        "with DATABASE_POOLER_PREPARED_STATEMENTS, both pool types use named statements through PgBouncer",
+        "mountaineer_db/engine.py",
+        "    pooler = config.DATABASE_POOLER_PREPARED_STATEMENTS\n",
+        "    pooler = False\n",
+        ("tests/test_pooler_statements.py::test_through_pgbouncer_124_both_pools_use_named_statements",),
+    ),
+    M(
+        "pooler-null-pool-unnamed",
+        "the NULL pool uses the statement cache too when the pooler supports named statements",
+        "mountaineer_db/engine.py",
+        "        cache_size = 100 if fixed or pooler else 0",
+        "        cache_size = 100 if fixed else 0",
+        ("tests/test_pooler_statements.py::test_through_pgbouncer_124_both_pools_use_named_statements",),
+    ),
+    M(
+        "pooler-never-checked",
+        "against PgBouncer 1.18 or max_prepared_statements = 0, the first request fails naming the setting",
+        "mountaineer_db/pooler_statements.py",
+        "            if not self.checked:\n                await check_pooler(connection, self.target)\n",
+        "",
+        (
+            "tests/test_pooler_statements.py::test_against_pgbouncer_118_the_first_request_fails_naming_the_setting",
+            "tests/test_pooler_statements.py::test_against_pgbouncer_124_with_max_prepared_statements_0_the_first_request_fails",
+        ),
+    ),
+    M(
+        "pooler-check-trusts-any-pooler",
+        "a pooler that passes named statements through is refused, only a direct connection is trusted",
+        "mountaineer_db/pooler_statements.py",
+        "    if name in names and all(row[1] == connection.get_server_pid() for row in rows):",
+        "    if name in names:",
+        ("tests/test_pooler_statements.py::test_against_pgbouncer_118_the_first_request_fails_naming_the_setting",),
+    ),
+    M(
+        "pooler-stale-texts-reused",
+        "through PgBouncer 1.24, after a stale statement the engine prepares new texts: only the first request fails",
+        "mountaineer_db/pooler_statements.py",
+        "        self.stale_events += 1",
+        "        pass",
+        ("tests/test_pooler_statements.py::test_after_a_schema_change_only_the_first_later_statement_fails",),
+    ),
+    M(
+        "pooler-texts-ignore-the-revision",
+        "after `migrate apply` (a new revision), new processes never use the texts left stale on PgBouncer",
+        "mountaineer_db/pooler_statements.py",
+        "                self.prefix = _prefix(revisions)\n",
+        "                self.prefix = _prefix(None)\n",
+        (
+            "tests/test_pooler_statements.py::test_after_a_migration_a_new_process_never_meets_the_old_statements",
+            "tests/test_pooler_statements.py::test_statement_texts_follow_the_migration_revision",
+        ),
+    ),
     # -- config ---------------------------------------------------------------------------------
     M(
         "password-shown",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, database_session, dispose_engines
+from mountaineer_db import DatabaseConfig, SchemaChangedError, database_session, dispose_engines
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import DatabaseConfigError, PoolerPreparedStatementsError, ResourceNotFoundError
 from mountaineer_db.pgbouncer import PgBouncer
@@ -237,3 +237,44 @@ async def test_after_a_migration_a_new_process_never_meets_the_old_statements(
         await server_execute(
             pg_server, "DROP TABLE IF EXISTS alembic_version, mdb_after_migration", database=test_database
         )
+
+
+@POOLS
+async def test_after_a_schema_change_only_the_first_later_statement_fails(
+    pool: str, pgbouncer_124: PgBouncer, pg_server: Any, test_database: str
+) -> None:
+    """DDL without a new revision, the stale statement prepared on every server connection of
+    PgBouncer's pool: one request fails (503, its stale statement was not its first), then the
+    engine prepares new texts. Re-preparing the old text would fail once per server connection."""
+    table = f"mdb_changed_{secrets.token_hex(3)}"
+    await server_execute(
+        pg_server,
+        f"CREATE TABLE {table} (id int PRIMARY KEY)",
+        f"INSERT INTO {table} VALUES (1)",
+        database=test_database,
+    )
+    config = _config(
+        pgbouncer_124, pg_server, test_database, pool, **({"DATABASE_POOL_SIZE": 4} if pool != "NULL" else {})
+    )
+    gate = asyncio.Barrier(4)
+
+    async def warm() -> None:
+        async with database_session(config) as session:
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            await gate.wait()  # four server connections held at once: each prepares the statement
+            await session.exec(text(f"SELECT * FROM {table}"))  # type: ignore[call-overload]
+
+    async def later() -> int:
+        try:
+            async with database_session(config) as session:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+                return len((await session.exec(text(f"SELECT * FROM {table}"))).one())  # type: ignore[call-overload]
+        except SchemaChangedError:
+            return 503
+
+    try:
+        await asyncio.gather(*(warm() for _ in range(4)))
+        await server_execute(pg_server, f"ALTER TABLE {table} ADD COLUMN note text", database=test_database)
+        assert [await later() for _ in range(8)] == [503] + [2] * 7
+    finally:
+        await server_execute(pg_server, f"DROP TABLE IF EXISTS {table}", database=test_database)
