@@ -132,10 +132,14 @@ async def check_pooler(connection: asyncpg.Connection, target: str) -> None:
     """
     name = f"mdb_probe_{secrets.token_hex(6)}"
     async with connection.transaction():
-        # asyncpg's own prepare: the probe's text is ours, without a generation prefix.
+        # asyncpg's own prepare: the probe's text is ours, without a generation prefix. The lookup
+        # is named at random too: through a pooler that passes names through, asyncpg's counter
+        # names (`__asyncpg_stmt_1__`) left on shared server connections would collide between
+        # processes, and the check would fail with "already exists" instead of its own error.
         probe = await asyncpg.Connection.prepare(connection, _PROBE, name=name)
-        rows = await connection.fetch(_FIND_PROBE, _PROBE)
-        del probe  # kept until here: asyncpg closes a statement nothing refers to
+        lookup = await asyncpg.Connection.prepare(connection, _FIND_PROBE, name=f"mdb_probe_lookup_{name[10:]}")
+        rows = await lookup.fetch(_PROBE)
+        del probe, lookup  # kept until here: asyncpg closes a statement nothing refers to
     names = {row[0] for row in rows}
     if any(not found.startswith("mdb_probe_") for found in names):
         return  # renamed by the pooler: PgBouncer's protocol-level prepared statements

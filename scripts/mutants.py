@@ -349,6 +349,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_pooler_statements.py::test_against_pgbouncer_118_the_first_request_fails_naming_the_setting",),
     ),
     M(
+        "pooler-check-counter-names",
+        "against PgBouncer 1.18, every process gets the setting's error, never 'prepared statement already exists'",
+        "mountaineer_db/pooler_statements.py",
+        '        rows = await lookup.fetch(_PROBE)\n',
+        "        rows = await connection.fetch(_FIND_PROBE, _PROBE)\n",
+        ("tests/test_pgbouncer.py::test_named_statements_against_pgbouncer_118_fail_clearly_in_every_process",),
+    ),
+    M(
         "pooler-stale-texts-reused",
         "through PgBouncer 1.24, after a stale statement the engine prepares new texts: only the first request fails",
         "mountaineer_db/pooler_statements.py",

@@ -91,6 +91,20 @@ def test_named_statements_through_pgbouncer_124_have_zero_errors(
     assert 2 <= max(r["max_prepared_statements_seen"] for r in results) <= 40
 
 
+def test_named_statements_against_pgbouncer_118_fail_clearly_in_every_process(
+    pgbouncer: PgBouncer, pg_server: Any, test_database: str
+) -> None:
+    """DATABASE_POOLER_PREPARED_STATEMENTS against 1.18, 4 processes at once: every request fails with
+    the setting's own error (the check's statements never collide between processes)."""
+    require_old_pgbouncer()
+    results = _run_workers("ours-prepared", _bouncer_url(pgbouncer, pg_server, test_database), 30, 4)
+    assert [r["ok"] for r in results] == [0] * WORKERS
+    keys = {key for r in results for key in r["errors"]}
+    assert len(keys) == 1 and next(iter(keys)).startswith(
+        "PoolerPreparedStatementsError: DATABASE_POOLER_PREPARED_STATEMENTS is on, but the pooler"
+    ), keys
+
+
 def test_plain_sqlalchemy_defaults_fail_through_pgbouncer_118(
     pgbouncer: PgBouncer, pg_server: Any, test_database: str
 ) -> None:
