@@ -36,6 +36,49 @@ BENCH_DATABASE = "bench"
 SELECT_1 = text("SELECT 1")
 POOL_SIZE = 10
 SETUPS = ("default", "default-socket", "fixed-direct", "fixed-bouncer")
+NAMED_SETUPS = ("default-named", "fixed-bouncer-named")
+"""Via PgBouncer with DATABASE_POOLER_PREPARED_STATEMENTS: only with `--pgbouncer 1.24` (PgBouncer >= 1.21)."""
+
+_pgbouncer: Path | None = None  # the PgBouncer the scripts start (`--pgbouncer`); None: the system's
+
+
+def add_pgbouncer_argument(parser: argparse.ArgumentParser) -> None:
+    """`--pgbouncer system|1.24|PATH`: which PgBouncer the stack runs (1.24: scripts/build_pgbouncer.sh's build)."""
+    parser.add_argument(
+        "--pgbouncer",
+        default="system",
+        help="system (Debian 12: 1.18), 1.24 (PgBouncer >= 1.21 from scripts/build_pgbouncer.sh, with "
+        "max_prepared_statements = 200; enables the named-statement setups), or the path of a pgbouncer binary",
+    )
+
+
+def use_pgbouncer(choice: str) -> None:
+    """Select the PgBouncer for `servers()` (see `add_pgbouncer_argument`); exit with a clear line if missing."""
+    global _pgbouncer
+    if choice == "system":
+        _pgbouncer = None
+        return
+    if choice == "1.24":
+        from mountaineer_db.servers.pgbouncer_versions import BUILD_HINT, find_pgbouncer_at_least
+
+        found = find_pgbouncer_at_least((1, 21))
+        if found is None:
+            raise SystemExit(f"--pgbouncer 1.24: no PgBouncer 1.21 or newer was found; {BUILD_HINT}.")
+        _pgbouncer = found
+        return
+    if not Path(choice).is_file():
+        raise SystemExit(f"--pgbouncer {choice}: not a file; use system, 1.24 or the path of a pgbouncer binary.")
+    _pgbouncer = Path(choice)
+
+
+def named_statements_supported() -> bool:
+    """Whether the selected PgBouncer handles protocol-level prepared statements (>= 1.21)."""
+    from mountaineer_db.servers.pgbouncer import find_pgbouncer
+    from mountaineer_db.servers.pgbouncer_versions import pgbouncer_version
+
+    binary = _pgbouncer or find_pgbouncer()
+    version = pgbouncer_version(binary) if binary is not None else None
+    return version is not None and version[:2] >= (1, 21)
 
 
 @dataclass
@@ -70,12 +113,23 @@ def config_for(setup: str, url: URL) -> DatabaseConfig:
     """The config each script measures for a setup, at `url` (which may be a proxy in front of the server).
 
     `default` and `default-socket`: the NULL pool; `fixed-direct`: FIXED_PROCESS, POOL_SIZE, no overflow, asyncpg's
-    statement cache; `fixed-bouncer`: the same with the statement cache off (for PgBouncer).
+    statement cache; `fixed-bouncer`: the same with the statement cache off (for PgBouncer). `default-named` and
+    `fixed-bouncer-named`: via PgBouncer >= 1.21 with DATABASE_POOLER_PREPARED_STATEMENTS (statement cache on).
     """
-    if setup not in SETUPS:
-        raise ValueError(f"unknown setup {setup!r}: use one of {', '.join(SETUPS)}")
+    if setup not in SETUPS + NAMED_SETUPS:
+        raise ValueError(f"unknown setup {setup!r}: use one of {', '.join(SETUPS + NAMED_SETUPS)}")
+    if setup == "default-named":
+        return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url, DATABASE_POOLER_PREPARED_STATEMENTS=True)
     if setup in ("default", "default-socket"):
         return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url)
+    if setup == "fixed-bouncer-named":
+        return DatabaseConfig(
+            SQLALCHEMY_DATABASE_URI=url,
+            DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
+            DATABASE_POOL_SIZE=POOL_SIZE,
+            DATABASE_MAX_OVERFLOW=0,
+            DATABASE_POOLER_PREPARED_STATEMENTS=True,
+        )
     return DatabaseConfig(
         SQLALCHEMY_DATABASE_URI=url,
         DATABASE_POOL_TYPE=PoolType.FIXED_PROCESS,
@@ -107,13 +161,15 @@ def servers(
         secret = cluster.password if plaintext_userlist else asyncio.run(_setup(cluster))
         if plaintext_userlist:
             asyncio.run(_setup(cluster))
+        named = {"max_prepared_statements": "200"} if named_statements_supported() else {}
         bouncer = PgBouncer(
             "127.0.0.1",
             cluster.port,
             {cluster.user: secret},
             work_dir=work_dir,
-            settings={"default_pool_size": "20", "max_client_conn": "5000", **(bouncer_settings or {})},
+            settings={"default_pool_size": "20", "max_client_conn": "5000", **named, **(bouncer_settings or {})},
             unix_socket=True,
+            binary=_pgbouncer,
         )
         try:
             bouncer.start()
@@ -338,7 +394,7 @@ def machine(loop: str | None = None) -> str:
     with contextlib.suppress(Exception):
         from mountaineer_db.servers.pgbouncer import find_pgbouncer
 
-        out = subprocess.run([str(find_pgbouncer()), "--version"], capture_output=True, text=True)
+        out = subprocess.run([str(_pgbouncer or find_pgbouncer()), "--version"], capture_output=True, text=True)
         bouncer_version = out.stdout.splitlines()[0].split()[-1]
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
@@ -377,6 +433,7 @@ def run_script(
     a fresh PostgreSQL + PgBouncer stack, stopped afterwards."""
     arguments = parser.parse_args(sys.argv[1:])
     install_loop(arguments.loop)
+    use_pgbouncer(getattr(arguments, "pgbouncer", "system"))
     header(title.format(**vars(arguments)))
     with servers() as stack:
         asyncio.run(main(arguments, stack))

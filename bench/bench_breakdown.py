@@ -26,10 +26,12 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 from _harness import (
+    NAMED_SETUPS,
     POOL_SIZE,
     SELECT_1,
     SETUPS,
     Stack,
+    add_pgbouncer_argument,
     measure_many,
     ours_request,
     raw_connect_request,
@@ -152,9 +154,10 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setup", choices=SETUPS, default="fixed-direct")
+    parser.add_argument("--setup", choices=SETUPS + NAMED_SETUPS, default="fixed-direct")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    add_pgbouncer_argument(parser)
     run_script(parser, "Layer-by-layer breakdown (SELECT 1 in a transaction, committed)", main)

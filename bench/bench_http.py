@@ -17,7 +17,9 @@ pool settings; where one fails behind PgBouncer its error rate is printed instea
 
 Ours runs twice: with the default config (NULL pool via PgBouncer) and with FIXED_PROCESS
 via PgBouncer (pool 10 per worker, DATABASE_STATEMENT_CACHE_SIZE=0); raw uses an asyncpg
-pool of 10 per worker (ssl=False, statement_cache_size=0).
+pool of 10 per worker (ssl=False, statement_cache_size=0). With `--pgbouncer 1.24` (PgBouncer
+>= 1.21, scripts/build_pgbouncer.sh) a third time, [4e]/[4f]: FIXED_PROCESS via PgBouncer with
+DATABASE_POOLER_PREPARED_STATEMENTS (named statements, statement cache 100).
 
 `--scale` runs the load test instead: PostgreSQL max_connections 50, PgBouncer pool 20,
 4 uvicorn workers, 500 concurrent clients on the render, for the default config, for
@@ -25,7 +27,7 @@ FIXED_PROCESS via PgBouncer with pool 5 per worker (20 client connections: waite
 SQLAlchemy's pool) and 25 per worker (100 client connections on PgBouncer's 20 server
 connections: waiters queue in PgBouncer), and for the raw app (pool 5 per worker).
 
-Run:  .venv/bin/python bench/bench_http.py [--rounds 5] [--duration 3] [--concurrency 16]
+Run:  .venv/bin/python bench/bench_http.py [--rounds 5] [--duration 3] [--concurrency 16] [--pgbouncer 1.24]
       .venv/bin/python bench/bench_http.py --scale [--duration 15]
 """
 
@@ -44,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _harness import Stack, header, servers
+from _harness import Stack, add_pgbouncer_argument, header, named_statements_supported, servers, use_pgbouncer
 
 from mountaineer_db.servers.cluster import free_port
 
@@ -222,6 +224,11 @@ def side_by_side(args: argparse.Namespace, log_dir: Path) -> None:
         setups = [("default config (NULL pool) via PgBouncer", {}, "a", 0.38)]
         if not args.quick:
             setups.append(("FIXED_PROCESS (10/worker) via PgBouncer", fixed, "c", 0.8))
+        if not args.quick and named_statements_supported():  # --pgbouncer 1.24
+            named = {**fixed, "DATABASE_POOLER_PREPARED_STATEMENTS": "true"}
+            del named["DATABASE_STATEMENT_CACHE_SIZE"]
+            description = "FIXED_PROCESS (10/worker) via PgBouncer, DATABASE_POOLER_PREPARED_STATEMENTS"
+            setups.append((description, named, "e", 0.8))
         for description, settings, letter, target in setups:
             with (
                 uvicorn("raw", raw_env(stack, 10), workers=2, log_dir=log_dir) as raw_url,
@@ -332,7 +339,9 @@ if __name__ == "__main__":
     parser.add_argument("--scale-rounds", type=int, default=2, help="rotating rounds of the --scale runs")
     parser.add_argument("--quick", action="store_true", help="smoke run: default config only, no warm-up loads")
     parser.add_argument("--no-peers", action="store_true", help="leave out the peers' routes")
+    add_pgbouncer_argument(parser)
     arguments = parser.parse_args()
+    use_pgbouncer(arguments.pgbouncer)
     if arguments.duration is None:
         arguments.duration = 15.0 if arguments.scale else 3.0
     header(

@@ -31,7 +31,16 @@ from typing import Any
 
 import asyncpg
 import httpx
-from _harness import POOL_SIZE, SELECT_1, Stack, config_for, raw_pool, run_script
+from _harness import (
+    POOL_SIZE,
+    SELECT_1,
+    Stack,
+    add_pgbouncer_argument,
+    config_for,
+    named_statements_supported,
+    raw_pool,
+    run_script,
+)
 from _harness import raw_connect as connect
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -108,7 +117,8 @@ def raw_pooled(pool: "asyncpg.Pool[Any]") -> Request:
     return request
 
 
-async def report(label: str, proxy: CountingProxy, request: Request, n: int) -> None:
+async def report(label: str, proxy: CountingProxy, request: Request, n: int) -> float:
+    """Print what `request` costs on the wire (measured over `n` requests); return its round trips per request."""
     for _ in range(10):
         await request()
     await asyncio.sleep(0.05)
@@ -166,6 +176,7 @@ async def report(label: str, proxy: CountingProxy, request: Request, n: int) -> 
         ]
         print(f"    transaction ended after the response was sent   {ms([x for x in sent_txn if x == x])}")
         print(f"    response sent after the handler's end           {ms([t['sent'] - t['end'] for t in timelines])}")
+    return round_trips / n
 
 
 def http_request(app: Any, path: str, *, post: bool) -> Request:
@@ -228,11 +239,25 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         await report(f"[5e] raw: asyncpg.create_pool({POOL_SIZE}) direct", direct, raw_pooled(pool), n)
         await pool.close()
         fixed_bouncer = config_for("fixed-bouncer", bouncer_url)
-        await report("[5f] ours: FIXED_PROCESS via PgBouncer, commits", via_bouncer, ours(fixed_bouncer), n)
+        unnamed = await report("[5f] ours: FIXED_PROCESS via PgBouncer, commits", via_bouncer, ours(fixed_bouncer), n)
         pool = await raw_pool(bouncer_url, via_bouncer=True)
         await report(f"[5g] raw: asyncpg.create_pool({POOL_SIZE}) via PgBouncer", via_bouncer, raw_pooled(pool), n)
         await pool.close()
         await dispose_engines()
+        if named_statements_supported():  # --pgbouncer 1.24: DATABASE_POOLER_PREPARED_STATEMENTS
+            named_fixed = config_for("fixed-bouncer-named", bouncer_url)
+            label = "[5l] ours: FIXED_PROCESS via PgBouncer, DATABASE_POOLER_PREPARED_STATEMENTS, commits"
+            named = await report(label, via_bouncer, ours(named_fixed), n)
+            print(
+                f"    round trips per request, named vs unnamed statements (FIXED_PROCESS via PgBouncer): "
+                f"{named:.2f} vs {unnamed:.2f} ({unnamed - named:+.2f} saved; target: one fewer per repeated "
+                f"statement: {'MET' if unnamed - named >= 0.99 else 'MISSED'})",
+                flush=True,
+            )
+            default_named = config_for("default-named", bouncer_url)
+            label = "[5m] ours: default config (NULL pool) via PgBouncer, DATABASE_POOLER_PREPARED_STATEMENTS, commits"
+            await report(label, via_bouncer, ours(default_named), n)
+            await dispose_engines()
 
         # DATABASE_TENANT_SETTING: the same round trips with tenancy on as off (SET LOCAL rides on BEGIN).
         tenancy = {"DATABASE_TENANT_SETTING": "app.tenant_id"}
@@ -303,4 +328,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    add_pgbouncer_argument(parser)
     run_script(parser, "Round trips, statements and hold times per request (concurrency 1)", main)

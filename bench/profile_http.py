@@ -31,7 +31,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _harness import POOL_SIZE, SETUPS, Stack, measure_many, run_concurrent, run_script
+from _harness import (
+    NAMED_SETUPS,
+    POOL_SIZE,
+    SETUPS,
+    Stack,
+    add_pgbouncer_argument,
+    measure_many,
+    run_concurrent,
+    run_script,
+)
 
 from mountaineer_db import dispose_engines
 
@@ -112,6 +121,8 @@ def configure(stack: Stack, setup: str) -> None:
         )
         if setup == "fixed-bouncer":
             os.environ["DATABASE_STATEMENT_CACHE_SIZE"] = "0"
+    if setup in NAMED_SETUPS:  # --pgbouncer 1.24
+        os.environ["DATABASE_POOLER_PREPARED_STATEMENTS"] = "true"
 
 
 async def main(args: argparse.Namespace, stack: Stack) -> None:
@@ -201,7 +212,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setup", choices=SETUPS, default="fixed-bouncer")
+    parser.add_argument("--setup", choices=SETUPS + NAMED_SETUPS, default="fixed-bouncer")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7)
@@ -213,4 +224,5 @@ if __name__ == "__main__":
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=45)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    add_pgbouncer_argument(parser)
     run_script(parser, "HTTP request CPU, in-process ASGI: {setup}", main)

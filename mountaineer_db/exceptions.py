@@ -28,6 +28,7 @@ __all__ = [
     "MigrationError",
     "MigrationLockTimeoutError",
     "MountaineerDBError",
+    "PoolerPreparedStatementsError",
     "ReadOnlySessionError",
     "ResourceAlreadyExistsError",
     "ResourceConflictError",
@@ -57,6 +58,14 @@ class _HTTPMessageError(MountaineerDBError, HTTPException):
 
 class ConfigurationError(MountaineerDBError, ValueError):
     """A setting is missing, invalid or contradicts another one."""
+
+
+class PoolerPreparedStatementsError(ConfigurationError):
+    """DATABASE_POOLER_PREPARED_STATEMENTS is on, but the pooler passes named statements through.
+
+    Raised at the first connection of an engine (and every later one until the pooler is
+    fixed or the setting is turned off); see `mountaineer_db.engines.pooler_statements`.
+    """
 
 
 class DatabaseConfigError(ValidationError, ConfigurationError):

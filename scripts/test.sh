@@ -4,8 +4,9 @@
 #   bash scripts/test.sh [pytest args]
 #
 # Installs what the suite needs when it is missing (PgBouncer and Chromium from Debian's
-# packages; a virtualenv with the package, its dev extra and the example app), runs ruff,
-# mypy --strict and lint-imports, then pytest twice: on the newest releases of our dependencies with the newest
+# packages; PgBouncer 1.24 built from Debian 13's source package, cached; a virtualenv with the
+# package, its dev extra and the example app), runs ruff, mypy --strict and lint-imports, then
+# pytest twice: on the newest releases of our dependencies with the newest
 # Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
 # it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
 # MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two; PYTHON_NEWEST and
@@ -25,6 +26,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "!! missing ${missing[*]}: install them (apt-get install ${missing[*]}); their tests will skip" >&2
   fi
+fi
+
+# PgBouncer 1.24 (protocol-level prepared statements; Debian 12 ships 1.18): built once from
+# Debian 13's source package into ~/.cache/mountaineer-db/pgbouncer-1.24 and reused from there.
+# The PgBouncer tests run on both versions; if the build is impossible here, the 1.24 cases skip
+# with the reason instead of failing.
+echo "==> PgBouncer 1.24 for the tests on both PgBouncer versions"
+if pgbouncer_124=$(bash scripts/build_pgbouncer.sh); then
+  export MOUNTAINEER_DB_PGBOUNCERS="$pgbouncer_124${MOUNTAINEER_DB_PGBOUNCERS:+:$MOUNTAINEER_DB_PGBOUNCERS}"
+  echo "    $("$pgbouncer_124" --version | head -n 1) at $pgbouncer_124"
+else
+  echo "!! could not build PgBouncer 1.24 (see above); its tests will skip" >&2
+  export MOUNTAINEER_DB_PGBOUNCER_BUILD_FAILED="scripts/build_pgbouncer.sh failed, see the output before the tests"
 fi
 
 versions=${MOUNTAINEER_DB_VERSIONS:-both}

@@ -18,6 +18,7 @@ from mountaineer.config import unregister_config
 from mountaineer_db import DatabaseConfig, dispose_engines
 from mountaineer_db.servers.cluster import ExternalServer, PostgresCluster
 from mountaineer_db.servers.pgbouncer import PgBouncer, find_pgbouncer
+from mountaineer_db.servers.pgbouncer_versions import BUILD_HINT, find_pgbouncer_at_least, pgbouncer_version
 from tests.sample_apps import server_execute, server_fetch
 
 IN_CI = bool(os.environ.get("CI"))
@@ -83,6 +84,71 @@ def pgbouncer(pg_server: Any) -> Iterator[PgBouncer]:
         yield bouncer
 
 
+def require_pgbouncer_with_prepared_statements() -> Path:
+    """A PgBouncer >= 1.21 (built by scripts/build_pgbouncer.sh); skip loudly, or fail in CI.
+
+    When scripts/test.sh could not build it, it says why in MOUNTAINEER_DB_PGBOUNCER_BUILD_FAILED:
+    those tests then skip with that reason, in CI too.
+    """
+    binary = find_pgbouncer_at_least((1, 21))
+    if binary is not None:
+        return binary
+    failed = os.environ.get("MOUNTAINEER_DB_PGBOUNCER_BUILD_FAILED")
+    if failed:
+        pytest.skip(f"PgBouncer 1.24 could not be built here ({failed}); its tests cannot run")
+    message = f"No PgBouncer 1.21 or newer was found; {BUILD_HINT}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_old_pgbouncer() -> Path:
+    """The system's PgBouncer if it is older than 1.21 (Debian 12: 1.18); skip otherwise."""
+    require_pgbouncer()
+    binary = find_pgbouncer()
+    assert binary is not None
+    version = pgbouncer_version(binary)
+    if version is None or version[:2] >= (1, 21):
+        pytest.skip(f"the system's PgBouncer is {version}, not older than 1.21: no old PgBouncer to test")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_124(pg_server: Any) -> Iterator[PgBouncer]:
+    """Like `pgbouncer`, but a PgBouncer >= 1.21 (1.24 built from source): prepared statements on."""
+    binary = require_pgbouncer_with_prepared_statements()
+    work_dir = Path(tempfile.mkdtemp(prefix="mountaineer-db-bouncer-124-"))
+    os.chmod(work_dir, 0o755)
+    bouncer = PgBouncer(
+        pg_server.host if isinstance(pg_server, ExternalServer) else "127.0.0.1",
+        pg_server.port,
+        {pg_server.user: pg_server.password},
+        work_dir=work_dir,
+        settings={"default_pool_size": "4", "max_prepared_statements": "200"},
+        binary=binary,
+    )
+    with bouncer:
+        yield bouncer
+
+
+@pytest.fixture(params=["1.18", "1.24"], ids=["pgbouncer-1.18", "pgbouncer-1.24"])
+def pgbouncer_version_under_test(request: pytest.FixtureRequest) -> str:
+    """Run a test on both PgBouncers: Debian 12's 1.18 and a 1.24 built from Debian 13's source."""
+    if request.param == "1.18":
+        require_old_pgbouncer()
+    else:
+        require_pgbouncer_with_prepared_statements()
+    return str(request.param)
+
+
+@pytest.fixture
+def any_pgbouncer(pgbouncer_version_under_test: str, request: pytest.FixtureRequest) -> PgBouncer:
+    """The session's PgBouncer of the version under test (`pgbouncer` or `pgbouncer_124`)."""
+    name = "pgbouncer" if pgbouncer_version_under_test == "1.18" else "pgbouncer_124"
+    bouncer: PgBouncer = request.getfixturevalue(name)
+    return bouncer
+
+
 @pytest.fixture
 def make_config(pg_server: Any, test_database: str) -> Callable[..., DatabaseConfig]:
     """Build a DatabaseConfig for the test database; keyword arguments override fields."""
@@ -101,6 +167,17 @@ def bouncer_config(pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> 
 
     def build(**overrides: Any) -> DatabaseConfig:
         url = pgbouncer.url(test_database, user=pg_server.user, password=pg_server.password)
+        return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url, **overrides)
+
+    return build
+
+
+@pytest.fixture
+def any_bouncer_config(any_pgbouncer: PgBouncer, pg_server: Any, test_database: str) -> Callable[..., DatabaseConfig]:
+    """Like bouncer_config, through the PgBouncer of the version under test (`any_pgbouncer`)."""
+
+    def build(**overrides: Any) -> DatabaseConfig:
+        url = any_pgbouncer.url(test_database, user=pg_server.user, password=pg_server.password)
         return DatabaseConfig(SQLALCHEMY_DATABASE_URI=url, **overrides)
 
     return build

@@ -3,7 +3,8 @@
 Usage: python -m tests.pgbouncer_worker MODE REQUESTS CONCURRENCY, with the database URL in
 the environment variable WORKER_DATABASE_URL. MODE is `ours` (mountaineer_db defaults),
 `naive-null` (create_async_engine with NullPool) or `naive-default` (create_async_engine
-with SQLAlchemy's defaults).
+with SQLAlchemy's defaults); `ours-prepared` and `ours-prepared-fixed` are `ours` with
+DATABASE_POOLER_PREPARED_STATEMENTS (NULL and FIXED_PROCESS pools).
 """
 
 import asyncio
@@ -34,10 +35,16 @@ async def run(mode: str, requests: int, concurrency: int) -> dict[str, Any]:
     leftovers: list[int] = []
     ok = 0
 
-    if mode == "ours":
+    ours = mode.startswith("ours")
+    if ours:
         from mountaineer_db import DatabaseConfig, database_session, dispose_engines
 
-        config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=url)
+        settings: dict[str, Any] = {}
+        if mode.startswith("ours-prepared"):
+            settings["DATABASE_POOLER_PREPARED_STATEMENTS"] = True
+        if mode.endswith("-fixed"):
+            settings.update(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_POOL_SIZE=concurrency)
+        config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=url, **settings)
 
         def open_session() -> Any:
             return database_session(config)
@@ -59,10 +66,10 @@ async def run(mode: str, requests: int, concurrency: int) -> dict[str, Any]:
             # through PgBouncer) must show up as an error here, not hang the whole test.
             async with asyncio.timeout(REQUEST_BOUND), open_session() as session:
                 # SQLModel's session warns on execute(); it runs the same statements with exec().
-                execute = session.exec if mode == "ours" else session.execute
+                execute = session.exec if ours else session.execute
                 value = (await execute(text("SELECT CAST(:n AS integer) + 1").bindparams(n=n))).scalar_one()
                 prepared = (await execute(text("SELECT count(*) FROM pg_prepared_statements"))).scalar_one()
-                if mode == "ours":
+                if ours:
                     await session.commit()
             assert value == n + 1
             leftovers.append(int(prepared))
@@ -81,7 +88,7 @@ async def run(mode: str, requests: int, concurrency: int) -> dict[str, Any]:
             await asyncio.gather(*(lane() for _ in range(concurrency)))
     except TimeoutError:
         errors[f"not finished within {RUN_BOUND:g}s"] += len(queue)
-    if mode == "ours":
+    if ours:
         await dispose_engines()
     else:
         await engine.dispose()

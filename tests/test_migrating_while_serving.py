@@ -1,6 +1,10 @@
 """Migrating while serving: `apply` adds a column and builds an index concurrently while a
 Mountaineer app (uvicorn, a separate process, real HTTP) is under load, with both pool types.
-The app runs the code deployed before the migration (it knows only `id` and `title`)."""
+The app runs the code deployed before the migration (it knows only `id` and `title`).
+
+The app talks to PostgreSQL directly, through PgBouncer 1.18 (unnamed statements), and through
+PgBouncer 1.24 with DATABASE_POOLER_PREPARED_STATEMENTS (named statements, which the added
+column makes stale on PgBouncer's server connections: `SELECT *` changes its result type)."""
 
 import asyncio
 import textwrap
@@ -14,6 +18,7 @@ import pytest
 from mountaineer_db import migrations
 from mountaineer_db.servers.cluster import free_port
 from mountaineer_db.settings.config import DatabaseConfig
+from tests.conftest import require_old_pgbouncer, require_pgbouncer_with_prepared_statements
 from tests.sample_apps import cli_env, fresh_database, sample_app_on_path, server_fetch, write_migrations_folder
 from tests.serving import Load, steady_load, uvicorn, wait_until_serving
 
@@ -63,9 +68,28 @@ def database(pg_server: Any) -> Iterator[str]:
         yield name
 
 
+def _app_route(route: str, pool: str, pg_server: Any, database: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The app's environment for `route`: directly, or through the PgBouncer of that version."""
+    if route == "direct":
+        return cli_env(pg_server.url(database), DATABASE_POOL_TYPE=pool)
+    if route == "pgbouncer-1.18":
+        require_old_pgbouncer()
+        bouncer = request.getfixturevalue("pgbouncer")
+        extra = {"DATABASE_STATEMENT_CACHE_SIZE": "0"} if pool == "FIXED_PROCESS" else {}
+    else:
+        require_pgbouncer_with_prepared_statements()
+        bouncer = request.getfixturevalue("pgbouncer_124")
+        extra = {"DATABASE_POOLER_PREPARED_STATEMENTS": "true"}
+    url = bouncer.url(database, user=pg_server.user, password=pg_server.password)
+    return cli_env(url, DATABASE_POOL_TYPE=pool, **extra)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("route", ["direct", "pgbouncer-1.18", "pgbouncer-1.24"])
 @pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
-async def test_apply_while_the_app_serves(pool: str, pg_server: Any, database: str, tmp_path: Path) -> None:
+async def test_apply_while_the_app_serves(
+    pool: str, route: str, pg_server: Any, database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     with sample_app_on_path(tmp_path) as package:
         versions = write_migrations_folder(package) / "versions"
         for name, source in REVISIONS.items():
@@ -76,7 +100,7 @@ async def test_apply_while_the_app_serves(pool: str, pg_server: Any, database: s
         await migrations.apply("dddd00000001", config=config)
 
         port = free_port()
-        env = cli_env(pg_server.url(database), DATABASE_POOL_TYPE=pool)
+        env = _app_route(route, pool, pg_server, database, request)
         load = Load()
         with uvicorn(tmp_path, env, port) as log:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -94,10 +118,15 @@ async def test_apply_while_the_app_serves(pool: str, pg_server: Any, database: s
     assert before > 20 and after > 20, (before, during, after)
     failures = load.failures()
     print(
-        f"{pool}: {len(load.outcomes)} requests ({before} before, {during} during, {after} after apply), "
+        f"{pool} {route}: {len(load.outcomes)} requests ({before} before, {during} during, {after} after apply), "
         f"{len(failures)} failed: {[(path, status) for path, status, _ in failures]}"
     )
     assert len(failures) <= 1 and all(status == 503 for _, status, _ in failures), (failures, server_log[-3000:])
+    # `SELECT *` gained a column: with named statements (cached in the app, or prepared by PgBouncer
+    # 1.24 on its server connections) that statement went stale and was recovered; unnamed never.
+    stale = server_log.count("met a database schema change")
+    named = route == "pgbouncer-1.24" or (route == "direct" and pool == "FIXED_PROCESS")
+    assert (stale >= 1) if named else (stale == 0), (stale, server_log[-3000:])
     columns = await server_fetch(
         pg_server,
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'serve_item'",

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -183,8 +184,17 @@ class _SettingsTransaction:
 class Connector:
     """Opens asyncpg connections for one engine. Holds the password; its repr does not."""
 
-    def __init__(self, config: DatabaseConfig, url: URL, *, statement_cache_size: int) -> None:
+    def __init__(
+        self,
+        config: DatabaseConfig,
+        url: URL,
+        *,
+        statement_cache_size: int,
+        connection_class: type[MountaineerConnection] = MountaineerConnection,
+        on_connect: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
         self.url = url
+        self.on_connect = on_connect  # run on each new connection, after our setup (pooler_statements)
         self.target = describe_target(url)
         self.connect_timeout = config.DATABASE_CONNECT_TIMEOUT
         self.close_timeout = config.DATABASE_COMMAND_TIMEOUT or config.DATABASE_CONNECT_TIMEOUT
@@ -212,7 +222,7 @@ class Connector:
             "command_timeout": config.DATABASE_COMMAND_TIMEOUT,
             "statement_cache_size": statement_cache_size,
             "server_settings": server_settings or None,
-            "connection_class": MountaineerConnection,
+            "connection_class": connection_class,
         }
         settings = [
             ("statement_timeout", config.DATABASE_STATEMENT_TIMEOUT),
@@ -253,6 +263,8 @@ class Connector:
                     if self.tenant_setting is None
                     else TenantState(self.tenant_setting, self.bypass_role, self.app_name),
                 )
+                if self.on_connect is not None:
+                    await self.on_connect(connection)
                 return connection
             if remaining > 0.1:
                 await asyncio.sleep(min(0.05, remaining - 0.1))

@@ -41,6 +41,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from mountaineer_db.engines.connections import Connector, translate_driver_error
 from mountaineer_db.engines.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
 from mountaineer_db.engines.origins import enable_tagging
+from mountaineer_db.engines.pooler_statements import PoolerConnection, PoolerStatements
 from mountaineer_db.engines.request_checks import install_request_checks
 from mountaineer_db.engines.scram import clear_scram_cache
 from mountaineer_db.engines.slow_queries import install_slow_query_log
@@ -70,6 +71,7 @@ _ENGINE_FIELDS = (
     "DATABASE_POOL_RECYCLE",
     "DATABASE_POOL_PRE_PING",
     "DATABASE_STATEMENT_CACHE_SIZE",
+    "DATABASE_POOLER_PREPARED_STATEMENTS",
     "DATABASE_ECHO",
     "DATABASE_CONNECT_TIMEOUT",
     "DATABASE_COMMAND_TIMEOUT",
@@ -90,10 +92,23 @@ _ENGINE_FIELDS = (
 
 def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Retirement"]:
     fixed = config.DATABASE_POOL_TYPE is PoolType.FIXED_PROCESS
+    pooler = config.DATABASE_POOLER_PREPARED_STATEMENTS
     cache_size = config.DATABASE_STATEMENT_CACHE_SIZE
     if cache_size is None:
-        cache_size = 100 if fixed else 0
-    connector = Connector(config, url, statement_cache_size=cache_size)
+        cache_size = 100 if fixed or pooler else 0
+    if pooler:
+        # Named statements through PgBouncer >= 1.21: checked at the first connection, texts
+        # renewed after a schema change (mountaineer_db.engines.pooler_statements).
+        statements = PoolerStatements(describe_target(url, user=False))
+        connector = Connector(
+            config,
+            url,
+            statement_cache_size=cache_size,
+            connection_class=PoolerConnection,
+            on_connect=statements.on_connect,
+        )
+    else:
+        connector = Connector(config, url, statement_cache_size=cache_size)
     holder: list[AsyncEngine] = []
 
     def creator() -> Any:

@@ -23,8 +23,14 @@ that met the stale statement fails with `SchemaChangedError`, a 503 asking the c
 retry. Requests already running a stale statement on other connections at that moment fail
 the same way; every request that starts after the first failure gets a fresh connection.
 
+Through PgBouncer with DATABASE_POOLER_PREPARED_STATEMENTS, replacing the client's connections is
+not enough: PgBouncer maps a re-prepared text to the server statement that went stale. The
+recovery also tells the engine to prepare new statement texts from then on
+(`mountaineer_db.engines.pooler_statements`).
+
 The default `NULL` pool opens a connection per request and uses unnamed statements, so it
-never meets a stale statement. A `FIXED_PROCESS` pool with `DATABASE_STATEMENT_CACHE_SIZE=0`
+never meets a stale statement (unless DATABASE_POOLER_PREPARED_STATEMENTS is on, see above).
+A `FIXED_PROCESS` pool with `DATABASE_STATEMENT_CACHE_SIZE=0`
 has no stale statements either, but its connections still cache type codecs, which a changed
 composite type outdates (`OutdatedSchemaCacheError`, handled the same way).
 """
@@ -36,6 +42,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mountaineer_db.engines.connections import _driver_connection
+from mountaineer_db.engines.pooler_statements import note_schema_change
 from mountaineer_db.exceptions import SchemaChangedError
 
 __all__ = ["install_stale_statement_recovery", "schema_changed_error", "stale_statement_cause"]
@@ -71,6 +79,9 @@ def _recover(context: ExceptionContext) -> BaseException | None:
     # replaces every pooled one at its next checkout, dropping all statements cached before.
     context.is_disconnect = True
     context.invalidate_pool_on_disconnect = True
+    # Through a pooler that prepares statements itself (DATABASE_POOLER_PREPARED_STATEMENTS), new
+    # client connections would be mapped to the same stale server statements: new texts from now on.
+    note_schema_change(_driver_connection(context))
     logger.warning(
         "A cached prepared statement met a database schema change (%s); replacing every pooled connection.",
         _reason(cause),

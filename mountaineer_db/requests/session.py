@@ -38,6 +38,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.engines.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.pooler_statements import note_schema_change
 from mountaineer_db.engines.stale_statements import schema_changed_error, stale_statement_cause
 from mountaineer_db.engines.tenants import Tenant, bind_tenant, require_tenant
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
@@ -165,6 +166,7 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         # skipped its error events): drop the connection here, its statements are stale.
         for connection in session._kept.values():
             if not connection.invalidated:
+                note_schema_change(connection.connection.driver_connection)  # pooler statements: new texts
                 connection.invalidate()
     logger.info("A statement met a schema change before anything else in its transaction; running it again.")
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request

@@ -129,6 +129,12 @@ def config_problems(config: "DatabaseConfig") -> list[str]:
         )
     if config.DATABASE_STATEMENT_CACHE_SIZE is not None and config.DATABASE_STATEMENT_CACHE_SIZE < 0:
         problems.append("DATABASE_STATEMENT_CACHE_SIZE must be 0 (no cache) or a positive number.")
+    if config.DATABASE_POOLER_PREPARED_STATEMENTS and config.DATABASE_STATEMENT_CACHE_SIZE == 0:
+        problems.append(
+            "DATABASE_POOLER_PREPARED_STATEMENTS is on but DATABASE_STATEMENT_CACHE_SIZE is 0, which means "
+            "unnamed statements and no cache. Leave DATABASE_STATEMENT_CACHE_SIZE unset (100) or set it above 0, "
+            "or turn DATABASE_POOLER_PREPARED_STATEMENTS off."
+        )
     problems.extend(_text_problems(config))
     problems.extend(_cookie_key_problems(config))
     return problems

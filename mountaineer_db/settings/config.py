@@ -122,7 +122,12 @@ class DatabaseConfig(BaseSettings):
     """FIXED_PROCESS only: test each connection when it is checked out (default off)."""
     DATABASE_STATEMENT_CACHE_SIZE: int | None = None
     """Prepared statements cached per connection. Default: 0 for NULL (PgBouncer-safe
-    unnamed statements), 100 for FIXED_PROCESS. Set 0 for FIXED_PROCESS behind PgBouncer."""
+    unnamed statements), 100 for FIXED_PROCESS or with DATABASE_POOLER_PREPARED_STATEMENTS.
+    Set 0 for FIXED_PROCESS behind a PgBouncer without prepared-statement support."""
+    DATABASE_POOLER_PREPARED_STATEMENTS: bool = False
+    """The pooler supports protocol-level named prepared statements (PgBouncer >= 1.21 with
+    max_prepared_statements > 0): use named statements and the statement cache through it, with
+    either pool type; checked at the first connection (default off: unnamed statements)."""
 
     # -- Behaviour -----------------------------------------------------------------
     DATABASE_ECHO: bool = False

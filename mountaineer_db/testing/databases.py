@@ -27,10 +27,11 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, make_url
 
 from mountaineer_db.engines.engine import describe_target, engine_for
-from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
+from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError, ResourceNotFoundError
 from mountaineer_db.servers._blocking import run_blocking, run_coroutine
 from mountaineer_db.servers.cluster import ExternalServer, PostgresCluster
 from mountaineer_db.servers.pgbouncer import PgBouncer
+from mountaineer_db.servers.pgbouncer_versions import BUILD_HINT, find_pgbouncer_at_least
 from mountaineer_db.settings.config import DatabaseConfig
 
 __all__ = [
@@ -294,15 +295,27 @@ def apply_migrations(
 
 
 @contextlib.contextmanager
-def pgbouncer_for(server: Server, *, settings: dict[str, str] | None = None) -> Iterator[PgBouncer]:
+def pgbouncer_for(
+    server: Server, *, settings: dict[str, str] | None = None, min_version: tuple[int, int] | None = None
+) -> Iterator[PgBouncer]:
     """A PgBouncer in transaction mode in front of `server`, stopped on exit.
 
-    Needs the `pgbouncer` executable (Debian/Ubuntu: `apt-get install pgbouncer`).
+    Needs the `pgbouncer` executable (Debian/Ubuntu: `apt-get install pgbouncer`). With
+    `min_version`, a PgBouncer of that version or newer (`(1, 21)` for protocol-level prepared
+    statements; see `mountaineer_db.servers.pgbouncer_versions`), else `ResourceNotFoundError`.
     """
+    binary = None
+    if min_version is not None:
+        binary = find_pgbouncer_at_least(min_version)
+        if binary is None:
+            wanted = ".".join(map(str, min_version))
+            raise ResourceNotFoundError(f"No PgBouncer {wanted} or newer was found; {BUILD_HINT}.")
     work_dir = Path(tempfile.mkdtemp(prefix="mountaineer-db-kit-bouncer-"))
     os.chmod(work_dir, 0o755)  # the unprivileged user PgBouncer runs as must reach its files
     host = server.url().host or "127.0.0.1"
-    bouncer = PgBouncer(host, server.port, {server.user: server.password}, work_dir=work_dir, settings=settings)
+    bouncer = PgBouncer(
+        host, server.port, {server.user: server.password}, work_dir=work_dir, settings=settings, binary=binary
+    )
     try:
         with bouncer:
             yield bouncer
