@@ -70,6 +70,8 @@ class DatabaseConfigError(ValidationError, ConfigurationError):
 def describe_target(url: URL, *, user: bool = True) -> str:
     """`database "app" on db.internal:5432 as user "app"`: for messages, never with a password."""
     who = f' as user "{url.username}"' if user and url.username else ""
+    if url.host is not None and "," in url.host:  # a multi-host URL: every host carries its port
+        return f'database "{url.database}" on {url.host}{who}'
     return f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}{who}'
 
 
