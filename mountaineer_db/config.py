@@ -46,7 +46,6 @@ from mountaineer_db.urls import (
 __all__ = ["DatabaseConfig", "DatabaseURL", "PoolType", "ReadRouting", "SSLMode"]
 
 
-
 class PoolType(StrEnum):
     """How engines hold connections."""
 
@@ -274,17 +273,18 @@ class DatabaseConfig(BaseSettings):
         secret: Any = self.POSTGRES_PASSWORD  # a str too, in a subclass built without our hook
         password = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         host, port = self.POSTGRES_HOST, self.POSTGRES_PORT
+        port_or_none: int | None = port
         if host is not None and "," in host:  # db1,db2,db3: each with POSTGRES_PORT unless it names its own
-            host, port = host_list(host, self.POSTGRES_PORT, what="POSTGRES_HOST "), None
+            host, port_or_none = host_list(host, self.POSTGRES_PORT, what="POSTGRES_HOST "), None
         url = URL.create(
             "postgresql+asyncpg",
             username=self.POSTGRES_USER,
             password=password,
             host=host,
-            port=port,
+            port=port_or_none,
             database=self.POSTGRES_DB,
         )
-        return url if port is not None else with_session_attrs(url, replica=False, setting="POSTGRES_HOST")
+        return url if port_or_none is not None else with_session_attrs(url, replica=False, setting="POSTGRES_HOST")
 
     # -- Derived values ------------------------------------------------------------
     @property

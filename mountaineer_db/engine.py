@@ -41,6 +41,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from mountaineer_db.config import DatabaseConfig, PoolType
 from mountaineer_db.connections import Connector, translate_driver_error
 from mountaineer_db.exceptions import describe_target
+from mountaineer_db.failover import install_demoted_primary_recovery
 from mountaineer_db.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
 from mountaineer_db.origins import enable_tagging
 from mountaineer_db.scram import clear_scram_cache
@@ -132,6 +133,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     if config.DATABASE_SLOW_QUERY_THRESHOLD is not None:  # no listeners (no cost) without a threshold
         install_slow_query_log(engine, config.DATABASE_SLOW_QUERY_THRESHOLD)
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
+    install_demoted_primary_recovery(engine)  # SQLSTATE 25006 outside read sessions: the primary was demoted
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
     if fixed:

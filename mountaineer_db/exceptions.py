@@ -28,6 +28,7 @@ __all__ = [
     "MigrationError",
     "MigrationLockTimeoutError",
     "MountaineerDBError",
+    "PrimaryDemotedError",
     "ReadOnlySessionError",
     "ResourceAlreadyExistsError",
     "ResourceConflictError",
@@ -127,6 +128,23 @@ class SchemaChangedError(DatabaseUnavailableError):
     def __init__(self, message: str) -> None:
         super().__init__(message, retry_after=0)
         self.detail = "The database schema changed while this request ran. Try again."
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message,))
+
+
+class PrimaryDemotedError(DatabaseUnavailableError):
+    """The server the primary's connection reached answered as a read-only replica (SQLSTATE
+    25006): the primary was demoted by a failover or switchover.
+
+    An HTTP 503 with `Retry-After: 1`: the request was rolled back, the pooled connections that
+    reached the old primary are being replaced, and the retry reaches the new primary. See
+    `mountaineer_db.failover`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1)
+        self.detail = "The database primary changed while this request ran. Try again."
 
     def __reduce__(self) -> Any:
         return (type(self), (self.message,))

@@ -24,9 +24,9 @@ from sqlalchemy.engine import URL
 
 __all__ = [
     "PRIMARY_ATTRS",
-    "HostListError",
     "REPLICA_ATTRS",
     "SESSION_ATTRS",
+    "HostListError",
     "host_list",
     "hosts_of",
     "is_multi_host",

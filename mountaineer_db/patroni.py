@@ -164,6 +164,7 @@ class PatroniCluster:
         self._run_as = run_user()
         self.etcd_port, self.etcd_peer_port = free_port(), free_port()
         self.haproxy_port = free_port()
+        self.pinned_port = free_port()
         self.nodes = [
             PatroniNode(
                 name=f"n{number}",
@@ -187,7 +188,8 @@ class PatroniCluster:
 
     def __repr__(self) -> str:
         ports = ",".join(str(node.port) for node in self.nodes)
-        return f"PatroniCluster(nodes 127.0.0.1:{ports}, haproxy :{self.haproxy_port}, pgbouncer :{self.pgbouncer.port})"
+        proxies = f"haproxy :{self.haproxy_port}, pgbouncer :{self.pgbouncer.port}"
+        return f"PatroniCluster(nodes 127.0.0.1:{ports}, {proxies})"
 
     @classmethod
     @contextlib.contextmanager
@@ -335,6 +337,10 @@ class PatroniCluster:
             f"    server {node.name} 127.0.0.1:{node.port} maxconn 500 check port {node.rest_port}"
             for node in self.nodes
         )
+        pinned = "\n".join(
+            f"    server {node.name} 127.0.0.1:{node.port}" + ("" if node is self.nodes[0] else " disabled")
+            for node in self.nodes
+        )
         config = f"""global
     maxconn 2000
     stats socket {folder / "haproxy.sock"} mode 600 level admin
@@ -353,6 +359,12 @@ listen primary
     http-check expect status 200
     default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
+
+# A stand-in for a DNS name or virtual IP that follows the primary late: it routes to the node
+# `pin()` names, whatever its role, with no health check.
+listen pinned
+    bind 127.0.0.1:{self.pinned_port}
+{pinned}
 """
         path = folder / "haproxy.cfg"
         write_private(path, config, owner=self._run_as)
@@ -434,18 +446,10 @@ listen primary
 
     def proxy_backends(self) -> dict[str, str]:
         """HAProxy's status of each node (`UP`, `DOWN`, ...), from its stats socket."""
-        sock_path = self.work_dir / "haproxy" / "haproxy.sock"
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1)
-                sock.connect(str(sock_path))
-                sock.sendall(b"show stat\n")
-                data = b""
-                while chunk := sock.recv(65536):
-                    data += chunk
+            lines = self._haproxy_command("show stat").splitlines()
         except OSError:
             return {}
-        lines = data.decode().splitlines()
         if not lines or not lines[0].startswith("# "):
             return {}
         header = lines[0][2:].split(",")
@@ -455,6 +459,26 @@ listen primary
             if row.get("pxname") == "primary" and row.get("svname") not in ("FRONTEND", "BACKEND", None):
                 status[row["svname"]] = row.get("status", "")
         return status
+
+    def pin(self, node: PatroniNode) -> None:
+        """Route new connections to the `pinned` listener (`pinned_url()`) to `node` alone.
+
+        Existing connections stay where they are, as they would after a DNS change.
+        """
+        for other in self.nodes:
+            command = "enable" if other is node else "disable"
+            self._haproxy_command(f"{command} server pinned/{other.name}")
+
+    def _haproxy_command(self, command: str) -> str:
+        sock_path = self.work_dir / "haproxy" / "haproxy.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(str(sock_path))
+            sock.sendall(command.encode() + b"\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data.decode()
 
     def wait_for_proxy(self, timeout: float = 30.0) -> None:
         """Wait until HAProxy sends connections to the primary, and to it alone."""
@@ -494,6 +518,10 @@ listen primary
     def pgbouncer_url(self) -> URL:
         """The app user's URL through PgBouncer (transaction mode), which goes through HAProxy."""
         return self._url("127.0.0.1", self.pgbouncer.port)
+
+    def pinned_url(self) -> URL:
+        """The app user's URL through the `pinned` listener (see `pin`): the first node until pinned elsewhere."""
+        return self._url("127.0.0.1", self.pinned_port)
 
     def node_url(self, node: PatroniNode) -> URL:
         """The app user's URL straight to one node."""
@@ -553,6 +581,33 @@ listen primary
         self.wait_for_proxy(timeout=timeout)
         return self.primary()
 
+    def kill_node(self, timeout: float = 60.0) -> tuple[PatroniNode, PatroniNode]:
+        """SIGKILL the primary's Patroni and postmaster together (the machine dies): after the
+        leader lock expires (ttl 10 s) a replica is promoted. Returns (old, new) once HAProxy
+        routes to the new primary; `restart_node(old)` brings the old one back as a replica."""
+        old = self.primary()
+        pid = old.postmaster_pid()
+        if old.process is not None:
+            old.process.kill()
+            old.process.wait(10)
+            old.process = None
+        if pid is not None and _is_postmaster_of(pid, old.data_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        new = self.wait_for_primary(other_than=old.name, timeout=timeout)
+        self.wait_for_proxy(timeout=timeout)
+        return old, new
+
+    def restart_node(self, node: PatroniNode, timeout: float = 90.0) -> None:
+        """Start `node`'s Patroni again (after `kill_node`); returns once every replica streams."""
+        pid = node.postmaster_pid()
+        if pid is not None and _is_postmaster_of(pid, node.data_dir):  # an orphan backend may hold it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._start_node(node)
+        self.wait_for_replicas(timeout=timeout)
+        self.wait_for_proxy(timeout=timeout)
+
     # -- stopping -------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -561,6 +616,10 @@ listen primary
         if self._haproxy is not None:
             stop_process(self._haproxy, signal.SIGTERM, 10)
             self._haproxy = None
+        running = [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+        for node in running:  # all at once: each Patroni stops its PostgreSQL (fast shutdown)
+            with contextlib.suppress(ProcessLookupError):
+                node.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         for node in self.nodes:
             if node.process is not None:
                 stop_process(node.process, signal.SIGTERM, 30)

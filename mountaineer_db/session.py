@@ -42,6 +42,7 @@ from mountaineer_db.config import DatabaseConfig
 from mountaineer_db.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engine import engine_for
 from mountaineer_db.exceptions import ClientDisconnectedError, SchemaChangedError, unavailable_error_for
+from mountaineer_db.failover import is_lost_connection
 from mountaineer_db.failure_log import ScopedSyncSession, log_failure, origin_note, rolled_back_here
 from mountaineer_db.lifespan import with_development_database
 from mountaineer_db.setup_errors import not_set_up_error_for
@@ -133,13 +134,17 @@ class RequestSyncSession(Session):
 
 
 def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
-    """Run the first statement of a transaction again if it met a schema change (a migration).
+    """Run the first statement of a transaction again if it met a schema change (a migration),
+    or the request's very first statement if its connection was lost (a failover, a restart).
 
     A `SchemaChangedError` (see `mountaineer_db.stale_statements`) on the first statement of
     a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
     back and the statement runs once more on a fresh connection, so the request goes on. The
     objects loaded earlier and the `on_commit` hooks registered so far carry over to the new
     transaction.
+    A lost connection (`mountaineer_db.failover.is_lost_connection`) is replayed the same way,
+    once, but only on the first statement of the request: never after an earlier statement
+    reached a connection, so never after a commit either.
     Later statements of a transaction are never replayed; their request gets the 503.
     """
     session = state.session
@@ -151,19 +156,24 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         or session.server_transaction_open()
     ):
         return None
+    first_of_request = not session.info.get(_CONNECTED)
     try:
         return state.invoke_statement()
     except SchemaChangedError:
-        pass  # the engine's recovery has already discarded the connection
+        reason = "met a schema change before anything else in its transaction"
     except Exception as error:
-        if stale_statement_cause(error) is None:
+        if first_of_request and is_lost_connection(error):
+            reason = f"was the request's first and lost its connection ({describe_error(error)})"
+        elif stale_statement_cause(error) is None:
             raise
-        # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
-        # skipped its error events): drop the connection here, its statements are stale.
-        for connection in session._kept.values():
-            if not connection.invalidated:
-                connection.invalidate()
-    logger.info("A statement met a schema change before anything else in its transaction; running it again.")
+        else:
+            # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
+            # skipped its error events): drop the connection here, its statements are stale.
+            for connection in session._kept.values():
+                if not connection.invalidated:
+                    connection.invalidate()
+            reason = "met a schema change before anything else in its transaction"
+    logger.info("A statement %s; running it again on a fresh connection.", reason)
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
     with hooks_carried_over(session):  # on_commit hooks registered before the statement stay
         session.expunge_all()
@@ -173,6 +183,15 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     return state.invoke_statement()
 
 
+_CONNECTED = "mountaineer_db.connected"
+"""`session.info` key: a statement of this session has reached a connection (`after_begin`)."""
+
+
+def _note_connected(session: Session, transaction: Any, connection: Connection) -> None:
+    session.info[_CONNECTED] = True
+
+
+event.listen(RequestSyncSession, "after_begin", _note_connected)
 event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_statement)
 
 
