@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -144,6 +145,9 @@ def is_loopback(host: str | None) -> bool:
 
 
 
+_BEFORE_A_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")
+
+
 def split_url_list(value: Any) -> Any:
     """A list of URLs from a comma-separated string or a JSON list (as env vars hold them)."""
     if isinstance(value, SecretStr):
@@ -160,7 +164,8 @@ def split_url_list(value: Any) -> Any:
                     "is not a JSON list of URLs; write it as a comma-separated list "
                     "(postgresql://HOST1/DB,postgresql://HOST2/DB) or as a JSON list of strings"
                 ) from None
-        return [part.strip() for part in text.split(",") if part.strip()]
+        # Split only before a scheme: a multi-host URL holds commas of its own (db1,db2).
+        return [part.strip() for part in _BEFORE_A_URL.split(text) if part.strip()]
     if isinstance(value, URL):
         return [value]
     return value
