@@ -405,6 +405,14 @@ listen pinned
         """The nodes running as streaming replicas (`GET /replica` answers 200)."""
         return [node for node in self.nodes if node.rest("/replica")[0] == 200]
 
+    def sync_standby(self) -> PatroniNode:
+        """The synchronous standby (`GET /sync` answers 200): in synchronous mode, the only
+        node Patroni promotes or switches over to."""
+        found = [node for node in self.nodes if node.rest("/sync")[0] == 200]
+        if not found:
+            raise ClusterError("No synchronous standby (synchronous_mode is off, or it is not streaming yet)")
+        return found[0]
+
     def _one_primary(self) -> PatroniNode | None:
         try:
             return self.primary()
@@ -554,8 +562,7 @@ listen pinned
         """
         old = self.primary()
         if candidate is None:
-            synchronous = [node for node in self.nodes if node.rest("/sync")[0] == 200]
-            candidate = (synchronous or [node for node in self.replicas() if node is not old])[0].name
+            candidate = (self.sync_standby() if self.synchronous_mode else self.replicas()[0]).name
         self.patronictl("switchover", self.scope, "--leader", old.name, "--candidate", candidate, "--force")
         new = self.wait_for_primary(other_than=old.name, timeout=timeout)
         self.wait_for_proxy(timeout=timeout)

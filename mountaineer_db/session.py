@@ -160,10 +160,10 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     try:
         return state.invoke_statement()
     except SchemaChangedError:
-        reason = "met a schema change before anything else in its transaction"
+        message = _STALE_REPLAY
     except Exception as error:
         if first_of_request and is_lost_connection(error):
-            reason = f"was the request's first and lost its connection ({describe_error(error)})"
+            message = f"The request's first statement lost its connection ({describe_error(error)}); running it again."
         elif stale_statement_cause(error) is None:
             raise
         else:
@@ -172,8 +172,8 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
             for connection in session._kept.values():
                 if not connection.invalidated:
                     connection.invalidate()
-            reason = "met a schema change before anything else in its transaction"
-    logger.info("A statement %s; running it again on a fresh connection.", reason)
+            message = _STALE_REPLAY
+    logger.info("%s", message)
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
     with hooks_carried_over(session):  # on_commit hooks registered before the statement stay
         session.expunge_all()
@@ -183,6 +183,7 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     return state.invoke_statement()
 
 
+_STALE_REPLAY = "A statement met a schema change before anything else in its transaction; running it again."
 _CONNECTED = "mountaineer_db.connected"
 """`session.info` key: a statement of this session has reached a connection (`after_begin`)."""
 

@@ -180,7 +180,8 @@ def resolve_replica_urls(replicas: list[URL], primary: URL) -> list[URL]:
             replica = replica.set(username=primary.username, password=primary.password)
         if not replica.database and primary.database:
             replica = replica.set(database=primary.database)
-        if _address(replica) == _address(primary):
+        # A multi-host URL may list the primary's own hosts: target_session_attrs picks a standby.
+        if _address(replica) == _address(primary) and "," not in (replica.host or ""):
             raise ValueError(
                 f"DATABASE_REPLICA_URLS[{number}] names the primary itself ({primary.host}:{primary.port or 5432}/"
                 f"{primary.database}). List streaming replicas only; the primary is always used for writes."

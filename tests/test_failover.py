@@ -90,7 +90,7 @@ async def test_a_request_whose_first_statement_lost_its_connection_runs_it_once_
         response = await request
     assert response.status_code == 200, response.text
     assert replay != first
-    assert "was the request's first and lost its connection" in caplog.text
+    assert "The request's first statement lost its connection (" in caplog.text
 
 
 @pytest.mark.parametrize("page", ["/gate-later", "/gate-after-commit"])
@@ -100,7 +100,7 @@ async def test_a_statement_after_the_first_or_after_a_commit_is_never_run_again(
     """The lost statement follows another one (its transaction had begun on the server), or
     follows a commit: it is not run again. The request answers 503 while the gate is still
     locked (a replay would be stuck behind the lock), and no second statement ever waits."""
-    transaction, watcher = gate
+    _transaction, watcher = gate
     application = f"gate_{secrets.token_hex(3)}"
     config = FailoverConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database), DATABASE_APPLICATION_NAME=application)
     async with failover_client(config, tmp_path / "views") as client:

@@ -84,7 +84,11 @@ def test_replica_urls_with_several_hosts_default_to_prefer_standby_and_refuse_re
         ("postgresql://app@db1,,db3/app", "has an empty or malformed host (number 2)"),
         ("postgresql://app@db1,db2:99999/app", "has host number 2 with a port that is not a TCP port (1 to 65535)"),
         ("postgresql://app@db1,db2:x/app", "has host number 2 with a port that is not a TCP port (1 to 65535)"),
-        ("postgresql://app@db1,db2/app?target_session_attrs=writable", "has ?target_session_attrs=writable, which is not one of any, primary, standby, prefer-standby, read-write, read-only"),
+        (
+            "postgresql://app@db1,db2/app?target_session_attrs=writable",
+            "has ?target_session_attrs=writable, which is not one of any, primary, standby, prefer-standby, "
+            "read-write, read-only",
+        ),
     ],
 )
 def test_a_bad_host_list_or_session_attribute_is_refused_naming_the_problem(value: str, expected: str) -> None:
