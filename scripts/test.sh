@@ -3,8 +3,9 @@
 #
 #   bash scripts/test.sh [pytest args]
 #
-# Installs what the suite needs when it is missing (PgBouncer, Chromium, and etcd, Patroni and
-# HAProxy for the high-availability tests, from Debian's packages; a virtualenv with the package, its dev extra and the example app), runs ruff and
+# Installs what the suite needs when it is missing (from Debian's packages: PgBouncer, Chromium,
+# and etcd, Patroni and HAProxy for the high-availability tests; a virtualenv with the package,
+# its dev extra and the example app), runs ruff and
 # mypy --strict, then pytest twice: on the newest releases of our dependencies with the newest
 # Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
 # it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
