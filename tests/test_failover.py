@@ -93,6 +93,25 @@ async def test_a_request_whose_first_statement_lost_its_connection_runs_it_once_
     assert "The request's first statement lost its connection (" in caplog.text
 
 
+async def test_the_first_statement_is_run_again_once_only(
+    pg_server: Any, test_database: str, gate: Any, tmp_path: Path
+) -> None:
+    """If the replayed statement loses its connection too, the request gets the 503: no third try."""
+    _transaction, watcher = gate
+    application = f"gate_{secrets.token_hex(3)}"
+    config = FailoverConfig(SQLALCHEMY_DATABASE_URI=pg_server.url(test_database), DATABASE_APPLICATION_NAME=application)
+    async with failover_client(config, tmp_path / "views") as client:
+        request = asyncio.ensure_future(client.get("/gate"))
+        first = await _wait_for_waiter(watcher, application)
+        assert await watcher.fetchval("SELECT pg_terminate_backend($1)", first)
+        replay = await _wait_for_waiter(watcher, application, other_than=first)
+        assert await watcher.fetchval("SELECT pg_terminate_backend($1)", replay)
+        async with asyncio.timeout(15):
+            response = await request
+        assert await _lock_waiters(watcher, application) == [], "the statement was run a third time"
+    assert response.status_code == 503 and response.json() == UNAVAILABLE
+
+
 @pytest.mark.parametrize("page", ["/gate-later", "/gate-after-commit"])
 async def test_a_statement_after_the_first_or_after_a_commit_is_never_run_again(
     pg_server: Any, test_database: str, gate: Any, tmp_path: Path, page: str
