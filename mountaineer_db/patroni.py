@@ -41,8 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,80 +59,19 @@ from mountaineer_db._processes import (
     write_private,
 )
 from mountaineer_db.cluster import find_postgres_bindir
-from mountaineer_db.pgbouncer import PgBouncer, find_pgbouncer
+from mountaineer_db.patroni_parts import (
+    PatroniNode,
+    is_postmaster_of,
+    missing_ha_tools,
+    node_config,
+    read_json,
+    user_ids,
+    wait_for,
+    which,
+)
+from mountaineer_db.pgbouncer import PgBouncer
 
 __all__ = ["PatroniCluster", "PatroniNode", "missing_ha_tools"]
-
-_TOOLS = {"etcd": "etcd-server", "patroni": "patroni", "patronictl": "patroni", "haproxy": "haproxy"}
-_SBIN = ("/usr/sbin", "/usr/local/sbin")
-
-
-def _which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in _SBIN:
-        candidate = Path(folder) / name
-        if candidate.exists():
-            return str(candidate)
-    return None
-
-
-def missing_ha_tools() -> list[str]:
-    """The Debian packages still to install for `PatroniCluster` (empty when all are there)."""
-    missing = sorted({package for tool, package in _TOOLS.items() if _which(tool) is None})
-    if find_pgbouncer() is None:
-        missing.append("pgbouncer")
-    return missing
-
-
-@dataclass
-class PatroniNode:
-    """One Patroni-managed PostgreSQL node."""
-
-    name: str
-    port: int
-    rest_port: int
-    data_dir: Path
-    config_path: Path
-    log_path: Path
-    process: "subprocess.Popen[bytes] | None" = None
-
-    def rest(self, path: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
-        """GET Patroni's REST `path` on this node: (status, JSON body); (0, {}) when it does not answer."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=timeout) as answer:
-                return answer.status, _json(answer.read())
-        except urllib.error.HTTPError as error:
-            return error.code, _json(error.read())
-        except (OSError, ValueError):
-            return 0, {}
-
-    def postmaster_pid(self) -> int | None:
-        """The PID in the data directory's `postmaster.pid`, if the server is running."""
-        try:
-            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
-        except OSError:
-            return None
-        return int(first) if first.strip().isdigit() else None
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _wait_for(what: str, check: Callable[[], bool], timeout: float, logs: str, interval: float = 0.05) -> None:
-    """Poll `check` until it is true; `ClusterError` naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise ClusterError(f"Timed out after {timeout:g}s waiting for {what}; see the logs in {logs}")
-        time.sleep(interval)
-
 
 class PatroniCluster:
     """etcd, three Patroni nodes, HAProxy and PgBouncer on loopback (see the module docstring)."""
@@ -221,7 +159,7 @@ class PatroniCluster:
     def _popen(self, argv: list[str], log: Path, cwd: Path | None = None) -> "subprocess.Popen[bytes]":
         descriptor = open_private_log(log)
         if self._run_as is not None:
-            os.fchown(descriptor, *_ids(self._run_as))
+            os.fchown(descriptor, *user_ids(self._run_as))
         try:
             return subprocess.Popen(
                 argv,
@@ -239,7 +177,7 @@ class PatroniCluster:
         folder = private_directory(self.work_dir / "etcd", self._run_as)
         client, peer = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{self.etcd_peer_port}"
         argv = [
-            str(_which("etcd")),
+            str(which("etcd")),
             "--name=etcd1",
             f"--data-dir={folder / 'data'}",
             f"--listen-client-urls={client}",
@@ -257,79 +195,22 @@ class PatroniCluster:
                 raise ClusterError(f"etcd exited during start-up; see {folder / 'etcd.log'}")
             try:
                 with urllib.request.urlopen(f"{client}/health", timeout=1) as answer:
-                    return bool(_json(answer.read()).get("health") == "true")
+                    return bool(read_json(answer.read()).get("health") == "true")
             except (OSError, ValueError):
                 return False
 
-        _wait_for("etcd to be healthy", healthy, max(deadline - time.monotonic(), 1), str(folder))
+        wait_for("etcd to be healthy", healthy, max(deadline - time.monotonic(), 1), str(folder))
 
     def _node_config(self, node: PatroniNode) -> dict[str, Any]:
-        where = str(node.data_dir.parent)
-        return {
-            "scope": self.scope,
-            "name": node.name,
-            "log": {"level": "INFO"},
-            "restapi": {
-                "listen": f"127.0.0.1:{node.rest_port}",
-                "connect_address": f"127.0.0.1:{node.rest_port}",
-            },
-            "etcd3": {"hosts": [f"127.0.0.1:{self.etcd_port}"]},
-            "bootstrap": {
-                "dcs": {
-                    # Patroni's rule: loop_wait + 2 * retry_timeout <= ttl.
-                    "ttl": 10,
-                    "loop_wait": 2,
-                    "retry_timeout": 4,
-                    "maximum_lag_on_failover": 1048576,
-                    "synchronous_mode": self.synchronous_mode,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        "use_slots": True,
-                        "parameters": {
-                            "wal_level": "replica",
-                            "hot_standby": "on",
-                            "wal_log_hints": "on",
-                            "max_wal_senders": 10,
-                            "max_replication_slots": 10,
-                            "max_connections": 200,
-                        },
-                    },
-                },
-                "initdb": [{"encoding": "UTF8"}, {"auth": "scram-sha-256"}],
-                "pg_hba": [
-                    "local all all scram-sha-256",
-                    "host replication replicator 127.0.0.1/32 scram-sha-256",
-                    "host all all 127.0.0.1/32 scram-sha-256",
-                ],
-            },
-            "postgresql": {
-                "listen": f"127.0.0.1:{node.port}",
-                "connect_address": f"127.0.0.1:{node.port}",
-                "data_dir": str(node.data_dir),
-                "bin_dir": str(self.bindir),
-                "pgpass": f"{where}/pgpass",
-                # pg_basebackup's default spread checkpoint makes a new replica wait minutes.
-                "basebackup": [{"checkpoint": "fast"}],
-                "authentication": {
-                    "superuser": {"username": "postgres", "password": self.superuser_password},
-                    "replication": {"username": "replicator", "password": self.replication_password},
-                    "rewind": {"username": "postgres", "password": self.superuser_password},
-                },
-                "parameters": {
-                    "unix_socket_directories": where,
-                    "fsync": "off",  # throwaway data on a shared test machine; failover semantics unchanged
-                    "log_min_messages": "warning",
-                },
-            },
-            "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
-        }
+        return node_config(self, node)
+
 
     def _start_node(self, node: PatroniNode) -> None:
         folder = private_directory(node.data_dir.parent, self._run_as)
         # JSON is YAML: no YAML writer needed. 0600: it holds the passwords.
         write_private(node.config_path, json.dumps(self._node_config(node), indent=2), owner=self._run_as)
         chown_tree(folder, self._run_as)
-        node.process = self._popen([str(_which("patroni")), str(node.config_path)], node.log_path, cwd=folder)
+        node.process = self._popen([str(which("patroni")), str(node.config_path)], node.log_path, cwd=folder)
 
     def _start_haproxy(self) -> None:
         folder = private_directory(self.work_dir / "haproxy", self._run_as)
@@ -368,7 +249,7 @@ listen pinned
 """
         path = folder / "haproxy.cfg"
         write_private(path, config, owner=self._run_as)
-        self._haproxy = self._popen([str(_which("haproxy")), "-db", "-f", str(path)], folder / "haproxy.log")
+        self._haproxy = self._popen([str(which("haproxy")), "-db", "-f", str(path)], folder / "haproxy.log")
 
     def _create_app_role(self) -> None:
         primary = self.primary()
@@ -432,7 +313,7 @@ listen pinned
             return True
 
         what = "a primary" + (f" other than {other_than}" if other_than else "")
-        _wait_for(what, check, timeout, str(self.work_dir))
+        wait_for(what, check, timeout, str(self.work_dir))
         return found[-1]
 
     def wait_for_replicas(self, timeout: float = 60.0) -> None:
@@ -450,7 +331,7 @@ listen pinned
                 return any(node.rest("/sync")[0] == 200 for node in self.nodes)
             return True
 
-        _wait_for("the replicas to stream from the primary", check, timeout, str(self.work_dir))
+        wait_for("the replicas to stream from the primary", check, timeout, str(self.work_dir))
 
     def proxy_backends(self) -> dict[str, str]:
         """HAProxy's status of each node (`UP`, `DOWN`, ...), from its stats socket."""
@@ -499,7 +380,7 @@ listen pinned
             up = [name for name, state in self.proxy_backends().items() if state.startswith("UP")]
             return up == [primary.name]
 
-        _wait_for("HAProxy to route to the primary alone", check, timeout, str(self.work_dir))
+        wait_for("HAProxy to route to the primary alone", check, timeout, str(self.work_dir))
 
     def _check_alive(self) -> None:
         for label, process in (("etcd", self._etcd), ("haproxy", self._haproxy)):
@@ -548,7 +429,7 @@ listen pinned
     def patronictl(self, *args: str) -> str:
         """Run `patronictl -c <first node's config> ARGS`; its output (ClusterError if it fails)."""
         result = subprocess.run(
-            [str(_which("patronictl")), "-c", str(self.nodes[0].config_path), *args],
+            [str(which("patronictl")), "-c", str(self.nodes[0].config_path), *args],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         if result.returncode != 0:
@@ -578,7 +459,7 @@ listen pinned
             raise ClusterError(f"No postmaster.pid in {primary.data_dir}")
         os.kill(pid, signal.SIGKILL)
         # Patroni notices the dead postmaster at its next loop and starts a new one.
-        _wait_for(
+        wait_for(
             f"Patroni to restart {primary.name}'s postmaster",
             lambda: primary.postmaster_pid() not in (None, pid),
             timeout,
@@ -598,7 +479,7 @@ listen pinned
             old.process.kill()
             old.process.wait(10)
             old.process = None
-        if pid is not None and _is_postmaster_of(pid, old.data_dir):
+        if pid is not None and is_postmaster_of(pid, old.data_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         new = self.wait_for_primary(other_than=old.name, timeout=timeout)
@@ -608,7 +489,7 @@ listen pinned
     def restart_node(self, node: PatroniNode, timeout: float = 90.0) -> None:
         """Start `node`'s Patroni again (after `kill_node`); returns once every replica streams."""
         pid = node.postmaster_pid()
-        if pid is not None and _is_postmaster_of(pid, node.data_dir):  # an orphan backend may hold it
+        if pid is not None and is_postmaster_of(pid, node.data_dir):  # an orphan backend may hold it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._start_node(node)
@@ -634,7 +515,7 @@ listen pinned
         for node in self.nodes:
             # A postmaster outlives a Patroni that was killed; it is ours (our data directory).
             pid = node.postmaster_pid()
-            if pid is not None and _is_postmaster_of(pid, node.data_dir):
+            if pid is not None and is_postmaster_of(pid, node.data_dir):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGQUIT)
         if self._etcd is not None:
@@ -652,17 +533,3 @@ listen pinned
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return str(data_dir).encode() in command
-
-
-def _ids(user: str) -> tuple[int, int]:
-    import pwd  # only when we are root and hand files to the server user
-
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
