@@ -15,7 +15,8 @@ read-write, no proxy). Pools: DATABASE_POOL_TYPE=NULL and FIXED_PROCESS (4 per w
 cache off through PgBouncer). Faults: `switchover` (`patronictl switchover` to the synchronous
 standby), `kill_postmaster` (SIGKILL of the primary's postmaster: Patroni restarts the same node),
 `kill_node` (SIGKILL of the primary's Patroni and postmaster: a replica is promoted after the
-leader key expires, ttl 10 s).
+leader key expires, ttl 10 s), `stall_kill_node` (the primary's WAL senders stopped for 1 s, a
+network stall, then `kill_node`: what asynchronous replication loses).
 
 Each run: WRITERS clients post the example app's `add_todo` action (a unique description each)
 in a loop; 150 writes are acknowledged, the fault happens, then 150 more. Reported per run:
@@ -45,6 +46,8 @@ from mountaineer_db.patroni import PatroniCluster
 
 ADD_TODO = "/internal/api/home_controller/add_todo"
 ACKS = 150
+STALL = 1.0
+"""Seconds the WAL senders stay stopped before the node is killed (`stall_kill_node`)."""
 
 
 @dataclass
@@ -164,10 +167,13 @@ def _one(ha: PatroniCluster, run: Run, workers: int, writers: int) -> None:
     restart: Any = None
     try:
         asyncio.run(_wait_ready(port, process))
-        if run.fault == "kill_node":
+        if run.fault in ("kill_node", "stall_kill_node"):
 
             def fault() -> None:
                 nonlocal restart
+                if run.fault == "stall_kill_node":
+                    ha.stall_replication()
+                    time.sleep(STALL)  # writes go on meanwhile (acknowledged only without synchronous mode)
                 restart, _ = ha.kill_node()
         else:
             fault = getattr(ha, run.fault)

@@ -116,6 +116,7 @@ class PatroniCluster:
         ]
         self._etcd: subprocess.Popen[bytes] | None = None
         self._haproxy: subprocess.Popen[bytes] | None = None
+        self._stalled: list[int] = []
         self.pgbouncer = PgBouncer(
             "127.0.0.1",
             self.haproxy_port,
@@ -469,6 +470,20 @@ listen pinned
         self.wait_for_proxy(timeout=timeout)
         return self.primary()
 
+    def stall_replication(self) -> list[int]:
+        """SIGSTOP the primary's WAL senders (a network stall between primary and replicas).
+
+        With synchronous replication commits now wait; with asynchronous replication they are
+        acknowledged without reaching any replica, and `kill_node()` then loses them. The
+        senders are killed by `kill_node()`; nothing else resumes them.
+        """
+        primary = self.primary()
+        pids = [int(pid) for pid in self.psql("SELECT pid FROM pg_stat_replication", node=primary).split()]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self._stalled.extend(pids)
+        return pids
+
     def kill_node(self, timeout: float = 60.0) -> tuple[PatroniNode, PatroniNode]:
         """SIGKILL the primary's Patroni and postmaster together (the machine dies): after the
         leader lock expires (ttl 10 s) a replica is promoted. Returns (old, new) once HAProxy
@@ -482,6 +497,10 @@ listen pinned
         if pid is not None and is_postmaster_of(pid, old.data_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for stalled in self._stalled:  # stopped WAL senders would never notice the dead postmaster
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stalled, signal.SIGKILL)
+        self._stalled = []
         new = self.wait_for_primary(other_than=old.name, timeout=timeout)
         self.wait_for_proxy(timeout=timeout)
         return old, new
