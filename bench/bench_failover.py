@@ -22,7 +22,8 @@ Each run: WRITERS clients post the example app's `add_todo` action (a unique des
 in a loop; 150 writes are acknowledged, the fault happens, then 150 more. Reported per run:
 requests, failed requests by status (the promise: only 503, never 500), the outage window (from
 the start of the first failed request to the end of the last), and acknowledged writes (200)
-missing from the new primary afterwards.
+missing from the new primary afterwards, and the slowest request (PgBouncer and the multi-host
+connect hold requests while there is no primary, instead of failing them).
 """
 
 import argparse
@@ -66,17 +67,18 @@ class Run:
             statuses[status] = statuses.get(status, 0) + 1
         failed = [outcome for outcome in self.outcomes if outcome[1] != 200]
         window = (max(o[3] for o in failed) - min(o[2] for o in failed)) if failed else 0.0
+        slowest = max(o[3] - o[2] for o in self.outcomes)
         failures = ", ".join(f"{n}×{status}" for status, n in sorted(statuses.items()) if status != 200) or "none"
         mode = "sync" if self.synchronous else "async"
         return (
             f"| {self.topology} | {self.pool} | {self.fault} | {mode} | {len(self.outcomes)} | {failures} | "
-            f"{statuses.get(500, 0)} | {window:.2f} s | {self.missing} |"
+            f"{statuses.get(500, 0)} | {window:.2f} s | {slowest:.2f} s | {self.missing} |"
         )
 
 
 HEADER = (
-    "| topology | pool | fault | replication | requests | failed | 500s | outage window "
-    "| acknowledged writes missing |\n|---|---|---|---|---|---|---|---|---|"
+    "| topology | pool | fault | replication | requests | failed | 500s | outage window | slowest request "
+    "| acknowledged writes missing |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -195,8 +197,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topologies", default="pgbouncer,multihost")
     parser.add_argument("--pools", default="NULL,FIXED_PROCESS")
-    parser.add_argument("--faults", default="switchover,kill_postmaster,kill_node")
+    parser.add_argument("--faults", default="switchover,kill_postmaster,kill_node,stall_kill_node")
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="also asynchronous replication")
+    parser.add_argument(
+        "--async-faults", default="kill_node,stall_kill_node", help="the faults run with asynchronous replication"
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--writers", type=int, default=8)
     args = parser.parse_args()
@@ -207,8 +212,9 @@ def main() -> None:
     for synchronous in modes:
         with PatroniCluster.temporary(synchronous_mode=synchronous) as ha:
             _migrate(ha)
+            faults = args.faults if synchronous else args.async_faults
             for topology, pool, fault in itertools.product(
-                args.topologies.split(","), args.pools.split(","), args.faults.split(",")
+                args.topologies.split(","), args.pools.split(","), faults.split(",")
             ):
                 run = Run(topology, pool, fault, synchronous)
                 ha.psql("TRUNCATE todo", database=ha.APP_DATABASE)
