@@ -99,8 +99,8 @@ class DatabaseUnavailableError(_HTTPMessageError):
             detail="The database is unavailable. Try again shortly.",
             headers={"Retry-After": str(retry_after)},
         )
-        if url is not None:  # the target's parts, never its password
-            host, port, database = url.host, url.port or 5432, url.database
+        if url is not None:  # the target's parts, never its password (a multi-host URL: its host list, no port)
+            host, port, database = url.host, url.port or (None if "," in (url.host or "") else 5432), url.database
         self.message = message
         self.host = host
         self.port = port

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from mountaineer_db import DatabaseConfig, DatabaseConfigError
+from mountaineer_db import DatabaseConfig, DatabaseConfigError, DatabaseUnavailableError
 from mountaineer_db.cluster import free_port
 from mountaineer_db.connections import Connector
 from mountaineer_db.engine import engine_for
@@ -29,6 +29,8 @@ def test_a_multi_host_url_is_read_with_every_port_and_defaults_to_read_write() -
     again = DatabaseConfig(SQLALCHEMY_DATABASE_URI=url.render_as_string(hide_password=False)).database_url
     assert again == url
     assert describe_target(url) == 'database "app" on db1:5433,db2:5432,[::1]:6000 as user "app"'
+    error = DatabaseUnavailableError("unreachable", url=url)
+    assert (error.host, error.port, error.database) == ("db1:5433,db2:5432,[::1]:6000", None, "app")
 
 
 def test_postgres_host_takes_a_list_each_host_with_postgres_port_unless_it_names_its_own() -> None:
