@@ -29,6 +29,7 @@ __all__ = [
     "MigrationLockTimeoutError",
     "MountaineerDBError",
     "PoolerPreparedStatementsError",
+    "PrimaryDemotedError",
     "ReadOnlySessionError",
     "ResourceAlreadyExistsError",
     "ResourceConflictError",
@@ -80,6 +81,8 @@ class DatabaseConfigError(ValidationError, ConfigurationError):
 def describe_target(url: URL, *, user: bool = True) -> str:
     """`database "app" on db.internal:5432 as user "app"`: for messages, never with a password."""
     who = f' as user "{url.username}"' if user and url.username else ""
+    if url.host is not None and "," in url.host:  # a multi-host URL: every host carries its port
+        return f'database "{url.database}" on {url.host}{who}'
     return f'database "{url.database}" on {url.host or "localhost"}:{url.port or 5432}{who}'
 
 
@@ -106,8 +109,8 @@ class DatabaseUnavailableError(_HTTPMessageError):
             detail="The database is unavailable. Try again shortly.",
             headers={"Retry-After": str(retry_after)},
         )
-        if url is not None:  # the target's parts, never its password
-            host, port, database = url.host, url.port or 5432, url.database
+        if url is not None:  # the target's parts, never its password (a multi-host URL: its host list, no port)
+            host, port, database = url.host, url.port or (None if "," in (url.host or "") else 5432), url.database
         self.message = message
         self.host = host
         self.port = port
@@ -135,6 +138,23 @@ class SchemaChangedError(DatabaseUnavailableError):
     def __init__(self, message: str) -> None:
         super().__init__(message, retry_after=0)
         self.detail = "The database schema changed while this request ran. Try again."
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message,))
+
+
+class PrimaryDemotedError(DatabaseUnavailableError):
+    """The server the primary's connection reached answered as a read-only replica (SQLSTATE
+    25006): the primary was demoted by a failover or switchover.
+
+    An HTTP 503 with `Retry-After: 1`: the request was rolled back, the pooled connections that
+    reached the old primary are being replaced, and the retry reaches the new primary. See
+    `mountaineer_db.engines.failover`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1)
+        self.detail = "The database primary changed while this request ran. Try again."
 
     def __reduce__(self) -> Any:
         return (type(self), (self.message,))

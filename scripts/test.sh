@@ -3,9 +3,10 @@
 #
 #   bash scripts/test.sh [pytest args]
 #
-# Installs what the suite needs when it is missing (PgBouncer and Chromium from Debian's
-# packages; PgBouncer 1.24 built from Debian 13's source package, cached; a virtualenv with the
-# package, its dev extra and the example app), runs ruff, mypy --strict and lint-imports, then
+# Installs what the suite needs when it is missing (from Debian's packages: PgBouncer, Chromium,
+# and etcd, Patroni and HAProxy for the high-availability tests; PgBouncer 1.24 built from
+# Debian 13's source package, cached; a virtualenv with the package, its dev extra and the
+# example app), runs ruff, mypy --strict and lint-imports, then
 # pytest twice: on the newest releases of our dependencies with the newest
 # Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
 # it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
@@ -18,6 +19,10 @@ missing=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# The high-availability tests (tests/test_patroni.py, marker `ha`): etcd, Patroni, HAProxy.
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${missing[*]} (Debian packages)"

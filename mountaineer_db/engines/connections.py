@@ -36,6 +36,7 @@ from mountaineer_db.engines.scram import scram_attempt
 from mountaineer_db.engines.tenants import TenantState
 from mountaineer_db.exceptions import DatabaseUnavailableError, describe_target
 from mountaineer_db.settings.config import DatabaseConfig, SSLMode
+from mountaineer_db.settings.multi_host import hosts_of, is_multi_host, session_attrs_of
 
 __all__ = ["Connector", "MountaineerConnection", "translate_driver_error"]
 
@@ -43,6 +44,9 @@ logger = logging.getLogger("mountaineer_db")
 
 # Errors that mean "the server is there but not ready yet": retried within the connect timeout.
 _TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.CannotConnectNowError,)
+# With several hosts (a multi-host URL), also "none has the wanted role" and "refused": a failover
+# in progress, whose new primary usually answers within the connect timeout.
+_TRANSIENT_MULTI_HOST_ERRORS = (*_TRANSIENT_CONNECT_ERRORS, asyncpg.TargetServerAttributeNotMatched, OSError)
 
 
 _CLIENT_CHECK_INTERVAL = "500ms"
@@ -200,6 +204,7 @@ class Connector:
         self.close_timeout = config.DATABASE_COMMAND_TIMEOUT or config.DATABASE_CONNECT_TIMEOUT
         self.idle_timeout = config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT
         self.scram_cache = config.DATABASE_SCRAM_CACHE
+        self.transient = _TRANSIENT_MULTI_HOST_ERRORS if is_multi_host(url) else _TRANSIENT_CONNECT_ERRORS
         server_settings: dict[str, str] = {}
         if config.application_name:
             server_settings["application_name"] = config.application_name
@@ -215,6 +220,7 @@ class Connector:
         self._kwargs: dict[str, Any] = {
             "host": host if isinstance(host, str) else url.host,
             "port": url.port or 5432,
+            **_multi_host_arguments(url),
             "user": url.username,
             "password": url.password,
             "database": url.database,
@@ -248,7 +254,7 @@ class Connector:
                         timeout=max(remaining, 0.001), **self._kwargs
                     )
                     scram.authenticated()
-            except _TRANSIENT_CONNECT_ERRORS as error:
+            except self.transient as error:
                 reason = _reason(error)
             except Exception as error:  # noqa: BLE001 - every failure is reported as one error below
                 reason = _reason(error)
@@ -274,6 +280,19 @@ class Connector:
             raise DatabaseUnavailableError(f"Could not connect to {self.target}: {reason}", url=self.url)
 
 
+def _multi_host_arguments(url: URL) -> dict[str, Any]:
+    """asyncpg's arguments for a multi-host URL: the hosts, their ports, which one to keep."""
+    arguments: dict[str, Any] = {}
+    if is_multi_host(url):
+        pairs = hosts_of(url)
+        arguments["host"] = [host for host, _ in pairs]
+        arguments["port"] = [port for _, port in pairs]
+    attrs = session_attrs_of(url)
+    if attrs is not None:
+        arguments["target_session_attrs"] = attrs
+    return arguments
+
+
 def _reason(error: BaseException) -> str:
     """What went wrong, and what to check, for a failed connection attempt."""
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
@@ -287,6 +306,11 @@ def _reason(error: BaseException) -> str:
         return f"{error}. Create it (mountaineer-db createdb) or check POSTGRES_DB."
     if isinstance(error, asyncpg.TooManyConnectionsError):
         return f"{error}. The server is out of connection slots; put PgBouncer in front or lower the pool sizes."
+    if isinstance(error, asyncpg.TargetServerAttributeNotMatched):
+        return (
+            f"{error}. None of the URL's hosts has that role now: a failover in progress, or the host list "
+            "misses the current primary."
+        )
     if isinstance(error, asyncpg.CannotConnectNowError):
         return f"{error}. The server is starting up or shutting down; retry shortly."
     if isinstance(error, ConnectionError) and str(error).endswith("rejected SSL upgrade"):  # asyncpg's words

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from mountaineer_db.engines.connections import Connector, translate_driver_error
+from mountaineer_db.engines.failover import install_demoted_primary_recovery
 from mountaineer_db.engines.metrics import EngineStats, MeasuredNullPool, MeasuredQueuePool, install_metrics
 from mountaineer_db.engines.origins import enable_tagging
 from mountaineer_db.engines.pooler_statements import PoolerConnection, PoolerStatements
@@ -156,6 +157,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
         install_slow_query_log(engine, config.DATABASE_SLOW_QUERY_THRESHOLD)
     install_stale_statement_recovery(engine)  # statements cached before a migration are never reused
     install_request_checks(engine, config)  # lazy loads, N+1 counts: nothing with `allow` and no threshold
+    install_demoted_primary_recovery(engine)  # SQLSTATE 25006 outside read sessions: the primary was demoted
     # Listeners stay with the engine when `dispose()` replaces its pool.
     event.listen(engine.sync_engine.pool, "connect", _remember_pid)
     if config.DATABASE_TENANT_SETTING is not None:  # a tenant staged but never sent stays behind

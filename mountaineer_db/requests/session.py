@@ -38,6 +38,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.engines.data_errors import describe_error, invalid_input_error_for
 from mountaineer_db.engines.engine import engine_for
+from mountaineer_db.engines.failover import is_lost_connection
 from mountaineer_db.engines.pooler_statements import note_schema_change
 from mountaineer_db.engines.stale_statements import schema_changed_error, stale_statement_cause
 from mountaineer_db.engines.tenants import Tenant, bind_tenant, require_tenant
@@ -137,13 +138,17 @@ class RequestSyncSession(LazyLoadCheckedSession):
 
 
 def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
-    """Run the first statement of a transaction again if it met a schema change (a migration).
+    """Run the first statement of a transaction again if it met a schema change (a migration),
+    or the request's very first statement if its connection was lost (a failover, a restart).
 
     A `SchemaChangedError` (see `mountaineer_db.engines.stale_statements`) on the first statement of
     a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
     back and the statement runs once more on a fresh connection, so the request goes on. The
     objects loaded earlier and the `on_commit` hooks registered so far carry over to the new
     transaction.
+    A lost connection (`mountaineer_db.engines.failover.is_lost_connection`) is replayed the same way,
+    once, but only on the first statement of the request: never after an earlier statement
+    reached a connection, so never after a commit either.
     Later statements of a transaction are never replayed; their request gets the 503.
     """
     session = state.session
@@ -155,20 +160,25 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         or session.server_transaction_open()
     ):
         return None
+    first_of_request = not session.info.get(_CONNECTED)
     try:
         return state.invoke_statement()
     except SchemaChangedError:
-        pass  # the engine's recovery has already discarded the connection
+        message = _STALE_REPLAY
     except Exception as error:
-        if stale_statement_cause(error) is None:
+        if first_of_request and is_lost_connection(error):
+            message = f"The request's first statement lost its connection ({describe_error(error)}); running it again."
+        elif stale_statement_cause(error) is None:
             raise
-        # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
-        # skipped its error events): drop the connection here, its statements are stale.
-        for connection in session._kept.values():
-            if not connection.invalidated:
-                note_schema_change(connection.connection.driver_connection)  # pooler statements: new texts
-                connection.invalidate()
-    logger.info("A statement met a schema change before anything else in its transaction; running it again.")
+        else:
+            # Not seen by the engine's recovery (another error handler raised first, or SQLAlchemy
+            # skipped its error events): drop the connection here, its statements are stale.
+            for connection in session._kept.values():
+                if not connection.invalidated:
+                    note_schema_change(connection.connection.driver_connection)  # pooler statements: new texts
+                    connection.invalidate()
+            message = _STALE_REPLAY
+    logger.info("%s", message)
     kept = list(session.identity_map.values())  # loaded by earlier transactions of the request
     with hooks_carried_over(session):  # on_commit hooks registered before the statement stay
         session.expunge_all()
@@ -178,6 +188,16 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     return state.invoke_statement()
 
 
+_STALE_REPLAY = "A statement met a schema change before anything else in its transaction; running it again."
+_CONNECTED = "mountaineer_db.connected"
+"""`session.info` key: a statement of this session has reached a connection (`after_begin`)."""
+
+
+def _note_connected(session: Session, transaction: Any, connection: Connection) -> None:
+    session.info[_CONNECTED] = True
+
+
+event.listen(RequestSyncSession, "after_begin", _note_connected)
 event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_statement)
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.engine import URL
 
 from mountaineer_db.exceptions import DatabaseConfigError
 from mountaineer_db.settings.checks import config_problems, deploy_environment
+from mountaineer_db.settings.multi_host import host_list, with_session_attrs
 from mountaineer_db.settings.sources import collecting_origins, recording_sources
 from mountaineer_db.settings.urls import (
     DatabaseURL,
@@ -43,7 +44,6 @@ from mountaineer_db.settings.urls import (
 )
 
 __all__ = ["DatabaseConfig", "DatabaseURL", "LazyLoads", "PoolType", "ReadRouting", "SSLMode"]
-
 
 class PoolType(StrEnum):
     """How engines hold connections."""
@@ -89,7 +89,8 @@ class DatabaseConfig(BaseSettings):
 
     # -- Connection -----------------------------------------------------------------
     POSTGRES_HOST: str | None = None
-    """Server host name, IP address, or a Unix socket directory. Required unless a URL is set."""
+    """Server host name, IP address, or a Unix socket directory; several as `db1,db2:6432,db3` (a
+    high-availability cluster: connections go to the one accepting writes). Required unless a URL is set."""
     POSTGRES_PORT: int = 5432
     """Server port (default 5432)."""
     POSTGRES_USER: str | None = None
@@ -269,7 +270,23 @@ class DatabaseConfig(BaseSettings):
         if self.SQLALCHEMY_DATABASE_URI is not None and self.DATABASE_REPLICA_URLS:
             replicas = resolve_replica_urls(self.DATABASE_REPLICA_URLS, self.SQLALCHEMY_DATABASE_URI)
             object.__setattr__(self, "DATABASE_REPLICA_URLS", replicas)
+        self._resolve_session_attrs()
         return self
+
+    def _resolve_session_attrs(self) -> None:
+        """Multi-host URLs (`mountaineer_db.settings.multi_host`): the primary's reach the primary, the replicas'
+        a standby; `target_session_attrs` made explicit, a contradiction is a ValueError."""
+        primary_setting = "POSTGRES_HOST" if self._url_from_parts_ else "SQLALCHEMY_DATABASE_URI"
+        for name, setting in (("SQLALCHEMY_DATABASE_URI", primary_setting), ("MIGRATIONS_DATABASE_URI", None)):
+            url = getattr(self, name)
+            if url is not None:
+                object.__setattr__(self, name, with_session_attrs(url, replica=False, setting=setting or name))
+        replicas = [
+            with_session_attrs(url, replica=True, setting=f"DATABASE_REPLICA_URLS[{number}]")
+            for number, url in enumerate(self.DATABASE_REPLICA_URLS)
+        ]
+        if replicas:
+            object.__setattr__(self, "DATABASE_REPLICA_URLS", replicas)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """pydantic's `model_copy`; a URL derived from the POSTGRES_* parts follows the copy's parts."""
@@ -283,14 +300,19 @@ class DatabaseConfig(BaseSettings):
     def _url_from_parts(self) -> URL:
         secret: Any = self.POSTGRES_PASSWORD  # a str too, in a subclass built without our hook
         password = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-        return URL.create(
+        host, port = self.POSTGRES_HOST, self.POSTGRES_PORT
+        port_or_none: int | None = port
+        if host is not None and "," in host:  # db1,db2,db3: each with POSTGRES_PORT unless it names its own
+            host, port_or_none = host_list(host, self.POSTGRES_PORT, what="POSTGRES_HOST "), None
+        url = URL.create(
             "postgresql+asyncpg",
             username=self.POSTGRES_USER,
             password=password,
-            host=self.POSTGRES_HOST,
-            port=self.POSTGRES_PORT,
+            host=host,
+            port=port_or_none,
             database=self.POSTGRES_DB,
         )
+        return url if port_or_none is not None else with_session_attrs(url, replica=False, setting="POSTGRES_HOST")
 
     # -- Derived values ------------------------------------------------------------
     @property

@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -10,6 +11,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from mountaineer_db.settings.multi_host import SESSION_ATTRS, HostListError, hosts_of, split_multi_host_url
 
 __all__ = [
     "DatabaseURL",
@@ -23,7 +26,7 @@ __all__ = [
 ]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
-_URL_QUERY_KEYS = {"sslmode", "ssl", "application_name", "host"}
+_URL_QUERY_KEYS = {"sslmode", "ssl", "application_name", "host", "target_session_attrs"}
 
 
 class SSLMode(StrEnum):
@@ -48,7 +51,13 @@ def parse_url(value: Any) -> URL:
         url = value
     elif isinstance(value, str):
         try:
-            url = make_url(value.strip())
+            # db1:5432,db2:5432 (a multi-host URL): SQLAlchemy's parser takes one host only.
+            text, hosts = split_multi_host_url(value.strip())
+            url = make_url(text)
+            if hosts is not None:
+                url = url.set(host=hosts, port=None)
+        except HostListError:
+            raise
         except (ArgumentError, ValueError):
             raise ValueError(
                 "is not a database URL; expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME "
@@ -76,6 +85,11 @@ def parse_url(value: Any) -> URL:
             raise ValueError(
                 f"has ?{key}={_query_value(url, key)}, which is not an sslmode; use one of {', '.join(_SSL_MODES)}"
             )
+    if "target_session_attrs" in url.query and _query_value(url, "target_session_attrs") not in SESSION_ATTRS:
+        raise ValueError(
+            f"has ?target_session_attrs={_query_value(url, 'target_session_attrs')}, which is not one of "
+            f"{', '.join(SESSION_ATTRS)}"
+        )
     socket_dir = _query_value(url, "host") if "host" in url.query else None
     if socket_dir is not None and (url.host or not socket_dir.startswith("/")):
         raise ValueError(
@@ -118,6 +132,9 @@ def without_password(url: URL) -> URL:
 
 
 def is_loopback(host: str | None) -> bool:
+    """True for a loopback address, localhost or a Unix socket (every host of a multi-host list)."""
+    if host is not None and "," in host:
+        return all(is_loopback(name) for name, _ in hosts_of(URL.create("postgresql", host=host)))
     if host is None or host.startswith("/") or host == "localhost":
         return True
     try:
@@ -126,6 +143,9 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+
+
+_BEFORE_A_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")
 
 
 def split_url_list(value: Any) -> Any:
@@ -144,7 +164,8 @@ def split_url_list(value: Any) -> Any:
                     "is not a JSON list of URLs; write it as a comma-separated list "
                     "(postgresql://HOST1/DB,postgresql://HOST2/DB) or as a JSON list of strings"
                 ) from None
-        return [part.strip() for part in text.split(",") if part.strip()]
+        # Split only before a scheme: a multi-host URL holds commas of its own (db1,db2).
+        return [part.strip() for part in _BEFORE_A_URL.split(text) if part.strip()]
     if isinstance(value, URL):
         return [value]
     return value
@@ -159,7 +180,8 @@ def resolve_replica_urls(replicas: list[URL], primary: URL) -> list[URL]:
             replica = replica.set(username=primary.username, password=primary.password)
         if not replica.database and primary.database:
             replica = replica.set(database=primary.database)
-        if _address(replica) == _address(primary):
+        # A multi-host URL may list the primary's own hosts: target_session_attrs picks a standby.
+        if _address(replica) == _address(primary) and "," not in (replica.host or ""):
             raise ValueError(
                 f"DATABASE_REPLICA_URLS[{number}] names the primary itself ({primary.host}:{primary.port or 5432}/"
                 f"{primary.database}). List streaming replicas only; the primary is always used for writes."
