@@ -51,9 +51,17 @@ quiet_pip() {
 }
 
 # make_venv DIR PYTHON [pip constraint args...]: the package with its dev extra, and the example app.
+# A DIR made by another Python (another tool's .venv, an older run with another PYTHON_NEWEST)
+# is made again: the pass must run on the Python it announces.
 make_venv() {
-  local venv=$1 python=$2
+  local venv=$1 python=$2 wanted have
   shift 2
+  wanted=$("$python" -c 'import sys; print(sys.version.split()[0])')
+  have=$("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || true)
+  if [ -n "$have" ] && [ "$have" != "$wanted" ]; then
+    echo "==> $venv has Python $have, this pass wants $wanted ($python): making it again"
+    rm -rf "$venv"
+  fi
   if [ ! -x "$venv/bin/python" ]; then
     echo "==> creating $venv with $("$python" --version 2>&1)"
     "$python" -m venv "$venv"
