@@ -140,9 +140,9 @@ def silent_server() -> Iterator[int]:
 
 
 def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    from mountaineer_db.cluster import free_port
+
+    return free_port()  # reserved: no server of another test can come to listen there
 
 
 async def _connect_error(config: DatabaseConfig) -> tuple[DatabaseUnavailableError, float]:
