@@ -227,3 +227,36 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, int
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
     return time.monotonic() - start
+
+
+def _runqueue_wait() -> float:
+    """Seconds this thread has spent runnable but not running (Linux schedstat), 0 where unknown."""
+    try:
+        with open("/proc/thread-self/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+@dataclass
+class Stopwatch:
+    """Wall time of a block, and the part of it this thread was kept off the CPU by other processes.
+
+    On a machine shared with other work a wall-clock bound measures the load as much as the
+    code: `unstarved` is the wall time minus the time the event loop's thread waited for a
+    CPU, i.e. what the block takes on an idle machine (the servers' own waits still count).
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    waited_at_start: float = field(default_factory=_runqueue_wait)
+    elapsed: float = 0.0
+    starved: float = 0.0
+
+    def stop(self) -> "Stopwatch":
+        self.elapsed = time.monotonic() - self.started
+        self.starved = _runqueue_wait() - self.waited_at_start
+        return self
+
+    @property
+    def unstarved(self) -> float:
+        return self.elapsed - self.starved
