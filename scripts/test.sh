@@ -9,7 +9,9 @@
 # Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
 # it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
 # MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two; PYTHON_NEWEST and
-# PYTHON_LOWEST choose the interpreters.
+# PYTHON_LOWEST choose the interpreters. Each pass runs in MOUNTAINEER_DB_TEST_WORKERS (default
+# 2) pytest-xdist workers, a test module per worker at a time (--dist loadfile: a module's
+# fixtures, such as an app built and installed once, stay in one process); 0 runs serially.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,13 +89,19 @@ echo "==> linters"
 .venv/bin/ruff check mountaineer_db tests bench scripts
 .venv/bin/mypy
 
+workers=${MOUNTAINEER_DB_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" != 0 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
+
 status=0
 if [ "$versions" != lowest ]; then
-  echo "==> pytest (newest releases, $(.venv/bin/python --version))"
-  .venv/bin/python -m pytest "$@" || status=$?
+  echo "==> pytest (newest releases, $(.venv/bin/python --version), ${workers} workers)"
+  .venv/bin/python -m pytest "${parallel[@]}" "$@" || status=$?
 fi
 if [ "$versions" != newest ]; then
-  echo "==> pytest (lowest declared versions: constraints/lowest.txt, $(.venv-lowest/bin/python --version))"
-  .venv-lowest/bin/python -m pytest "$@" || status=$?
+  echo "==> pytest (lowest declared versions: constraints/lowest.txt, $(.venv-lowest/bin/python --version), ${workers} workers)"
+  .venv-lowest/bin/python -m pytest "${parallel[@]}" "$@" || status=$?
 fi
 exit $status
