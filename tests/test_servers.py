@@ -272,20 +272,28 @@ class AppServer:
         return [self.master, *self.workers()]
 
     def wait_ready(self, started: int, exclude: set[int] | None = None, timeout: float = 60.0) -> list[int]:
-        """Wait for `started` "startup complete" lines in all, and exactly WORKERS workers, none in `exclude`."""
+        """Wait for `started` "startup complete" lines in all, and exactly WORKERS workers, none in `exclude`.
+
+        Fails when nothing moves for `timeout` seconds: no worker started or ended, no startup
+        line written. A restart that progresses slowly (workers importing the app on a loaded
+        machine, one after the other) is waited for; one that hangs is not.
+        """
         assert self.process is not None
         exclude = exclude or set()
-        deadline = time.monotonic() + timeout
+        progress: tuple[int, tuple[int, ...]] | None = None
+        stalled_since = time.monotonic()
         while True:
             assert self.process.poll() is None, f"{self.kind} exited ({self.process.returncode}):\n{self.log()}"
             workers = self.workers()
-            if (
-                self.log_path.read_text(errors="replace").count(STARTED) >= started
-                and len(workers) == WORKERS
-                and not exclude & set(workers)
-            ):
+            lines = self.log_path.read_text(errors="replace").count(STARTED)
+            if lines >= started and len(workers) == WORKERS and not exclude & set(workers):
                 return workers
-            assert time.monotonic() < deadline, f"{self.kind} not ready in {timeout}s: {workers}\n{self.log()}"
+            if (lines, tuple(workers)) != progress:
+                progress, stalled_since = (lines, tuple(workers)), time.monotonic()
+            assert time.monotonic() - stalled_since < timeout, (
+                f"{self.kind} not ready, and nothing moved for {timeout}s: {lines} of {started} startup lines, "
+                f"workers {workers}\n{self.log()}"
+            )
             time.sleep(0.1)
 
     def signal(self, sig: int) -> None:
