@@ -1022,6 +1022,39 @@ CATALOGUE: tuple[Mutant, ...] = (
         '    if False:\n        raise ConfigurationError(\n            "The database name holds',
         ("tests/test_admin.py::test_names_postgresql_cannot_take_are_refused_before_any_statement",),
     ),
+    # -- a newcomer's path, parallel tests (issue 25) --------------------------------------------
+    M(
+        "connect-hint-ignores-the-url",
+        "a refused connection names the settings the user wrote (the URL, not POSTGRES_*)",
+        "mountaineer_db/connections.py",
+        "    if config._url_from_parts_:\n        return \"POSTGRES_HOST and POSTGRES_PORT\"",
+        "    if True:\n        return \"POSTGRES_HOST and POSTGRES_PORT\"",
+        ("tests/test_cli.py::test_an_unreachable_database_is_one_clear_line",),
+    ),
+    M(
+        "setup-page-without-config",
+        "the set-up page's command names the app config when nothing else does",
+        "mountaineer_db/setup_errors.py",
+        "        if os.environ.get(CONFIG_ENV_VAR) != spec:",
+        "        if False:",
+        ("tests/test_setup_errors.py",),
+    ),
+    M(
+        "xdist-builds-per-worker",
+        "under pytest-xdist the tables are made once, in a template the workers copy",
+        "mountaineer_db/testing/plugin.py",
+        "    if shared is not None and key is not None:",
+        "    if shared is not None and key is None:",
+        ("tests/testing/test_parallel.py",),
+    ),
+    M(
+        "free-port-unreserved",
+        "a port handed out by free_port is reserved against every other caller",
+        "mountaineer_db/_processes.py",
+        "        if locked:\n",
+        "        if True:\n",
+        ("tests/test_cluster.py::test_free_ports_are_reserved_across_processes",),
+    ),
 )
 
 
