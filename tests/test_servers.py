@@ -219,10 +219,24 @@ class Probe:
 # -- The server ----------------------------------------------------------------------------
 
 
+def _uvicorn_healthcheck() -> list[str]:
+    """uvicorn's supervisor gives a new worker 5 s (its default) to start and answer pings, then
+    aborts the restart ("New child process ... was not ready in time; keeping worker ...") or
+    replaces the worker. Importing the app alone took longer on a loaded 2-core machine: give
+    it what a deployment on a slow host would (the option exists from uvicorn 0.30's successors)."""
+    import inspect
+
+    import uvicorn
+
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        return ["--timeout-worker-healthcheck", "60"]
+    return []
+
+
 def _command(kind: str, port: int) -> list[str]:
     if kind == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "todo_app.main:app", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(WORKERS)]  # fmt: skip
+                "--workers", str(WORKERS), *_uvicorn_healthcheck()]  # fmt: skip
     return [sys.executable, "-m", "gunicorn", "todo_app.main:app", "-k", "uvicorn.workers.UvicornWorker",
             "-w", str(WORKERS), "--preload", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "20"]  # fmt: skip
 
