@@ -223,7 +223,7 @@ def _uvicorn_healthcheck() -> list[str]:
     """uvicorn's supervisor gives a new worker 5 s (its default) to start and answer pings, then
     aborts the restart ("New child process ... was not ready in time; keeping worker ...") or
     replaces the worker. Importing the app alone took longer on a loaded 2-core machine: give
-    it what a deployment on a slow host would (the option exists from uvicorn 0.30's successors)."""
+    it what a deployment on a slow host would (older uvicorn releases lack the option)."""
     import inspect
 
     import uvicorn
