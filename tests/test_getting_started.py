@@ -96,6 +96,9 @@ def test_the_page_lists_every_file_and_step() -> None:
     commands = commands_in(PAGE)
     assert commands[-len(STEPS) :] == STEPS
     assert 'pip install -e "../mountaineer-db[embedded]"' in commands
+    # Issue 25: what to do when another app has port 5006, and no placeholder left to fill in.
+    assert "`Address already in use`" in PAGE and "`mountaineer-dev --port 5007`" in PAGE
+    assert "<repository URL>" not in PAGE and "<repository URL>" not in (ROOT / "README.md").read_text()
 
 
 def _run(command: list[str], project: Path, env: dict[str, str], cwd: Path | None = None) -> str:
