@@ -23,7 +23,9 @@ from .helpers import (
     faults_config,
     post_insert,
     sleep_on_clock,
+    sleeping_pids,
     steady_load,
+    wait_for,
 )
 
 pytestmark = pytest.mark.faults
@@ -65,7 +67,12 @@ async def test_kill_then_resume(cluster: PostgresCluster, make_bouncer: Callable
     async with app_client(faults_config(bouncer_url(bouncer, cluster), DATABASE_CONNECT_TIMEOUT=2.0)) as client:
         # Transactions of 0.3 s, so KILL always finds some in flight.
         async with steady_load(client, ledger, concurrency=4, sleep=0.3):
-            await asyncio.sleep(0.5)
+            # KILL when transactions are in flight (the server runs their pg_sleep), not after a
+            # fixed 0.5 s: on a loaded machine none had started by then and KILL failed nothing.
+            async def in_flight() -> bool:
+                return len(await sleeping_pids(cluster)) >= 2
+
+            await wait_for(in_flight, timeout=60)
             await bouncer.admin(f"KILL {DATABASE}", user=cluster.user, password=cluster.password)
             await asyncio.sleep(0.5)
             try:
