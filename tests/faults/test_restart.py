@@ -24,6 +24,7 @@ from .helpers import (
     post_insert,
     sleep_on_clock,
     steady_load,
+    wait_for,
 )
 
 pytestmark = pytest.mark.faults
@@ -99,7 +100,10 @@ async def test_naive_pgbouncer_login_retry_prolongs_the_outage(
         app_client(faults_config(bouncer_url(bouncer, cluster))) as client,
         steady_load(client, ledger, concurrency=2, cancel_on_exit=True),
     ):
-        await asyncio.sleep(0.3)
+        async def serving() -> bool:  # the load runs before the fault (not a fixed 0.3 s: a busy machine)
+            return len(ledger.ok_ids) > 0
+
+        await wait_for(serving, timeout=60)
         served_before = len(ledger.ok_ids)
         await asyncio.to_thread(cluster.stop, "fast")
         await asyncio.sleep(0.3)
