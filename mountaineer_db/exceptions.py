@@ -362,6 +362,10 @@ class DatabaseNotSetUpError(_HTTPError):
     """
 
     default_detail = "Internal Server Error"
+    reason: str = ""
+    """What PostgreSQL said, e.g. `relation "todo" does not exist`."""
+    commands: tuple[str, ...] = ()
+    """The commands that set the database up (the development page shows them)."""
 
 
 class ReadOnlySessionError(MountaineerDBError):

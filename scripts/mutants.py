@@ -138,7 +138,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "connect errors never carry the driver's error (whose frames hold the password)",
         "mountaineer_db/engines/connections.py",
         "            except Exception as error:  # noqa: BLE001 - every failure is reported as one error below\n"
-        "                reason = _reason(error)\n",
+        "                reason = _reason(error, self.location_settings)\n",
         "            except Exception as error:  # noqa: BLE001 - every failure is reported as one error below\n"
         '                raise DatabaseUnavailableError(f"Could not connect: {error}", url=self.url) from error\n',
         ("tests/faults/test_secrets.py",),
@@ -1424,6 +1424,38 @@ CATALOGUE: tuple[Mutant, ...] = (
         "    context.is_disconnect = True\n    context.invalidate_pool_on_disconnect = True",
         "    return None",
         ("tests/test_patroni.py::test_a_demoted_primary_is_a_503_and_the_next_requests_reach_the_new_primary",),
+    ),
+    M(
+        "connect-hint-ignores-the-url",
+        "a refused connection names the settings the user wrote (the URL, not POSTGRES_*)",
+        "mountaineer_db/engines/connections.py",
+        "    if config._url_from_parts_:\n        return \"POSTGRES_HOST and POSTGRES_PORT\"",
+        "    if True:\n        return \"POSTGRES_HOST and POSTGRES_PORT\"",
+        ("tests/test_cli.py::test_an_unreachable_database_is_one_clear_line",),
+    ),
+    M(
+        "setup-page-without-config",
+        "the set-up page's command names the app config when nothing else does",
+        "mountaineer_db/requests/setup_errors.py",
+        "        if os.environ.get(CONFIG_ENV_VAR) != spec:",
+        "        if False:",
+        ("tests/test_setup_errors.py",),
+    ),
+    M(
+        "xdist-builds-per-worker",
+        "under pytest-xdist the tables are made once, in a template the workers copy",
+        "mountaineer_db/testing/plugin.py",
+        "    if shared is not None and key is not None:",
+        "    if shared is not None and key is None:",
+        ("tests/testing/test_parallel.py",),
+    ),
+    M(
+        "free-port-unreserved",
+        "a port handed out by free_port is reserved against every other caller",
+        "mountaineer_db/servers/_processes.py",
+        "        if locked:\n",
+        "        if True:\n",
+        ("tests/test_cluster.py::test_free_ports_are_reserved_across_processes",),
     ),
 )
 

@@ -3,12 +3,13 @@
 #
 #   bash scripts/run_example.sh            # then open the printed http://127.0.0.1:5006/
 #
-# Creates .venv (unless VIRTUAL_ENV or .venv exists), installs mountaineer-db and the example
+# Creates .venv-example (unless a virtualenv is active), installs mountaineer-db and the example
 # app (editable), installs the views' npm packages, builds the frontend, then starts the
 # development server on the embedded PostgreSQL (example_app/.mountaineer_db/; migrations
 # applied on start). Needs Python >= 3.11 and Node.js >= 20 with npm; the first build
 # downloads Mountaineer's Vite toolchain from the npm registry into ~/.cache/mountaineer.
-# PORT=8000 / HOST=0.0.0.0 change the address.
+# PORT=8000 / HOST=0.0.0.0 change the address. Its virtualenv is its own: scripts/test.sh builds
+# .venv (newest Python) and .venv-lowest (3.11), and neither is this one by accident.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,9 +20,9 @@ python="${PYTHON:-python3}"
 if [[ -n "${VIRTUAL_ENV:-}" ]]; then
     venv="$VIRTUAL_ENV"
 else
-    venv="$root/.venv"
+    venv="$root/.venv-example"
     if [[ ! -x "$venv/bin/python" ]]; then
-        step "Creating a virtual environment in .venv"
+        step "Creating a virtual environment in .venv-example"
         "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
             || { echo "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
         "$python" -m venv "$venv"

@@ -11,7 +11,9 @@
 # Python found (.venv), and on the lowest versions pyproject.toml declares with the lowest Python
 # it supports, 3.11 (.venv-lowest, pinned by constraints/lowest.txt).
 # MOUNTAINEER_DB_VERSIONS=newest (or lowest) runs only one of the two; PYTHON_NEWEST and
-# PYTHON_LOWEST choose the interpreters.
+# PYTHON_LOWEST choose the interpreters. Each pass runs in MOUNTAINEER_DB_TEST_WORKERS (default
+# 2) pytest-xdist workers, a test module per worker at a time (--dist loadfile: a module's
+# fixtures, such as an app built and installed once, stay in one process); 0 runs serially.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,9 +72,17 @@ quiet_pip() {
 }
 
 # make_venv DIR PYTHON [pip constraint args...]: the package with its dev extra, and the example app.
+# A DIR made by another Python (another tool's .venv, an older run with another PYTHON_NEWEST)
+# is made again: the pass must run on the Python it announces.
 make_venv() {
-  local venv=$1 python=$2
+  local venv=$1 python=$2 wanted have
   shift 2
+  wanted=$("$python" -c 'import sys; print(sys.version.split()[0])')
+  have=$("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || true)
+  if [ -n "$have" ] && [ "$have" != "$wanted" ]; then
+    echo "==> $venv has Python $have, this pass wants $wanted ($python): making it again"
+    rm -rf "$venv"
+  fi
   if [ ! -x "$venv/bin/python" ]; then
     echo "==> creating $venv with $("$python" --version 2>&1)"
     "$python" -m venv "$venv"
@@ -99,13 +109,19 @@ echo "==> linters"
 .venv/bin/mypy
 .venv/bin/lint-imports  # the layers and import rules in pyproject.toml (docs/architecture.md)
 
+workers=${MOUNTAINEER_DB_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" != 0 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
+
 status=0
 if [ "$versions" != lowest ]; then
-  echo "==> pytest (newest releases, $(.venv/bin/python --version))"
-  .venv/bin/python -m pytest "$@" || status=$?
+  echo "==> pytest (newest releases, $(.venv/bin/python --version), ${workers} workers)"
+  .venv/bin/python -m pytest "${parallel[@]}" "$@" || status=$?
 fi
 if [ "$versions" != newest ]; then
-  echo "==> pytest (lowest declared versions: constraints/lowest.txt, $(.venv-lowest/bin/python --version))"
-  .venv-lowest/bin/python -m pytest "$@" || status=$?
+  echo "==> pytest (lowest declared versions: constraints/lowest.txt, $(.venv-lowest/bin/python --version), ${workers} workers)"
+  .venv-lowest/bin/python -m pytest "${parallel[@]}" "$@" || status=$?
 fi
 exit $status

@@ -75,12 +75,24 @@ def test_an_invalid_port_is_one_clear_line(app_root: Path) -> None:
 
 
 def test_an_unreachable_database_is_one_clear_line(app_root: Path) -> None:
+    """Issue 25: a DATABASE_URL whose port is closed is answered in the URL's terms."""
     port = free_port()  # nothing listens there: refused at once
     env = cli_env(f"postgresql://app:secret-pw@127.0.0.1:{port}/app")
+    env["DATABASE_URL"] = env.pop("SQLALCHEMY_DATABASE_URI")
     line = one_error_line(run_cli(*APP_CONFIG, "migrate", "apply", cwd=app_root, env=env))
     assert line.startswith(f'Error: Could not connect to database "app" on 127.0.0.1:{port} as user "app": ')
-    assert "Check POSTGRES_HOST and POSTGRES_PORT" in line
-    assert "secret-pw" not in line
+    assert line.endswith(
+        ". Check the host and port in SQLALCHEMY_DATABASE_URI (or DATABASE_URL) and that the server accepts TCP "
+        "connections."
+    )
+    assert "POSTGRES_" not in line and "secret-pw" not in line
+
+
+def test_an_unreachable_database_given_as_parts_names_the_parts(app_root: Path, pg_server: Any) -> None:
+    env = _parts_env(pg_server)
+    env.update(POSTGRES_PORT=str(free_port()), POSTGRES_DB="app")
+    line = one_error_line(run_cli(*APP_CONFIG, "migrate", "apply", cwd=app_root, env=env))
+    assert line.endswith(". Check POSTGRES_HOST and POSTGRES_PORT and that the server accepts TCP connections.")
 
 
 def test_an_unknown_revision_is_one_clear_line(app_root: Path, pg_server: Any, database: str) -> None:

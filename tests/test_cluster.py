@@ -78,3 +78,27 @@ def test_restart_keeps_data() -> None:
         assert asyncio.run(_server_version(cluster))
     assert (tmp_path / "data" / "PG_VERSION").exists()
     shutil.rmtree(tmp_path)
+
+
+def test_free_ports_are_reserved_across_processes() -> None:
+    """Issue 25: a port found free was a guess; two suites (or xdist workers) could pick the same
+    one, and an outgoing connection could take it before the server bound it. Now a port is
+    below the ephemeral range and reserved for the life of the process that got it."""
+    import subprocess
+
+    from mountaineer_db.servers._processes import free_port
+
+    mine = {free_port() for _ in range(300)}
+    assert len(mine) == 300
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert max(mine) < ephemeral_low
+    script = "from mountaineer_db.servers._processes import free_port\nprint(*(free_port() for _ in range(300)))"
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    theirs = {int(port) for port in other.stdout.split()}
+    assert len(theirs) == 300 and not mine & theirs

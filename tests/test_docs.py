@@ -160,3 +160,16 @@ def test_building_the_packages_prints_no_license_deprecation(tmp_path: Path) -> 
     for project in (package, example):
         output = _build_output(project, tmp_path / "out")
         assert "deprecated" not in output.lower(), f"{project.name}:\n{output[-3000:]}"
+
+
+def test_the_example_command_and_the_test_command_keep_their_own_virtualenvs() -> None:
+    """Issue 25: run_example.sh used to make `.venv` with whatever python3 was (3.11), which
+    test.sh then took for its newest-Python environment."""
+    example = (ROOT / "scripts" / "run_example.sh").read_text()
+    tests = (ROOT / "scripts" / "test.sh").read_text()
+    assert 'venv="$root/.venv-example"' in example
+    assert "make_venv .venv " in tests and "make_venv .venv-lowest " in tests
+    assert ".venv-example" not in tests
+    # and a .venv made by another Python is made again, not reused
+    assert 'if [ -n "$have" ] && [ "$have" != "$wanted" ]; then' in tests
+    assert ".venv-example/" in (ROOT / ".gitignore").read_text().splitlines()

@@ -140,9 +140,9 @@ def silent_server() -> Iterator[int]:
 
 
 def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    from mountaineer_db.servers.cluster import free_port
+
+    return free_port()  # reserved: no server of another test can come to listen there
 
 
 async def _connect_error(config: DatabaseConfig) -> tuple[DatabaseUnavailableError, float]:
@@ -180,8 +180,29 @@ async def test_refused_connection_is_one_clear_error(pg_server: Any) -> None:
     config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=pg_server.url("app").set(port=port))
     error, elapsed = await _connect_error(config)
     assert f"127.0.0.1:{port}" in str(error)
-    assert "Check POSTGRES_HOST and POSTGRES_PORT" in str(error)
+    assert str(error).endswith(
+        ". Check the host and port in SQLALCHEMY_DATABASE_URI (or DATABASE_URL) and that the server accepts "
+        "TCP connections."
+    ), "a config given as a URL is answered in the URL's terms, not with POSTGRES_* it never set"
     assert elapsed < 5
+
+
+async def test_refused_connection_names_the_settings_the_user_wrote(pg_server: Any) -> None:
+    """The same failure, with the location given as parts or as MIGRATIONS_DATABASE_URI."""
+    port = _closed_port()
+    url = pg_server.url("app")
+    parts = DatabaseConfig(POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=port, POSTGRES_DB="app", POSTGRES_USER=url.username)
+    error, _ = await _connect_error(parts)
+    assert str(error).endswith(". Check POSTGRES_HOST and POSTGRES_PORT and that the server accepts TCP connections.")
+
+    from mountaineer_db.engines.connections import Connector
+
+    migrations = DatabaseConfig(SQLALCHEMY_DATABASE_URI=url, MIGRATIONS_DATABASE_URI=url.set(port=port))
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        await Connector(migrations, migrations.migrations_url, statement_cache_size=0).connect()
+    assert str(caught.value).endswith(
+        ". Check the host and port in MIGRATIONS_DATABASE_URI and that the server accepts TCP connections."
+    )
 
 
 async def test_server_that_never_answers_fails_within_connect_timeout(pg_server: Any, silent_server: int) -> None:

@@ -10,6 +10,7 @@ of the test's own, its dependencies being this suite's.
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from mountaineer_db.servers.cluster import free_port
-from tests.docs_code import commands_in, files_in, write_files
+from tests.docs_code import commands_in, files_in, section, write_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -95,6 +96,9 @@ def test_the_page_lists_every_file_and_step() -> None:
     commands = commands_in(PAGE)
     assert commands[-len(STEPS) :] == STEPS
     assert 'pip install -e "../mountaineer-db[embedded]"' in commands
+    # Issue 25: what to do when another app has port 5006, and no placeholder left to fill in.
+    assert "`Address already in use`" in PAGE and "`mountaineer-dev --port 5007`" in PAGE
+    assert "<repository URL>" not in PAGE and "<repository URL>" not in (ROOT / "README.md").read_text()
 
 
 def _run(command: list[str], project: Path, env: dict[str, str], cwd: Path | None = None) -> str:
@@ -207,3 +211,26 @@ def test_the_page_serves_and_a_todo_added_in_the_browser_is_listed(
     assert server.returncode is not None
     state = _embedded_state(prepared)
     assert state["owner_pid"] == 0, f"Ctrl-C left the development database running: {state}"
+
+
+def test_the_next_step_moves_this_app_to_migrations(prepared: Path, env: dict[str, str]) -> None:
+    """docs/migrations.md "From createdb --create-tables to migrations", run on this very app
+    (issue 25: `createdb` right after `dropdb` used to print `Already exists`, the development
+    database having re-created it)."""
+    block = section((ROOT / "docs" / "migrations.md").read_text(), "### From `createdb --create-tables` to migrations")
+    commands = commands_in(block)
+    assert commands[0] == "export MOUNTAINEER_DB_CONFIG=myapp.config:AppConfig"
+    assert commands[1:3] == ["mountaineer-db dropdb --yes", "mountaineer-db createdb"]
+    moving = {**env, "MOUNTAINEER_DB_CONFIG": commands[0].split("=", 1)[1]}
+    outputs = {}
+    for command in commands[1:]:
+        program, *arguments = command.split(" ", 1)
+        argv = [str(BIN / program), *shlex.split(arguments[0] if arguments else "")]
+        outputs[command] = _run(argv, prepared, moving)
+    assert outputs["mountaineer-db dropdb --yes"].startswith('Dropped database "myapp" on 127.0.0.1:')
+    assert outputs["mountaineer-db createdb"].startswith('Created database "myapp" on 127.0.0.1:'), outputs
+    generated = outputs['mountaineer-db migrate generate -m "create todo"']
+    assert "Review it, then run: mountaineer-db migrate apply" in generated
+    assert (prepared / "myapp" / "migrations" / "versions").is_dir()
+    _run([str(BIN / "mountaineer-db"), "migrate", "check"], prepared, moving)  # exits 1 on any difference
+    assert _embedded_state(prepared)["owner_pid"] == 0, "a command left the development database running"

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -65,9 +64,9 @@ async def test_it_never_goes_through_the_migrations_url(make_config: Callable[..
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    from mountaineer_db.servers.cluster import free_port
+
+    return free_port()  # reserved: nothing of another test comes to listen there
 
 
 async def test_a_refused_connection_is_reported_not_raised() -> None:

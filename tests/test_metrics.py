@@ -1,7 +1,6 @@
 """`database_metrics()`: pool and connect figures per engine, taken on real connections."""
 
 import asyncio
-import socket
 from collections.abc import Callable
 
 import pytest
@@ -72,9 +71,9 @@ async def test_fixed_pool_counts_waits_and_timeouts(make_config: Callable[..., D
 
 
 async def test_failed_connects_are_counted() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from mountaineer_db.servers.cluster import free_port
+
+    port = free_port()  # reserved: nothing comes to listen there
     config = DatabaseConfig(SQLALCHEMY_DATABASE_URI=f"postgresql://u:p@127.0.0.1:{port}/db", DATABASE_CONNECT_TIMEOUT=1)
     with pytest.raises(DatabaseUnavailableError):
         await _query(config)

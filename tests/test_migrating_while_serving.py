@@ -8,6 +8,7 @@ column makes stale on PgBouncer's server connections: `SELECT *` changes its res
 
 import asyncio
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,19 @@ REVISIONS = {
 }
 
 
+LOAD_BEFORE_AND_AFTER = 20  # requests served before the migration starts, and after it ends
+
+
+async def _served(load: Load, count: int, stalled_after: float = 60.0) -> None:
+    """Wait until `load` has `count` outcomes; fail if none arrives for `stalled_after` seconds."""
+    seen, since = len(load.outcomes), time.monotonic()
+    while len(load.outcomes) < count:
+        if len(load.outcomes) != seen:
+            seen, since = len(load.outcomes), time.monotonic()
+        assert time.monotonic() - since < stalled_after, f"the load stalled at {seen} requests"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def database(pg_server: Any) -> Iterator[str]:
     with fresh_database(pg_server, prefix="mdb_serve") as name:
@@ -106,16 +120,18 @@ async def test_apply_while_the_app_serves(
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 await wait_until_serving(client, log)
                 async with steady_load(client, load):
-                    await asyncio.sleep(1.5)
+                    # Served requests, counted rather than waited for: on a loaded machine 1.5 s
+                    # of load was sometimes fewer than 20 requests.
+                    await _served(load, LOAD_BEFORE_AND_AFTER + 1)
                     before = len(load.outcomes)
                     applied = await migrations.apply(config=config)
                     during = len(load.outcomes) - before
-                    await asyncio.sleep(1.5)
+                    await _served(load, before + during + LOAD_BEFORE_AND_AFTER + 1)
                     after = len(load.outcomes) - before - during
             server_log = log.read_text()
 
     assert [revision.id for revision in applied] == ["dddd00000002"]
-    assert before > 20 and after > 20, (before, during, after)
+    assert before > LOAD_BEFORE_AND_AFTER and after > LOAD_BEFORE_AND_AFTER, (before, during, after)
     failures = load.failures()
     print(
         f"{pool} {route}: {len(load.outcomes)} requests ({before} before, {during} during, {after} after apply), "

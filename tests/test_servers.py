@@ -219,10 +219,24 @@ class Probe:
 # -- The server ----------------------------------------------------------------------------
 
 
+def _uvicorn_healthcheck() -> list[str]:
+    """uvicorn's supervisor gives a new worker 5 s (its default) to start and answer pings, then
+    aborts the restart ("New child process ... was not ready in time; keeping worker ...") or
+    replaces the worker. Importing the app alone took longer on a loaded 2-core machine: give
+    it what a deployment on a slow host would (older uvicorn releases lack the option)."""
+    import inspect
+
+    import uvicorn
+
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        return ["--timeout-worker-healthcheck", "60"]
+    return []
+
+
 def _command(kind: str, port: int) -> list[str]:
     if kind == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "todo_app.main:app", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(WORKERS)]  # fmt: skip
+                "--workers", str(WORKERS), *_uvicorn_healthcheck()]  # fmt: skip
     return [sys.executable, "-m", "gunicorn", "todo_app.main:app", "-k", "uvicorn.workers.UvicornWorker",
             "-w", str(WORKERS), "--preload", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "20"]  # fmt: skip
 
@@ -272,20 +286,28 @@ class AppServer:
         return [self.master, *self.workers()]
 
     def wait_ready(self, started: int, exclude: set[int] | None = None, timeout: float = 60.0) -> list[int]:
-        """Wait for `started` "startup complete" lines in all, and exactly WORKERS workers, none in `exclude`."""
+        """Wait for `started` "startup complete" lines in all, and exactly WORKERS workers, none in `exclude`.
+
+        Fails when nothing moves for `timeout` seconds: no worker started or ended, no startup
+        line written. A restart that progresses slowly (workers importing the app on a loaded
+        machine, one after the other) is waited for; one that hangs is not.
+        """
         assert self.process is not None
         exclude = exclude or set()
-        deadline = time.monotonic() + timeout
+        progress: tuple[int, tuple[int, ...]] | None = None
+        stalled_since = time.monotonic()
         while True:
             assert self.process.poll() is None, f"{self.kind} exited ({self.process.returncode}):\n{self.log()}"
             workers = self.workers()
-            if (
-                self.log_path.read_text(errors="replace").count(STARTED) >= started
-                and len(workers) == WORKERS
-                and not exclude & set(workers)
-            ):
+            lines = self.log_path.read_text(errors="replace").count(STARTED)
+            if lines >= started and len(workers) == WORKERS and not exclude & set(workers):
                 return workers
-            assert time.monotonic() < deadline, f"{self.kind} not ready in {timeout}s: {workers}\n{self.log()}"
+            if (lines, tuple(workers)) != progress:
+                progress, stalled_since = (lines, tuple(workers)), time.monotonic()
+            assert time.monotonic() - stalled_since < timeout, (
+                f"{self.kind} not ready, and nothing moved for {timeout}s: {lines} of {started} startup lines, "
+                f"workers {workers}\n{self.log()}"
+            )
             time.sleep(0.1)
 
     def signal(self, sig: int) -> None:

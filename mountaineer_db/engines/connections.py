@@ -205,6 +205,7 @@ class Connector:
         self.idle_timeout = config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT
         self.scram_cache = config.DATABASE_SCRAM_CACHE
         self.transient = _TRANSIENT_MULTI_HOST_ERRORS if is_multi_host(url) else _TRANSIENT_CONNECT_ERRORS
+        self.location_settings = _location_settings(config, url)
         server_settings: dict[str, str] = {}
         if config.application_name:
             server_settings["application_name"] = config.application_name
@@ -255,9 +256,9 @@ class Connector:
                     )
                     scram.authenticated()
             except self.transient as error:
-                reason = _reason(error)
+                reason = _reason(error, self.location_settings)
             except Exception as error:  # noqa: BLE001 - every failure is reported as one error below
-                reason = _reason(error)
+                reason = _reason(error, self.location_settings)
                 remaining = 0
             else:
                 connection._mdb_setup(
@@ -293,7 +294,31 @@ def _multi_host_arguments(url: URL) -> dict[str, Any]:
     return arguments
 
 
-def _reason(error: BaseException) -> str:
+def _location_settings(config: DatabaseConfig, url: URL) -> str:
+    """The settings the user wrote `url`'s host and port in, for a hint that names them.
+
+    Only what the user set: a URL given as SQLALCHEMY_DATABASE_URI (or DATABASE_URL) is not
+    answered with POSTGRES_HOST/POSTGRES_PORT, which that user never saw.
+    """
+    where = (url.host, url.port or 5432)
+
+    def at(other: URL | None) -> bool:
+        return other is not None and (other.host, other.port or 5432) == where
+
+    app_url = config.SQLALCHEMY_DATABASE_URI
+    if not at(app_url):
+        if at(config.MIGRATIONS_DATABASE_URI):
+            return "the host and port in MIGRATIONS_DATABASE_URI"
+        if any(at(replica) for replica in config.DATABASE_REPLICA_URLS):
+            return "the host and port in DATABASE_REPLICA_URLS"
+    if config.DATABASE_EMBEDDED:
+        return "that the development database (DATABASE_EMBEDDED, kept in .mountaineer_db/) is running"
+    if config._url_from_parts_:
+        return "POSTGRES_HOST and POSTGRES_PORT"
+    return "the host and port in SQLALCHEMY_DATABASE_URI (or DATABASE_URL)"
+
+
+def _reason(error: BaseException, location_settings: str = "POSTGRES_HOST and POSTGRES_PORT") -> str:
     """What went wrong, and what to check, for a failed connection attempt."""
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
         return (
@@ -317,7 +342,7 @@ def _reason(error: BaseException) -> str:
         return f"{error}. The server does not accept SSL connections: check POSTGRES_SSLMODE (or the URL's sslmode)."
     if isinstance(error, OSError):
         detail = error.strerror or str(error)
-        return f"{detail}. Check POSTGRES_HOST and POSTGRES_PORT and that the server accepts TCP connections."
+        return f"{detail}. Check {location_settings} and that the server accepts TCP connections."
     return f"{type(error).__name__}: {error}"
 
 

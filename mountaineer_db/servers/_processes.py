@@ -10,8 +10,10 @@ byte, whatever the umask, and renamed into place whole, inside folders made with
 """
 
 import contextlib
+import fcntl
 import os
 import pwd
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -36,8 +38,71 @@ __all__ = [
 UNPRIVILEGED_USER = os.environ.get("MOUNTAINEER_DB_SERVER_USER", "nobody")
 
 
+# Ports are handed out below the kernel's ephemeral range (where `bind(0)` and every outgoing
+# connection take theirs, so a port found free there can be taken a moment later by anyone),
+# and reserved for the life of this process: a byte-range lock at the port's offset in one
+# shared file, which other processes using `free_port` respect and the kernel releases when
+# this process exits. A server restarted on its port (tests stop and start servers) finds
+# it still its own. MOUNTAINEER_DB_PORT_RANGE=LOW-HIGH chooses another range.
+_PORT_LOCKS = Path(os.environ.get("MOUNTAINEER_DB_PORT_LOCKS", "/tmp/mountaineer-db-ports.lock"))
+_reserved: set[int] = set()
+_lock_file: int | None = None
+_random = random.Random()
+
+
+def _port_range() -> tuple[int, int]:
+    setting = os.environ.get("MOUNTAINEER_DB_PORT_RANGE")
+    if setting:
+        low, _, high = setting.partition("-")
+        return int(low), int(high)
+    ephemeral_low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return (20000, ephemeral_low - 1) if ephemeral_low > 21000 else (ephemeral_low // 2, ephemeral_low - 1)
+
+
+def _lock_port(port: int) -> bool:
+    """Take this process's lock on `port` in the shared file; False when another process holds it."""
+    global _lock_file
+    if _lock_file is None:
+        _lock_file = os.open(_PORT_LOCKS, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):  # a file another user made stays theirs; locking it still works
+            os.fchmod(_lock_file, 0o666)
+    try:
+        fcntl.lockf(_lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError:
+        return False
+    return True
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on, reserved for this process.
+
+    Reserved, not guessed: no other caller of `free_port` (in this process or any other)
+    gets it while this process lives, and the kernel does not hand it to outgoing
+    connections (it is below the ephemeral range).
+    """
+    low, high = _port_range()
+    for _ in range(2000):
+        port = _random.randint(low, high)
+        if port in _reserved or not _bindable(port):
+            continue
+        try:
+            locked = _lock_port(port)
+        except OSError:  # no shared lock file here (read-only /tmp): fall back to the kernel's choice
+            break
+        if locked:
+            _reserved.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

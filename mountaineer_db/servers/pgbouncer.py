@@ -153,14 +153,26 @@ class PgBouncer:
             start_new_session=True,
             **as_user(self._run_as),
         )
+        # Ready when this very process says so in its log ("[PID] LOG process up", after it
+        # bound its port) and the port answers: a port that merely accepts could be another
+        # program's, with our PgBouncer about to exit on "Address already in use".
+        up = f"[{self.process.pid}] LOG process up"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ClusterError(f"PgBouncer exited during start-up; see {self.log_path}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return
+            if self._log_says(up):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
             time.sleep(0.02)
-        raise ClusterError(f"PgBouncer did not listen on port {self.port} within {timeout}s")
+        raise ClusterError(f"PgBouncer did not listen on port {self.port} within {timeout}s; see {self.log_path}")
+
+    def _log_says(self, line: str) -> bool:
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return any(line in entry for entry in log)
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:

@@ -57,7 +57,7 @@ class StreamingReplica(PostgresCluster):
 
     def init(self) -> None:
         """Clone the running primary (`pg_basebackup -R`: standby.signal and primary_conninfo)."""
-        if self.primary.process is None or self.primary.process.poll() is not None:
+        if not _running(self.primary):
             raise ClusterError(f"{self!r}: the primary is not running; start it before its replicas.")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
@@ -145,3 +145,15 @@ def streaming_replicas(
         for replica in replicas:
             replica.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _running(primary: PostgresCluster) -> bool:
+    """Whether `primary` serves: our child process, or (started by another process, such as the
+    pytest-xdist worker that started the run's shared server) a postmaster.pid that says "ready"."""
+    if primary.process is not None:
+        return primary.process.poll() is None
+    try:
+        lines = (primary.data_dir / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) >= 8 and lines[7].strip() == "ready"

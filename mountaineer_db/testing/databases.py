@@ -41,6 +41,7 @@ __all__ = [
     "Server",
     "ThrowawayDatabase",
     "apply_migrations",
+    "create_kit_database",
     "create_schema",
     "kit_connection_settings",
     "pgbouncer_for",
@@ -188,7 +189,7 @@ async def _connect(server: Server) -> Any:
     )
 
 
-async def _create(server: Server, name: str) -> None:
+async def _create(server: Server, name: str, template: str | None = None) -> None:
     connection = await _connect(server)
     try:
         existing = await connection.fetch(
@@ -204,7 +205,8 @@ async def _create(server: Server, name: str) -> None:
                 "the kit never reuses or wipes a database it did not create. Pick another name, or drop "
                 "that database yourself if it is disposable."
             )
-        await connection.execute(f"CREATE DATABASE {_quote(name)}")
+        copy_of = f" TEMPLATE {_quote(template)}" if template else ""
+        await connection.execute(f"CREATE DATABASE {_quote(name)}{copy_of}")
         await connection.execute(f"COMMENT ON DATABASE {_quote(name)} IS '{KIT_COMMENT}'")
     finally:
         await connection.close()
@@ -219,18 +221,26 @@ async def _drop(server: Server, name: str) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_database(server: Server, *, name: str | None = None) -> Iterator[ThrowawayDatabase]:
-    """A fresh, empty database on `server`, dropped on exit.
+def throwaway_database(
+    server: Server, *, name: str | None = None, template: str | None = None
+) -> Iterator[ThrowawayDatabase]:
+    """A fresh, empty database on `server` (a copy of the database `template` if given), dropped on exit.
 
     The default name is random (`mdb_test_<hex>`). An existing database of that name is
     refused (`ResourceAlreadyExistsError`) unless the kit made it in an earlier run.
     """
     name = name or f"mdb_test_{secrets.token_hex(4)}"
-    _run_async(lambda: _create(server, name))
+    _run_async(lambda: _create(server, name, template))
     try:
         yield ThrowawayDatabase(server, name)
     finally:
         _run_async(lambda: _drop(server, name))
+
+
+def create_kit_database(server: Server, name: str, schema: Schema) -> None:
+    """Create the database `name` on `server` (marked as the kit's) with `schema`'s tables; kept."""
+    _run_async(lambda: _create(server, name))
+    create_schema(ThrowawayDatabase(server, name).config(), schema)
 
 
 def create_schema(config: DatabaseConfig, schema: Schema) -> None:
@@ -291,6 +301,10 @@ def apply_migrations(
         app_config = config_class.model_construct(**values)
         await migrations.apply(revision, config=app_config)
 
+    # Under pytest-xdist the workers share one template database per key (testing/parallel.py).
+    run_migrations.mdb_template_key = (  # type: ignore[attr-defined]
+        f"migrations:{config_class.__module__}.{config_class.__qualname__}@{revision}:{sorted(settings.items())!r}"
+    )
     return run_migrations
 
 

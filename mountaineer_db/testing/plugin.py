@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mountaineer_db.servers.replication import StreamingReplica
     from mountaineer_db.settings.config import DatabaseConfig
     from mountaineer_db.testing.databases import Schema, Server, ThrowawayDatabase
+    from mountaineer_db.testing.parallel import SharedRun
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -48,11 +49,59 @@ def _async_fixture(function: _F) -> _F:
     return cast(_F, pytest_asyncio.fixture(function))
 
 
-@pytest.fixture(scope="session")
-def mdb_server() -> "Iterator[Server]":
-    """The PostgreSQL server for this test session (see `postgres_server`)."""
-    from mountaineer_db.testing.databases import postgres_server
+def _shared_run(config: pytest.Config) -> "SharedRun | None":
+    """Under pytest-xdist, what this worker shares with the run's others (testing/parallel.py)."""
+    workerinput = getattr(config, "workerinput", None)
+    if not isinstance(workerinput, dict) or "mountaineer_db_shared_dir" not in workerinput:
+        return None
+    from pathlib import Path
 
+    from mountaineer_db.testing.parallel import SharedRun
+
+    return SharedRun(Path(workerinput["mountaineer_db_shared_dir"]), str(workerinput["testrunuid"]))
+
+
+class _XdistController:
+    """Hooks of the xdist controller process: a folder for the workers to share, cleaned up at the end."""
+
+    def __init__(self) -> None:
+        self.directory: Any = None
+
+    def pytest_configure_node(self, node: Any) -> None:
+        from mountaineer_db.servers._processes import private_directory
+        from mountaineer_db.testing.parallel import SHARED_DIR_KEY, shared_run_dir
+
+        self.directory = private_directory(shared_run_dir(str(node.workerinput["testrunuid"])))
+        node.workerinput[SHARED_DIR_KEY] = str(self.directory)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.directory is None:
+            return
+        import os
+
+        from mountaineer_db.testing.databases import TEST_URL_ENV
+        from mountaineer_db.testing.parallel import stop_shared_run
+
+        stop_shared_run(self.directory, os.environ.get(TEST_URL_ENV))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_XdistController(), "mountaineer_db_xdist_controller")
+
+
+@pytest.fixture(scope="session")
+def mdb_server(request: pytest.FixtureRequest) -> "Iterator[Server]":
+    """The PostgreSQL server for this test session (see `postgres_server`); under pytest-xdist,
+    one for all workers, started by the first that asks."""
+    import os
+
+    from mountaineer_db.testing.databases import TEST_URL_ENV, postgres_server
+
+    shared = _shared_run(request.config)
+    if shared is not None:
+        yield shared.server(os.environ.get(TEST_URL_ENV))
+        return
     with postgres_server() as server:
         yield server
 
@@ -73,10 +122,24 @@ def mdb_schema() -> "Schema":
 
 
 @pytest.fixture(scope="session")
-def mdb_database(mdb_server: "Server", mdb_schema: "Schema") -> "Iterator[ThrowawayDatabase]":
-    """A fresh database for this test session, with its tables made, dropped at the end."""
-    from mountaineer_db.testing.databases import create_schema, throwaway_database
+def mdb_database(
+    request: pytest.FixtureRequest, mdb_server: "Server", mdb_schema: "Schema"
+) -> "Iterator[ThrowawayDatabase]":
+    """A fresh database for this test session, with its tables made, dropped at the end.
 
+    Under pytest-xdist each worker gets its own, a copy of a template database whose tables
+    the first worker made (testing/parallel.py).
+    """
+    from mountaineer_db.testing.databases import create_kit_database, create_schema, throwaway_database
+    from mountaineer_db.testing.parallel import template_key
+
+    shared = _shared_run(request.config)
+    key = template_key(mdb_schema) if shared is not None else None
+    if shared is not None and key is not None:
+        template = shared.template(mdb_server, key, lambda name: create_kit_database(mdb_server, name, mdb_schema))
+        with throwaway_database(mdb_server, template=template) as database:
+            yield database
+        return
     with throwaway_database(mdb_server) as database:
         create_schema(database.config(), mdb_schema)
         yield database

@@ -105,7 +105,6 @@ async def test_an_unmigrated_database_shows_the_setup_page_in_development(
     assert "relation &quot;todo&quot; does not exist" in response.text
     logged = [r.getMessage() for r in caplog.records if r.name != "httpx" and r.levelno >= logging.INFO]
     assert logged == [
-        'The database is not set up yet: relation "todo" does not exist (SQLSTATE 42P01). Apply the migrations '
-        "with `mountaineer-db migrate apply` (or, for an app without migrations, create the tables with "
-        "`mountaineer-db createdb --create-tables`)."
+        'The database is not set up yet: relation "todo" does not exist (SQLSTATE 42P01). Apply the migrations: '
+        "mountaineer-db --config todo_app.config:AppConfig migrate apply"
     ]

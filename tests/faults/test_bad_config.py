@@ -84,14 +84,14 @@ async def test_wrong_port(cluster: PostgresCluster) -> None:
     config = faults_config(cluster.url(DATABASE).set(port=port))
     error = await expect_unavailable(config, cluster.password, within=DEFAULT_CONNECT_TIMEOUT)
     assert f'database "{DATABASE}" on 127.0.0.1:{port}' in str(error)
-    assert "POSTGRES_PORT" in str(error)
+    assert "Check the host and port in SQLALCHEMY_DATABASE_URI (or DATABASE_URL)" in str(error)
 
 
 async def test_unresolvable_host(cluster: PostgresCluster) -> None:
     config = faults_config(cluster.url(DATABASE).set(host="no-such-host.invalid"))
     error = await expect_unavailable(config, cluster.password, within=DEFAULT_CONNECT_TIMEOUT + SLACK)
     assert f'database "{DATABASE}" on no-such-host.invalid:{cluster.port}' in str(error)
-    assert "POSTGRES_HOST" in str(error)
+    assert "Check the host and port in SQLALCHEMY_DATABASE_URI (or DATABASE_URL)" in str(error)
 
 
 async def test_missing_database(cluster: PostgresCluster) -> None:

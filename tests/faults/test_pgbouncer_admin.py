@@ -5,7 +5,6 @@ within 2 s of RESUME.
 """
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
@@ -20,9 +19,13 @@ from .helpers import (
     assert_no_leaks,
     assert_rows_match,
     bouncer_url,
+    clock,
     faults_config,
     post_insert,
+    sleep_on_clock,
+    sleeping_pids,
     steady_load,
+    wait_for,
 )
 
 pytestmark = pytest.mark.faults
@@ -64,12 +67,22 @@ async def test_kill_then_resume(cluster: PostgresCluster, make_bouncer: Callable
     async with app_client(faults_config(bouncer_url(bouncer, cluster), DATABASE_CONNECT_TIMEOUT=2.0)) as client:
         # Transactions of 0.3 s, so KILL always finds some in flight.
         async with steady_load(client, ledger, concurrency=4, sleep=0.3):
-            await asyncio.sleep(0.5)
+            # KILL when transactions are in flight (the server runs their pg_sleep), not after a
+            # fixed 0.5 s: on a loaded machine none had started by then and KILL failed nothing.
+            async def in_flight() -> bool:
+                return len(await sleeping_pids(cluster)) >= 2
+
+            await wait_for(in_flight, timeout=60)
             await bouncer.admin(f"KILL {DATABASE}", user=cluster.user, password=cluster.password)
             await asyncio.sleep(0.5)
-            await bouncer.admin(f"RESUME {DATABASE}", user=cluster.user, password=cluster.password)
-            resumed = time.monotonic()
-            await asyncio.sleep(2.5)
+            try:
+                await bouncer.admin(f"RESUME {DATABASE}", user=cluster.user, password=cluster.password)
+            except OSError as error:  # seen once under load: say what PgBouncer was doing
+                alive = bouncer.process is not None and bouncer.process.poll() is None
+                log = bouncer.log_path.read_text()[-3000:]
+                raise AssertionError(f"RESUME refused ({error}); PgBouncer alive: {alive}; its log:\n{log}") from error
+            resumed = clock()  # times on clock(): a busy machine's load does not eat the 2 s
+            await sleep_on_clock(2.5)
         statuses = ledger.statuses()
         assert set(statuses) <= {200, 503}, statuses
         assert statuses.get(503, 0) > 0, "KILL failed nothing: the fault was not injected"

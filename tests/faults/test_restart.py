@@ -5,7 +5,6 @@ in the window gets a 503 "database unavailable", never a generic 500.
 """
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
@@ -19,10 +18,13 @@ from .helpers import (
     assert_no_leaks,
     assert_rows_match,
     bouncer_url,
+    clock,
     direct_url,
     faults_config,
     post_insert,
+    sleep_on_clock,
     steady_load,
+    wait_for,
 )
 
 pytestmark = pytest.mark.faults
@@ -37,12 +39,12 @@ async def _restart_under_load(cluster: PostgresCluster, url: object, **config: o
         async with steady_load(client, ledger, concurrency=4):
             await asyncio.sleep(0.5)
             await asyncio.to_thread(cluster.stop, "fast")
-            stopped = time.monotonic()
+            stopped = clock()
             await asyncio.sleep(0.3)  # a real outage window: connections are refused meanwhile
-            starting = time.monotonic()
+            starting = clock()
             await asyncio.to_thread(cluster.start)
-            ready = time.monotonic()
-            await asyncio.sleep(RECOVERY_BOUND + 0.5)
+            ready = clock()  # times on clock(): a busy machine's load does not eat the bound
+            await sleep_on_clock(RECOVERY_BOUND + 0.5)
         final = await post_insert(client, ledger)
         assert final.status == 200, f"no recovery without a restart of the app: {final.body}"
     # The fault was real: no request that started while PostgreSQL was down succeeded before it
@@ -98,13 +100,16 @@ async def test_naive_pgbouncer_login_retry_prolongs_the_outage(
         app_client(faults_config(bouncer_url(bouncer, cluster))) as client,
         steady_load(client, ledger, concurrency=2, cancel_on_exit=True),
     ):
-        await asyncio.sleep(0.3)
+        async def serving() -> bool:  # the load runs before the fault (not a fixed 0.3 s: a busy machine)
+            return len(ledger.ok_ids) > 0
+
+        await wait_for(serving, timeout=60)
         served_before = len(ledger.ok_ids)
         await asyncio.to_thread(cluster.stop, "fast")
         await asyncio.sleep(0.3)
         await asyncio.to_thread(cluster.start)
-        ready = time.monotonic()
-        await asyncio.sleep(RECOVERY_BOUND + 0.3)
+        ready = clock()
+        await sleep_on_clock(RECOVERY_BOUND + 0.3)
     assert served_before > 0, "the load never ran"
     # Requests fail ("server login has been failing") or sit in PgBouncer's queue: either
     # way, none is served in the 2 s after PostgreSQL is back.
