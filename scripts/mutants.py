@@ -715,8 +715,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "num-queries-counts-savepoints",
         "assert_num_queries counts the app's statements, not the kit's savepoints",
         "mountaineer_db/testing/queries.py",
-        "        if _BOOKKEEPING.match(statement):\n            return\n",
-        "",
+        "        if not self.watches(conn, context) or _BOOKKEEPING.match(statement):\n",
+        "        if not self.watches(conn, context):\n",
         ("tests/testing/test_queries.py",),
     ),
     M(

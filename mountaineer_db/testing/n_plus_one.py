@@ -23,17 +23,16 @@ Seed at least `threshold + 1` parent rows, or a loop over them cannot show.
 """
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mountaineer_db.engines.n_plus_one import repeated_statements
-from mountaineer_db.engines.origins import INTERNAL_STATEMENT, current_origin
+from mountaineer_db.engines.origins import current_origin
+from mountaineer_db.testing.queries import _SessionStatements
 
 __all__ = ["StatementsByOrigin", "assert_no_n_plus_one"]
 
@@ -52,28 +51,15 @@ class StatementsByOrigin:
         return found
 
 
-class _Recorder:
+class _Recorder(_SessionStatements):
     def __init__(self, session: AsyncSession | None) -> None:
+        super().__init__(session)
         self.log = StatementsByOrigin()
-        self.lock = threading.Lock()
-        self.session = session.sync_session if session is not None else None
-        self.connections: set[int] = set()
-        if self.session is not None:
-            bind = self.session.bind
-            if isinstance(bind, Connection):  # the test kit's sessions
-                self.connections.add(id(bind))
-            for connection in getattr(self.session, "_kept", {}).values():  # a request session's connection
-                self.connections.add(id(connection))
-
-    def on_begin(self, session: Any, transaction: Any, connection: Connection) -> None:
-        self.connections.add(id(connection))
 
     def on_execute(
         self, conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        if self.session is not None and id(conn) not in self.connections:
-            return
-        if context is not None and context.execution_options.get(INTERNAL_STATEMENT):
+        if not self.watches(conn, context):
             return
         with self.lock:
             counts = self.log.counts.setdefault(current_origin(), {})
@@ -86,15 +72,8 @@ def assert_no_n_plus_one(threshold: int = 1, *, session: AsyncSession | None = N
     if threshold < 1:
         raise ValueError(f"threshold is {threshold}; use 1 or more (the runs of one statement allowed per action).")
     recorder = _Recorder(session)
-    event.listen(Engine, "before_cursor_execute", recorder.on_execute)
-    if recorder.session is not None:
-        event.listen(recorder.session, "after_begin", recorder.on_begin)
-    try:
+    with recorder.listening():
         yield recorder.log
-    finally:
-        event.remove(Engine, "before_cursor_execute", recorder.on_execute)
-        if recorder.session is not None:
-            event.remove(recorder.session, "after_begin", recorder.on_begin)
     repeated = recorder.log.repeated(threshold)
     if repeated:
         lines = [f"- {count} times in {origin or 'the test itself'}: {shape}" for origin, shape, count in repeated]

@@ -58,9 +58,15 @@ class QueryLog:
         return "\n".join(f"{number}. {text}" for number, text in enumerate(self.statements, 1))
 
 
-class _Counter:
+class _SessionStatements:
+    """Statements run through any engine of this process, or only on `session`'s connections.
+
+    The base of the kit's statement listeners (`counted_queries`, `assert_no_n_plus_one`):
+    `listening()` installs `on_execute` for the block; `watches` says whether a statement counts
+    (the library's own statements never do).
+    """
+
     def __init__(self, session: AsyncSession | None) -> None:
-        self.log = QueryLog()
         self.session = session.sync_session if session is not None else None
         self.connections: set[int] = set()
         self.lock = threading.Lock()
@@ -74,14 +80,38 @@ class _Counter:
     def on_begin(self, session: Session, transaction: SessionTransaction, connection: Connection) -> None:
         self.connections.add(id(connection))
 
+    def watches(self, conn: Connection, context: Any) -> bool:
+        if self.session is not None and id(conn) not in self.connections:
+            return False
+        return not (context is not None and context.execution_options.get(INTERNAL_STATEMENT))
+
     def on_execute(
         self, conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        if self.session is not None and id(conn) not in self.connections:
-            return
-        if _BOOKKEEPING.match(statement):
-            return
-        if context is not None and context.execution_options.get(INTERNAL_STATEMENT):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        event.listen(Engine, "before_cursor_execute", self.on_execute)
+        if self.session is not None:
+            event.listen(self.session, "after_begin", self.on_begin)
+        try:
+            yield
+        finally:
+            event.remove(Engine, "before_cursor_execute", self.on_execute)
+            if self.session is not None:
+                event.remove(self.session, "after_begin", self.on_begin)
+
+
+class _Counter(_SessionStatements):
+    def __init__(self, session: AsyncSession | None) -> None:
+        super().__init__(session)
+        self.log = QueryLog()
+
+    def on_execute(
+        self, conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if not self.watches(conn, context) or _BOOKKEEPING.match(statement):
             return
         with self.lock:
             self.log.statements.append(statement_summary(statement))
@@ -91,15 +121,8 @@ class _Counter:
 def counted_queries(*, session: AsyncSession | None = None) -> Iterator[QueryLog]:
     """Record the statements run in the block (all engines, or only `session`'s)."""
     counter = _Counter(session)
-    event.listen(Engine, "before_cursor_execute", counter.on_execute)
-    if counter.session is not None:
-        event.listen(counter.session, "after_begin", counter.on_begin)
-    try:
+    with counter.listening():
         yield counter.log
-    finally:
-        event.remove(Engine, "before_cursor_execute", counter.on_execute)
-        if counter.session is not None:
-            event.remove(counter.session, "after_begin", counter.on_begin)
 
 
 def _failure(expectation: str, log: QueryLog) -> AssertionError:
