@@ -1,7 +1,8 @@
 """End to end: the built example app in a real headless Chromium, on a real PostgreSQL.
 
-The frontend is built (`todo-app build`), the app is served by uvicorn in a subprocess with
-ENVIRONMENT=production, pointed at a throwaway database made by the app's migrations, and
+The frontend is built (`todo-app build`) in a copy of the app made for this run, the copy is
+served by uvicorn in a subprocess with ENVIRONMENT=production, pointed at a throwaway database
+made by the app's migrations, and
 driven by Playwright through Debian's `chromium` (no browser download). A screenshot is
 saved under test-artifacts/. Without chromium the test is skipped loudly (a failure in CI):
 install it with `apt-get install -y chromium`, or point CHROMIUM_PATH at another binary.
@@ -27,7 +28,8 @@ from tests.example_app._require import require_example_app
 
 require_example_app()
 
-from todo_app.config import AppConfig  # noqa: E402 - after the installed check
+import todo_app  # noqa: E402 - after the installed check
+from todo_app.config import AppConfig  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,23 +81,47 @@ def server_env(mdb_server: Server) -> Iterator[dict[str, str]]:
         yield env
 
 
+def _copy_of_the_app(destination: Path) -> Path:
+    """A copy of the `todo_app` package under `destination`, to build and serve apart.
+
+    `todo-app build` writes its output into the package's views/ folder; two test runs from one
+    checkout (the newest and the lowest pass at once, say) would otherwise rebuild it under each
+    other's server. The copy shares the checkout's node_modules (read only) through a link.
+    """
+    source = Path(todo_app.__file__).resolve().parent
+    generated = shutil.ignore_patterns("node_modules", ".mountaineer", "_server", "_static", "__pycache__")
+    shutil.copytree(source, destination / "todo_app", ignore=generated)
+    node_modules = source / "views" / "node_modules"
+    if node_modules.is_dir():
+        (destination / "todo_app" / "views" / "node_modules").symlink_to(node_modules, target_is_directory=True)
+    return destination
+
+
 @pytest.fixture(scope="module")
-def app_url(server_env: dict[str, str]) -> Iterator[str]:
-    """Build the frontend, then serve the app with uvicorn on a free port."""
+def app_url(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Build the frontend of a copy of the app, then serve that copy with uvicorn on a free port."""
     ARTIFACTS.mkdir(exist_ok=True)
-    # Run from the repository root: example_app/.env (the embedded dev database) is not read.
+    copy = _copy_of_the_app(tmp_path_factory.mktemp("example_app"))
+    # The copy comes first on the path, before the installed (editable) todo_app; run from the
+    # copy's folder, which has no .env: example_app/.env (the embedded dev database) is not read.
+    env = {**server_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(copy), server_env.get("PYTHONPATH")]))}
+    where = subprocess.run(
+        [sys.executable, "-c", "import todo_app; print(todo_app.__file__)"],
+        cwd=copy, env=env, capture_output=True, text=True, check=False,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(copy), f"todo_app did not import from the copy: {where}"
     build = subprocess.run(
-        [*_todo_app_command(), "build"], cwd=ROOT, env=server_env, capture_output=True, text=True, timeout=300
+        [*_todo_app_command(), "build"], cwd=copy, env=env, capture_output=True, text=True, timeout=300
     )
     assert build.returncode == 0, f"todo-app build failed:\n{build.stdout}\n{build.stderr}"
 
     port = free_port()
-    log_path = ARTIFACTS / "e2e-server.log"
+    log_path = ARTIFACTS / f"e2e-server-{os.getpid()}.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "todo_app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=server_env,
+            cwd=copy,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
