@@ -4,7 +4,8 @@
 `add` action reads first, then inserts a row and commits (the shape of most actions). The
 `/gate...` pages read a table the test can lock, so a test can catch a request mid-statement:
 `/gate` as the request's first statement, `/gate-later` after another statement, and
-`/gate-after-commit` after a commit.
+`/gate-after-commit` after a commit, `/gate-pending` with an added row not flushed yet, and
+`/gate-autoflush` with one that its ORM query flushes.
 """
 
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from mountaineer import AppController, ConfigBase, ControllerBase, Metadata, RenderBase, sideeffect
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, select
 
 from mountaineer_db import DatabaseConfig, SessionDep
 from tests.core_app import write_stub_views
@@ -37,6 +38,12 @@ class Ledger(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     note: str
+
+
+class Gate(SQLModel, table=True):
+    __tablename__ = "gate"
+
+    id: int | None = Field(default=None, primary_key=True)
 
 
 class LedgerRender(RenderBase):
@@ -77,11 +84,19 @@ class GateController(ControllerBase):
     before = "first"
 
     async def render(self, session: SessionDep) -> LedgerRender:
-        if self.before != "first":
+        if self.before in ("statement", "commit"):
             await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         if self.before == "commit":
             await session.commit()
-        await session.exec(text("SELECT count(*) FROM gate"))  # type: ignore[call-overload]
+        if self.before == "pending":  # a change not flushed yet when the statement runs
+            session.add(Ledger(note=f"pending-{id(self)}"))
+            with session.no_autoflush:
+                await session.exec(text("SELECT count(*) FROM gate"))  # type: ignore[call-overload]
+        elif self.before == "autoflush":  # an ORM query: its autoflush sends the change first
+            session.add(Ledger(note=f"autoflush-{id(self)}"))
+            await session.exec(select(Gate))
+        else:
+            await session.exec(text("SELECT count(*) FROM gate"))  # type: ignore[call-overload]
         return await _ledger(session, explicit=True)
 
 
@@ -97,15 +112,35 @@ class GateAfterCommitController(GateController):
     before = "commit"
 
 
+class GatePendingController(GateController):
+    url = "/gate-pending"
+    view_path = "/app/gate-pending/page.tsx"
+    before = "pending"
+
+
+class GateAutoflushController(GateController):
+    url = "/gate-autoflush"
+    view_path = "/app/gate-autoflush/page.tsx"
+    before = "autoflush"
+
+
 ADD = "/internal/api/ledger_controller/add"
 
 
 @asynccontextmanager
 async def failover_client(config: FailoverConfig, view_root: Path, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the app built for `config` (in process); an unhandled error is a 500."""
-    write_stub_views(view_root, "failover-views", "ledger", "gate", "gate-later", "gate-after-commit")
+    pages = ("ledger", "gate", "gate-later", "gate-after-commit", "gate-pending", "gate-autoflush")
+    write_stub_views(view_root, "failover-views", *pages)
     app = AppController(view_root=view_root, config=config)
-    for controller in (LedgerController(), GateController(), GateLaterController(), GateAfterCommitController()):
+    controllers = (
+        GateController(),
+        GateLaterController(),
+        GateAfterCommitController(),
+        GatePendingController(),
+        GateAutoflushController(),
+    )
+    for controller in (LedgerController(), *controllers):
         app.register(controller)
     transport = httpx.ASGITransport(app=app.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", **kwargs) as client:

@@ -112,12 +112,13 @@ async def test_the_first_statement_is_run_again_once_only(
     assert response.status_code == 503 and response.json() == UNAVAILABLE
 
 
-@pytest.mark.parametrize("page", ["/gate-later", "/gate-after-commit"])
+@pytest.mark.parametrize("page", ["/gate-later", "/gate-after-commit", "/gate-pending", "/gate-autoflush"])
 async def test_a_statement_after_the_first_or_after_a_commit_is_never_run_again(
     pg_server: Any, test_database: str, gate: Any, tmp_path: Path, page: str
 ) -> None:
     """The lost statement follows another one (its transaction had begun on the server), or
-    follows a commit: it is not run again. The request answers 503 while the gate is still
+    follows a commit, or has a change pending that a replay would drop (flushed by the statement's
+    autoflush or not): it is not run again. The request answers 503 while the gate is still
     locked (a replay would be stuck behind the lock), and no second statement ever waits."""
     _transaction, watcher = gate
     application = f"gate_{secrets.token_hex(3)}"

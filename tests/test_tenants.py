@@ -589,3 +589,31 @@ async def test_the_documented_roles_and_policy_work(pg_server: Any) -> None:
         await dispose_engines()
         await server_execute(pg_server, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await server_execute(pg_server, *(f'DROP ROLE IF EXISTS "{role}"' for role in roles))
+
+
+def test_an_app_without_tenants_runs_no_tenant_listener_until_tenancy_is_first_used() -> None:
+    """No cost when off: importing the package registers nothing on `Session`; the first
+    `bind_tenant` does, and the listener then reaches a session made before it."""
+    program = """
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.orm import Session
+import mountaineer_db
+from mountaineer_db.engines import tenants
+
+assert not event.contains(Session, "after_begin", tenants._after_begin), "registered at import"
+engine = create_engine("sqlite://")
+session = Session(engine)
+session.execute(text("SELECT 1"))
+session.commit()
+assert not event.contains(Session, "after_begin", tenants._after_begin), "registered by a plain session"
+tenants.bind_tenant(session, "a")
+assert event.contains(Session, "after_begin", tenants._after_begin), "bind_tenant did not register it"
+try:
+    session.execute(text("SELECT 1"))  # an engine without tenancy: the listener refuses the tenant
+except mountaineer_db.ConfigurationError as error:
+    print("refused:", error)
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    refusal = "refused: This session serves a tenant but its engine's config has no DATABASE_TENANT_SETTING"
+    assert refusal in result.stdout

@@ -131,6 +131,8 @@ class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         queue = self._pool
+        # The idle connections (empty: a checkout may have to wait), read without a call per checkout.
+        self._mdb_idle: deque[Any] | None = queue._items if isinstance(queue, FairQueue) else None
         if isinstance(queue, FairQueue):
             # A connection handed to a waiter cancelled before it ran comes back like any other:
             # to the next waiter, else idle, else (the pool is full) closed, overflow given back.

@@ -131,7 +131,7 @@ class MeasuredQueuePool(_Measured, FairAsyncAdaptedQueuePool):
         return pool
 
     def _mdb_all_busy(self) -> bool:
-        if self._mdb_max_overflow < 0:  # unlimited overflow never waits
+        if self._mdb_idle or self._mdb_max_overflow < 0:  # a connection is idle; unlimited overflow never waits
             return False
         return self.checkedin() == 0 and self.checkedout() >= self.size() + self._mdb_max_overflow
 

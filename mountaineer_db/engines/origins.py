@@ -28,6 +28,8 @@ __all__ = [
     "application_name_suffix",
     "current_origin",
     "enable_tagging",
+    "enter_origin",
+    "leave_origin",
     "origin_label",
     "request_origin",
     "tags_requests",
@@ -104,6 +106,19 @@ def work_origin(origin: Any) -> Iterator[None]:
         # Torn down from another context (ValueError): leave that context alone.
         with contextlib.suppress(ValueError):
             _origin.reset(token)
+
+
+def enter_origin(origin: Any) -> contextvars.Token[Any]:
+    """`work_origin` without the context manager (for a class-based one): pass the token to `leave_origin`."""
+    return _origin.set(origin)
+
+
+def leave_origin(token: contextvars.Token[Any]) -> None:
+    """End what `enter_origin` began."""
+    try:  # noqa: SIM105 - contextlib.suppress would cost three calls per request
+        _origin.reset(token)
+    except ValueError:  # torn down from another context: leave that context alone
+        pass
 
 
 def request_origin(request: HTTPConnection | None) -> Any:

@@ -57,6 +57,7 @@ __all__ = [
     "bind_tenant",
     "bound_tenant",
     "forget_on_checkin",
+    "listen_for_tenants",
     "quote_role",
     "require_tenant",
     "stage_for",
@@ -134,6 +135,7 @@ class TenantState:
     __slots__ = ("bypass_role", "empty", "sent", "setting", "staged", "tag_prefix")
 
     def __init__(self, setting: str, bypass_role: str | None, tag_prefix: str) -> None:
+        listen_for_tenants()  # before this connection's first BEGIN
         self.setting = setting
         self.bypass_role = bypass_role
         self.tag_prefix = tag_prefix
@@ -218,6 +220,7 @@ def bind_tenant(session: AsyncSession | Session, tenant: Any, config: "DatabaseC
     re-render after an action resolves the tenant again and must find the action's).
     """
     value = require_tenant(tenant, config)
+    listen_for_tenants()  # before the session's next BEGIN
     sync_session = session.sync_session if isinstance(session, AsyncSession) else session
     current = sync_session.info.get(TENANT_INFO_KEY)
     if current is not None and current != value:
@@ -273,7 +276,21 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     apply_now(connection, state, tenant)
 
 
-event.listen(Session, "after_begin", _after_begin)
+_listening = False
+
+
+def listen_for_tenants() -> None:
+    """Register `_after_begin` on every `Session`, once, when tenancy is first used in this process.
+
+    Called before the first transaction that could need it: by the first connection made with
+    DATABASE_TENANT_SETTING (`TenantState`) and by the first `bind_tenant`. Until then an app
+    without tenants pays nothing for them: no listener runs at its sessions' BEGINs. A listener
+    added to the class reaches the sessions that already exist.
+    """
+    global _listening
+    if not _listening:
+        event.listen(Session, "after_begin", _after_begin)
+        _listening = True
 
 
 def stage_for(session: Session, connection: Connection) -> None:

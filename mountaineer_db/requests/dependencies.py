@@ -24,6 +24,7 @@ commits on the primary are tracked so that each client reads its own writes
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, params
@@ -33,7 +34,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from mountaineer_db.engines.engine import engine_for
-from mountaineer_db.engines.origins import request_origin, work_origin
+from mountaineer_db.engines.origins import enter_origin, leave_origin, request_origin, work_origin
 from mountaineer_db.engines.request_checks import CHECKS_ATTRIBUTE
 from mountaineer_db.engines.tenants import bind_tenant
 from mountaineer_db.exceptions import ConfigurationError, DatabaseNotSetUpError
@@ -102,22 +103,40 @@ async def get_db(config: DatabaseConfig = Depends(get_database_config)) -> Async
     return _engine(_given(config, "config", DatabaseConfig) or _app_config())
 
 
-@asynccontextmanager
-async def _request_work(request: HTTPConnection | None, engine: AsyncEngine) -> AsyncIterator[None]:
-    """The request's controller and action name its work in tags and log lines (`origins`), its
-    lazy loads and repeated statements are checked (`lazy_loads`); a table that does not exist
-    yet answers with the "not set up yet" page."""
-    checks = getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)  # None (nothing to run) unless they are on
-    with work_origin(request_origin(request)):
+class _RequestWork:
+    """`async with _RequestWork(request, engine):` the request's controller and action name its
+    work in tags and log lines (`origins`), its lazy loads and repeated statements are checked
+    (`lazy_loads`); a table that does not exist yet answers with the "not set up yet" page.
+
+    A class: an `asynccontextmanager` costs a dozen more Python calls per request.
+    """
+
+    __slots__ = ("_checked", "_request", "_token")
+
+    def __init__(self, request: HTTPConnection | None, engine: AsyncEngine) -> None:
+        self._request = request
+        checks = getattr(engine.sync_engine, CHECKS_ATTRIBUTE, None)  # None (nothing to run) unless they are on
+        self._checked = checked(checks) if checks is not None else None
+
+    async def __aenter__(self) -> None:
+        self._token = enter_origin(request_origin(self._request))
+        if self._checked is not None:
+            try:
+                self._checked.__enter__()
+            except BaseException:
+                leave_origin(self._token)
+                raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
-            if checks is None:
-                yield
-            else:
-                with checked(checks):
-                    yield
-        except DatabaseNotSetUpError:
-            install_setup_page(request)
-            raise
+            if self._checked is not None:
+                self._checked.__exit__(kind, error, tb)
+            if isinstance(error, DatabaseNotSetUpError):
+                install_setup_page(self._request)
+        finally:
+            leave_origin(self._token)
 
 
 @asynccontextmanager
@@ -152,11 +171,11 @@ async def get_db_session(
         return
     replicas = replicas_of(engine)
     if replicas is not None and replicas.renders and is_page_read(request):
-        async with _request_work(request, engine), read_session(engine, replicas, request, label=RENDERS) as session:
+        async with _RequestWork(request, engine), read_session(engine, replicas, request, label=RENDERS) as session:
             yield session
         return
     async with (
-        _request_work(request, engine),
+        _RequestWork(request, engine),
         # FastAPI hands a Request here; without one (None) the guard stays idle.
         DisconnectGuard(cast(Request, request)) as guard,
         session_scope(
@@ -188,7 +207,7 @@ async def get_db_read_session(
             yield session
         return
     replicas = None if is_rerender(request) else replicas_of(engine)
-    async with _request_work(request, engine), read_session(engine, replicas, request, label=EXPLICIT) as session:
+    async with _RequestWork(request, engine), read_session(engine, replicas, request, label=EXPLICIT) as session:
         yield session
 
 

@@ -152,20 +152,20 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     Later statements of a transaction are never replayed; their request gets the 503.
     """
     session = state.session
-    if (
-        not isinstance(session, RequestSyncSession)
-        or session.new
-        or session.dirty
-        or session.deleted
-        or session.server_transaction_open()
-    ):
-        return None
-    first_of_request = not session.info.get(_CONNECTED)
+    if not isinstance(session, RequestSyncSession) or session.server_transaction_open():
+        return None  # an earlier statement of this transaction reached the server: never replayed
+    info = session.info
+    first_of_request = not info.get(_CONNECTED)
+    flushes = info.get(_FLUSHES, 0)
     try:
         return state.invoke_statement()
     except SchemaChangedError:
+        if _had_pending_changes(session, flushes):
+            raise
         message = _STALE_REPLAY
     except Exception as error:
+        if _had_pending_changes(session, flushes):
+            raise
         if first_of_request and is_lost_connection(error):
             message = f"The request's first statement lost its connection ({describe_error(error)}); running it again."
         elif stale_statement_cause(error) is None:
@@ -188,7 +188,23 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     return state.invoke_statement()
 
 
+def _had_pending_changes(session: Session, flushes_before: int) -> bool:
+    """True when `session` had changes to flush before the statement that failed: never replayed.
+
+    Asked only once the statement has failed, so a request pays nothing for it: a flush the
+    statement started (autoflush) was counted by `_count_flush`, whether it succeeded or not,
+    and changes that were not flushed (`no_autoflush`) are still pending.
+    """
+    return session.info.get(_FLUSHES, 0) != flushes_before or bool(session.new or session.dirty or session.deleted)
+
+
+def _count_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    session.info[_FLUSHES] = session.info.get(_FLUSHES, 0) + 1
+
+
 _STALE_REPLAY = "A statement met a schema change before anything else in its transaction; running it again."
+_FLUSHES = "mountaineer_db.flushes"
+"""`session.info` key: how many flushes with changes the session started (`before_flush`)."""
 _CONNECTED = "mountaineer_db.connected"
 """`session.info` key: a statement of this session has reached a connection (`after_begin`)."""
 
@@ -199,6 +215,7 @@ def _note_connected(session: Session, transaction: Any, connection: Connection) 
 
 event.listen(RequestSyncSession, "after_begin", _note_connected)
 event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_statement)
+event.listen(RequestSyncSession, "before_flush", _count_flush)
 
 
 async def run_shielded(work: Awaitable[None]) -> None:
