@@ -125,6 +125,35 @@ def configure(stack: Stack, setup: str) -> None:
         os.environ["DATABASE_POOLER_PREPARED_STATEMENTS"] = "true"
 
 
+
+_PACKAGES = ("mountaineer_db", "sqlalchemy", "sqlmodel", "asyncpg", "fastapi", "starlette", "mountaineer", "pydantic")
+
+
+def _package_of(path: str) -> str:
+    """Which package a profiled function belongs to (what a `--profile` line's CPU is charged to)."""
+    if "/mountaineer_db/" in path:
+        return "mountaineer_db (ours)"
+    if "/bench/" in path:
+        return "the benchmark's own code"
+    for package in _PACKAGES:
+        if f"site-packages/{package}/" in path:
+            return package
+    if "site-packages/" in path:
+        return "other libraries"
+    return "Python itself (stdlib, builtins)"
+
+
+def _print_by_package(stats: pstats.Stats, requests: int) -> None:
+    """CPU per request by package, own time (tottime) of each function: what is ours to cut."""
+    totals: dict[str, float] = {}
+    for (path, _line, _name), value in stats.stats.items():  # type: ignore[attr-defined]
+        package = _package_of(path)
+        totals[package] = totals.get(package, 0.0) + value[2]
+    whole = sum(totals.values())
+    print(f"client CPU per request by package (own time, under the profiler: {whole * 1e6 / requests:.0f} µs in all)")
+    for package, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"    {package:<34} {seconds * 1e6 / requests:7.0f} µs  {seconds / whole:6.1%}")
+
 async def main(args: argparse.Namespace, stack: Stack) -> None:
     import bench_app
     from mountaineer.config import unregister_config
@@ -173,7 +202,11 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         profiler.disable()
         elapsed = time.perf_counter() - started
         print(f"{args.profile}: {elapsed * 1e6 / args.requests:.0f} µs/request under the profiler")
-        pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.limit)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats(args.sort).print_stats(args.limit)
+        if args.callers:
+            stats.print_callers(args.callers)
+        _print_by_package(stats, args.requests)
     elif args.layers:
         layers = [
             ("Mountaineer render on a raw asyncpg pool (no dependency)", "rawpool-render"),
@@ -222,6 +255,7 @@ if __name__ == "__main__":
     parser.add_argument("--layers", action="store_true", help="the render built up layer by layer instead")
     parser.add_argument("--probe", type=int, default=100, help="warm-up requests per variant (failures counted)")
     parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--callers", default=None, help="with --profile: who calls the functions matching this regex")
     parser.add_argument("--limit", type=int, default=45)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     add_pgbouncer_argument(parser)
