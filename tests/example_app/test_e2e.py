@@ -8,12 +8,15 @@ saved under test-artifacts/. Without chromium the test is skipped loudly (a fail
 install it with `apt-get install -y chromium`, or point CHROMIUM_PATH at another binary.
 """
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,15 +84,31 @@ def server_env(mdb_server: Server) -> Iterator[dict[str, str]]:
         yield env
 
 
+@contextlib.contextmanager
+def _machine_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every process of this machine's user (waits for it)."""
+    folder = Path(tempfile.gettempdir()) / f"mountaineer-db-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _copy_of_the_app(destination: Path) -> Path:
     """A copy of the `todo_app` package under `destination`, to build and serve apart.
 
     `todo-app build` writes its output into the package's views/ folder; two test runs from one
     checkout (the newest and the lowest pass at once, say) would otherwise rebuild it under each
-    other's server. The copy shares the checkout's node_modules (read only) through a link.
+    other's server. The copy shares the checkout's node_modules (read only) through a link, and
+    starts from the checkout's generated `.mountaineer/` types (scripts/prepare_example.sh builds
+    them): Mountaineer 0.20's build, started where they do not exist yet, can run Vite before it
+    has written them all (`Could not load app/home/.mountaineer/models.ts`, seen under load).
     """
     source = Path(todo_app.__file__).resolve().parent
-    generated = shutil.ignore_patterns("node_modules", ".mountaineer", "_server", "_static", "__pycache__")
+    generated = shutil.ignore_patterns("node_modules", "_server", "_static", "__pycache__")
     shutil.copytree(source, destination / "todo_app", ignore=generated)
     node_modules = source / "views" / "node_modules"
     if node_modules.is_dir():
@@ -110,9 +129,13 @@ def app_url(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         cwd=copy, env=env, capture_output=True, text=True, check=False,
     )
     assert Path(where.stdout.strip()).is_relative_to(copy), f"todo_app did not import from the copy: {where}"
-    build = subprocess.run(
-        [*_todo_app_command(), "build"], cwd=copy, env=env, capture_output=True, text=True, timeout=300
-    )
+    # One build at a time on this machine: Mountaineer builds every project through the same
+    # Vite toolchain in ~/.cache/mountaineer, and two builds at once (two test runs) have failed
+    # with files of the generated `.mountaineer/` types missing.
+    with _machine_lock("example-app-build"):
+        build = subprocess.run(
+            [*_todo_app_command(), "build"], cwd=copy, env=env, capture_output=True, text=True, timeout=300
+        )
     assert build.returncode == 0, f"todo-app build failed:\n{build.stdout}\n{build.stderr}"
 
     port = free_port()
