@@ -156,8 +156,9 @@ def migrate_generate(message: str, empty: bool, renames: tuple[str, ...]) -> Non
         click.echo(f"Wrote {revision.path} ({revision.id}). Review it, then run: mountaineer-db migrate apply")
         if not revision.down_revisions:  # the first revision: databases that have its tables adopt it instead
             click.echo(
-                f"A database whose tables exist already (made by createdb --create-tables or an older tool) is "
-                f"adopted instead: mountaineer-db migrate stamp {revision.id}"
+                "This is the first revision. The database it was generated against applies it; another database "
+                "that already has these tables (made by createdb --create-tables or an older tool, in production "
+                f"say) is adopted instead: mountaineer-db migrate stamp {revision.id}"
             )
 
 
@@ -266,18 +267,26 @@ def migrate_lint(revision: str, include: tuple[str, ...]) -> None:
 def createdb(create_tables: bool, wait_seconds: float) -> None:
     """Create the configured database if it does not exist."""
 
-    async def operation(config: DatabaseConfig) -> tuple[bool, list[str]]:
+    async def operation(config: DatabaseConfig) -> tuple[bool, list[str], list[str]]:
         if wait_seconds > 0:
             await admin.wait_for_database(config, timeout=wait_seconds, database=admin.MAINTENANCE_DATABASE)
         created = await admin.createdb(config)
-        return created, (await admin.create_model_tables(config) if create_tables else [])
+        if not create_tables:
+            return created, [], []
+        missing = [] if created else await admin.missing_model_tables(config)
+        return created, missing, await admin.create_model_tables(config)
 
     config = _load_config(create_database=False)
-    created, stamped = _run(operation, config)
+    created, missing, stamped = _run(operation, config)
     target = describe_target(config.migrations_url)
     click.echo(f"{'Created' if created else 'Already exists:'} {target}")
-    if create_tables:
+    if create_tables and created:
         click.echo("Created the tables of the models.")
+    elif create_tables and missing:
+        listed = ", ".join(missing)
+        click.echo(f"Created the models' tables it did not have: {listed} (the others are left as they are).")
+    elif create_tables:
+        click.echo("The models' tables exist already: nothing to create (tables are created, never changed).")
     if stamped:
         click.echo(f"Stamped revision {', '.join(stamped)} (head): `migrate apply` runs only newer revisions.")
 

@@ -350,6 +350,12 @@ def test_the_cli_runs_against_the_embedded_database(folder: Path) -> None:
     assert created.returncode == 0, created.stderr
     assert created.stdout.startswith('Created database "embcli_app" on 127.0.0.1:'), created.stdout  # #32 item 8
     assert "Created the tables of the models." in created.stdout
+    again = subprocess.run(
+        [*command, "createdb", "--create-tables"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith('Already exists: database "embcli_app"'), again.stdout
+    assert "The models' tables exist already: nothing to create" in again.stdout, again.stdout
     state = json.loads((folder / "server.json").read_text())
     assert state["owner_pid"] == 0, "the command left the embedded server running"
 

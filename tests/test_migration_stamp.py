@@ -89,6 +89,13 @@ async def test_stamp_adopts_a_database_made_without_migrations(
             f"hand): adopt it with `mountaineer-db migrate stamp {first.id}` (the first revision, or the later one "
             "its tables match) instead of applying, then run `mountaineer-db migrate check`."
         )
+        with pytest.raises(migrations.MigrationCheckError) as checked:
+            await migrations.check(config=old)  # a CI gate or an app start says the same
+        assert "records no migration and already has the models' tables (" in str(checked.value)
+        assert f"adopt it with `mountaineer-db migrate stamp {first.id}`" in str(checked.value)
+        assert "Run `mountaineer-db migrate apply`" not in str(checked.value)
+        with pytest.raises(migrations.MigrationCheckError, match=r"Run `mountaineer-db migrate apply`\.$"):
+            await migrations.check(config=dev)  # no tables: applying is right
         assert await migrations.adoption_advice(old) is not None  # what the development database checks
         assert await migrations.adoption_advice(dev) is None  # no tables: nothing to adopt
         stamped = await migrations.stamp("head", config=old)

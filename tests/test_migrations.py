@@ -364,3 +364,53 @@ async def test_migrations_use_the_direct_migrations_url(pg_server: Any, database
     await migrations.generate("create notes", config=config)
     assert len(await migrations.apply(config=config)) == 1
     await migrations.check(config=config)
+
+
+async def test_the_development_database_logs_a_failing_revision_and_goes_on(
+    pg_server: Any, database: str, app_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revision that fails, met by the development server's start (it restarts when `migrate
+    generate` writes one): rolled back, one error line with the fix, and no exception that would
+    stop the server. The revisions before it stay applied."""
+    from mountaineer_db.migrations.admin import prepare_development_database
+
+    config = tables_config(pg_server, database)
+    await migrations.init(config=config)
+    first = await migrations.generate("create notes", config=config)
+    assert first is not None
+    (app_dir / "migrations" / "versions" / "0002_breaks.py").write_text(
+        textwrap.dedent(
+            f'''
+            """A revision whose upgrade fails."""
+            from alembic import op
+
+            revision = "0002breaks"
+            down_revision = "{first.id}"
+            branch_labels = None
+            depends_on = None
+
+
+            def upgrade() -> None:
+                op.execute("CREATE TABLE half_done (id int)")
+                op.execute("SELECT 1 / 0")
+
+
+            def downgrade() -> None:
+                pass
+            '''
+        )
+    )
+    caplog.set_level(logging.INFO, logger="mountaineer_db")
+    await prepare_development_database(config, create_database=False, apply_migrations=True)
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("Development database: Revision 0002breaks (A revision whose upgrade fails.) failed")
+    assert "division by zero" in errors[0]
+    assert "The development server goes on with the database as it was" in errors[0]
+    assert [revision.id for revision in await migrations.current(config=config)] == [first.id]
+    tables = await server_fetch(
+        pg_server, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", database=database
+    )
+    assert "half_done" not in {row[0] for row in tables}
+    with pytest.raises(migrations.MigrationError, match="division by zero"):
+        await migrations.apply(config=config)  # elsewhere the same revision still fails the command

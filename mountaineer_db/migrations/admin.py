@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import asyncpg
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +31,7 @@ from mountaineer_db.exceptions import (
     ConfigurationError,
     DatabaseAdminError,  # defined there with every other error
     DatabaseUnavailableError,
+    MigrationError,
     ResourceNotFoundError,
     describe_target,
 )
@@ -209,6 +210,23 @@ async def create_model_tables(config: DatabaseConfig | None = None) -> list[str]
     return stamped
 
 
+async def missing_model_tables(config: DatabaseConfig | None = None) -> list[str]:
+    """The models' tables the configured database does not have yet (what `create_model_tables` would create)."""
+    config = _app_config(config)
+    metadata = load_metadata(config)
+    engine = migration_engine(config)
+
+    def missing(connection: Any) -> list[str]:
+        inspector = inspect(connection)
+        return [table.fullname for table in metadata.sorted_tables if not inspector.has_table(table.name, table.schema)]
+
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(missing)
+    finally:
+        await engine.dispose()
+
+
 async def create_all_tables(engine: AsyncEngine, metadata: MetaData) -> None:
     """`metadata.create_all` in one transaction on `engine`, which is disposed afterwards."""
     try:
@@ -270,5 +288,17 @@ async def prepare_development_database(
     if advice is not None:  # tables made before the migrations: applying them would fail on the first table
         logger.warning("Development database: %s", advice)
         return
-    for revision in await commands.apply(config=config):
+    try:
+        applied = await commands.apply(config=config)
+    except MigrationError as error:
+        # A revision `migrate generate` just wrote makes the development server restart and land
+        # here: a failing one is rolled back and said, and the server goes on serving (what
+        # `migrate apply` would do on another database is unchanged: it fails).
+        logger.error(
+            "Development database: %s The development server goes on with the database as it was; fix the "
+            "revision (or the model) and save it to try again, or run `mountaineer-db migrate apply`.",
+            " ".join(str(error).split()),
+        )
+        return
+    for revision in applied:
         logger.info("Applied migration %s", revision)

@@ -37,12 +37,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
 from alembic.util import CommandError
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from mountaineer_db.engines.engine import describe_target
 from mountaineer_db.exceptions import ConfigurationError, ResourceAlreadyExistsError
-from mountaineer_db.migrations.adoption import adoption_error, is_adoption_failure
+from mountaineer_db.migrations.adoption import adoption_error, is_adoption_failure, stamp_advice
 from mountaineer_db.migrations.differences import describe_difference
 from mountaineer_db.migrations.enums import EnumRenames, rename_enum_values
 from mountaineer_db.migrations.names import RENAME_ADVICE, name_differences
@@ -329,6 +330,12 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
         # migration that drops one by name needs the name the database really has.
         bind = context.bind  # always set here: `check` runs online
         found["names"] = name_differences(bind, context.opts["target_metadata"]) if bind is not None else []
+        # A database that records no revision but has the models' tables is adopted, not migrated.
+        found["unadopted"] = []
+        if bind is not None and not found["heads"]:
+            inspector = inspect(bind)
+            tables = context.opts["target_metadata"].sorted_tables
+            found["unadopted"] = [table.fullname for table in tables if inspector.has_table(table.name, table.schema)]
         return []
 
     def work(connection: Connection) -> None:
@@ -342,8 +349,14 @@ async def check(*, config: DatabaseConfig | None = None) -> None:
     pending = ordered(script, pending_ids, newest_first=False)
     if pending:
         listed = ", ".join(f"{item.id} ({item.message})" for item in pending)
+        advice = "Run `mountaineer-db migrate apply`."
+        if found["unadopted"]:
+            advice = (
+                f"But it records no migration and already has the models' tables ({', '.join(found['unadopted'])}): "
+                f"applying would fail on them; {stamp_advice(script)}."
+            )
         raise MigrationCheckError(
-            f"The database is {len(pending)} revision(s) behind: {listed}. Run `mountaineer-db migrate apply`.",
+            f"The database is {len(pending)} revision(s) behind: {listed}. {advice}",
             pending=pending,
             differences=[],
         )

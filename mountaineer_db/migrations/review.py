@@ -5,7 +5,7 @@ from mountaineer_db import migrations
 
 print(await migrations.sql())                  # from the database's revision to head
 print(await migrations.sql("base:head"))       # a FROM:TO range reads no database
-for finding in await migrations.lint():        # squawk (pip install 'mountaineer-db[lint]')
+for finding in await migrations.lint():        # squawk (the `lint` extra)
     print(finding)
 ```
 
@@ -146,7 +146,10 @@ def _squawk() -> str:
     beside = Path(sys.executable).parent / "squawk"  # a virtualenv's bin/, even when not on PATH
     found = str(beside) if beside.is_file() else shutil.which("squawk")
     if found is None:
-        raise MigrationError("squawk is not installed; install it with: pip install 'mountaineer-db[lint]'.")
+        raise MigrationError(
+            "squawk is not installed: install mountaineer-db with its `lint` extra, the way you installed it "
+            "(pip install -e 'path/to/mountaineer-db[lint]' from a clone), or pip install squawk-cli."
+        )
     return found
 
 
