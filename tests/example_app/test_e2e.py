@@ -8,15 +8,12 @@ saved under test-artifacts/. Without chromium the test is skipped loudly (a fail
 install it with `apt-get install -y chromium`, or point CHROMIUM_PATH at another binary.
 """
 
-import contextlib
-import fcntl
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,28 +81,23 @@ def server_env(mdb_server: Server) -> Iterator[dict[str, str]]:
         yield env
 
 
-@contextlib.contextmanager
-def _machine_lock(name: str) -> Iterator[None]:
-    """Hold an exclusive lock shared by every process of this machine's user (waits for it)."""
-    folder = Path(tempfile.gettempdir()) / f"mountaineer-db-locks-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    with open(folder / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+# Where the app's code and its views are taken from (both must be the copy's).
+_WHERE = (
+    "import todo_app; from mountaineer.paths import resolve_package_path; "
+    "print(todo_app.__file__); print(resolve_package_path('todo_app').resolve())"
+)
 
 
 def _copy_of_the_app(destination: Path) -> Path:
     """A copy of the `todo_app` package under `destination`, to build and serve apart.
 
-    `todo-app build` writes its output into the package's views/ folder; two test runs from one
-    checkout (the newest and the lowest pass at once, say) would otherwise rebuild it under each
-    other's server. The copy shares the checkout's node_modules (read only) through a link, and
-    starts from the checkout's generated `.mountaineer/` types (scripts/prepare_example.sh builds
-    them): Mountaineer 0.20's build, started where they do not exist yet, can run Vite before it
-    has written them all (`Could not load app/home/.mountaineer/models.ts`, seen under load).
+    `todo-app build` writes its output into the package's views/ folder, and the server reads
+    it from there; two test runs from one checkout (the newest and the lowest pass at once, say)
+    would otherwise rebuild it under each other's server. Mountaineer finds that folder through
+    the installed distribution (`mountaineer.paths.resolve_package_path`, which follows the
+    editable install to the checkout), so the copy comes with a minimal `.dist-info` of its own,
+    found first on the path (the check in `app_url` asserts both resolve to the copy). It shares
+    the checkout's node_modules (read only) through a link.
     """
     source = Path(todo_app.__file__).resolve().parent
     generated = shutil.ignore_patterns("node_modules", "_server", "_static", "__pycache__")
@@ -113,6 +105,10 @@ def _copy_of_the_app(destination: Path) -> Path:
     node_modules = source / "views" / "node_modules"
     if node_modules.is_dir():
         (destination / "todo_app" / "views" / "node_modules").symlink_to(node_modules, target_is_directory=True)
+    dist_info = destination / "todo_app-0.1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: todo-app\nVersion: 0.1.0\n")
+    (dist_info / "RECORD").write_text("todo_app/__init__.py,,\n")
     return destination
 
 
@@ -125,17 +121,13 @@ def app_url(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     # copy's folder, which has no .env: example_app/.env (the embedded dev database) is not read.
     env = {**server_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(copy), server_env.get("PYTHONPATH")]))}
     where = subprocess.run(
-        [sys.executable, "-c", "import todo_app; print(todo_app.__file__)"],
-        cwd=copy, env=env, capture_output=True, text=True, check=False,
+        [sys.executable, "-c", _WHERE], cwd=copy, env=env, capture_output=True, text=True, check=False
     )
-    assert Path(where.stdout.strip()).is_relative_to(copy), f"todo_app did not import from the copy: {where}"
-    # One build at a time on this machine: Mountaineer builds every project through the same
-    # Vite toolchain in ~/.cache/mountaineer, and two builds at once (two test runs) have failed
-    # with files of the generated `.mountaineer/` types missing.
-    with _machine_lock("example-app-build"):
-        build = subprocess.run(
-            [*_todo_app_command(), "build"], cwd=copy, env=env, capture_output=True, text=True, timeout=300
-        )
+    assert where.returncode == 0, where.stderr
+    assert all(Path(line).is_relative_to(copy) for line in where.stdout.split()), f"not the copy: {where.stdout}"
+    build = subprocess.run(
+        [*_todo_app_command(), "build"], cwd=copy, env=env, capture_output=True, text=True, timeout=300
+    )
     assert build.returncode == 0, f"todo-app build failed:\n{build.stdout}\n{build.stderr}"
 
     port = free_port()
