@@ -99,13 +99,11 @@ def work_origin(origin: Any) -> Iterator[None]:
             ...   # tagged `myapp:nightly-report` with DATABASE_TAG_REQUESTS=true
     ```
     """
-    token = _origin.set(origin)
+    token = enter_origin(origin)
     try:
         yield
     finally:
-        # Torn down from another context (ValueError): leave that context alone.
-        with contextlib.suppress(ValueError):
-            _origin.reset(token)
+        leave_origin(token)
 
 
 def enter_origin(origin: Any) -> contextvars.Token[Any]:
