@@ -5,7 +5,10 @@ Each line adds one layer to the one above, all measured in rotating rounds in on
 
 - raw asyncpg (pool, or connect-per-request via PgBouncer);
 - SQLAlchemy Core on our engine: `async with engine.begin() as c: await c.execute(...)`;
-- a plain SQLModel `AsyncSession` (`async with AsyncSession(engine) as s`, execute, commit);
+- a plain SQLModel `AsyncSession` (`async with AsyncSession(engine) as s`, execute, commit)
+  on a plain `create_async_engine(url)` with SQLAlchemy's own pool of the same size (the
+  `sqlmodel-docs` peer of `peers.py`), then the same session on our engine (what our engine's
+  pool, events and connection class cost);
 - our `session_scope(engine)` (transaction opened up front, shielded cleanup, rollback);
 - our `session_scope(engine_for(config))` (engine lookup per request);
 - `DatabaseDependencies.get_db_session` as FastAPI calls it (engine from `get_db`), which adds
@@ -40,6 +43,7 @@ from _harness import (
     run_concurrent,
     run_script,
 )
+from peers import peer_pool_args
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -132,10 +136,13 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
         pool = await raw_pool(stack.url_for(args.setup), via_bouncer=args.setup == "fixed-bouncer")
         raw = [(f"raw asyncpg pool ({POOL_SIZE})", raw_pool_request(pool))]
     engine = engine_for(config)
+    peer_pool = peer_pool_args(args.setup.startswith("default"), POOL_SIZE)
+    plain = create_async_engine(stack.url_for(args.setup).render_as_string(hide_password=False), **peer_pool)
     layers: list[tuple[str, Request]] = [
         *raw,
         ("+ SQLAlchemy Core (engine.begin, execute)", core_request(engine)),
-        ("+ ORM: plain SQLModel AsyncSession (execute, commit)", plain_session_request(engine)),
+        ("+ ORM: plain SQLModel AsyncSession, plain engine (the peer)", plain_session_request(plain)),
+        ("   the same on our engine (execute, commit)", plain_session_request(engine)),
         ("+ ours: session_scope(engine)", scope_request(engine)),
         ("+ ours: session_scope(engine_for(config))", scoped_request(config)),
         ("+ ours: get_db_session (as FastAPI calls it)", ours_request(config)),
@@ -148,6 +155,7 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
     )
     if pool is not None:
         await pool.close()
+    await plain.dispose()
     await dispose_engines()
     await fixed_costs(args.rounds)
 

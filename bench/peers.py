@@ -61,7 +61,8 @@ class Peer:
         return self.errors / self.attempts if self.attempts else 0.0
 
 
-def _pool_args(connect_per_request: bool, pool_size: int) -> dict[str, Any]:
+def peer_pool_args(connect_per_request: bool, pool_size: int) -> dict[str, Any]:
+    """The pool a peer's `create_async_engine` gets: NullPool per request, else `pool_size`, no overflow."""
     if connect_per_request:
         return {"poolclass": NullPool}
     return {"pool_size": pool_size, "max_overflow": 0}
@@ -71,7 +72,7 @@ def build_peer(name: str, url: URL, *, connect_per_request: bool, pool_size: int
     """The peer `name` at `url` (the same URL ours uses, password included)."""
     dsn = url.render_as_string(hide_password=False)
     if name == "sqlmodel-docs":
-        engine = create_async_engine(dsn, **_pool_args(connect_per_request, pool_size))
+        engine = create_async_engine(dsn, **peer_pool_args(connect_per_request, pool_size))
 
         async def docs() -> None:
             async with AsyncSession(engine) as session:
@@ -93,7 +94,7 @@ def build_peer(name: str, url: URL, *, connect_per_request: bool, pool_size: int
         from advanced_alchemy.config import EngineConfig, SQLAlchemyAsyncConfig
 
         config = SQLAlchemyAsyncConfig(
-            connection_string=dsn, engine_config=EngineConfig(**_pool_args(connect_per_request, pool_size))
+            connection_string=dsn, engine_config=EngineConfig(**peer_pool_args(connect_per_request, pool_size))
         )
         make_session = config.create_session_maker()
 

@@ -61,7 +61,8 @@ def test_bench_breakdown_prints_each_layer() -> None:
     output = run("bench_breakdown.py", "--rounds", "1", "--requests", "8")
     assert "raw asyncpg pool" in output
     assert "get_db_session (as FastAPI calls it)" in output
-    assert len(re.findall(r"µs/req [0-9.]+×", output)) == 6 + 3, output  # layers, then fixed costs
+    assert "plain engine (the peer)" in output
+    assert len(re.findall(r"µs/req [0-9.]+×", output)) == 7 + 3, output  # layers, then fixed costs
     assert "[fixed cost, no statement, no I/O]" in output
 
 
