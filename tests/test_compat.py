@@ -441,3 +441,54 @@ def test_canary_sqlalchemy_raises_missing_greenlet_from_its_await_helper_outside
     cause = _missing_greenlet()
     assert isinstance(cause, sa_exc.MissingGreenlet)
     assert cause.__traceback__ is not None, "raised by SQLAlchemy's helper, not built by the fallback"
+
+
+def test_canary_sqlalchemy_session_runs_every_statement_through_execute_scalar_or_scalars() -> None:
+    """Upstream: SQLAlchemy's `Session` runs statements only from `execute`, `scalar` and `scalars` (each
+    calls `_execute_internal`; `get`, `refresh`, lazy loads and `Query` call `execute`), and SQLModel's
+    `exec` calls SQLAlchemy's `execute`. Ours: `RequestSyncSession` overrides those four to replay a
+    stale first statement; a fifth way in would run its statements without the replay."""
+    from sqlalchemy.orm import Session as SASession
+    from sqlmodel import Session as SQLModelSession
+
+    callers = {
+        name
+        for name, function in inspect.getmembers(SASession, inspect.isfunction)
+        if "._execute_internal(" in inspect.getsource(function)
+    }
+    assert callers == {"execute", "scalar", "scalars"}, f"SQLAlchemy's Session runs statements from {callers}"
+    assert "super().execute(" in inspect.getsource(SQLModelSession.exec), "SQLModel's exec no longer calls execute"
+
+
+def test_canary_sqlalchemy_lazy_loads_run_session_execute_which_takes_an_add_event_handler() -> None:
+    """Upstream: a lazy load that needs a query calls `Session.execute(...)` (`LazyLoader._emit_lazyload`,
+    `loading.load_on_pk_identity`), whose private `_add_event` argument adds a `do_orm_execute` handler
+    for that statement alone, run before any I/O with the `ORMExecuteState` (2.0 and 2.1). Ours:
+    `LazyLoadCheckedSession.execute` passes the lazy-load check that way, only for statements from
+    async code; if either moves, such a lazy load is SQLAlchemy's bare `MissingGreenlet` again."""
+    from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
+
+    from mountaineer_db.requests.lazy_loads import LazyLoadCheckedSession
+    from tests.test_lazy_loads import LlOwner
+
+    seen: list[ORMExecuteState] = []
+
+    class Stop(Exception):
+        pass
+
+    def handler(state: ORMExecuteState) -> None:
+        seen.append(state)
+        raise Stop  # before any I/O: the session has no bind
+
+    class Recording(LazyLoadCheckedSession):
+        def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+            return super().execute(statement, params, **{**kwargs, "_add_event": handler})
+
+    owner = LlOwner(id=1, name="ada")
+    make_transient_to_detached(owner)
+    with Recording() as session:  # no bind: nothing may reach a database
+        session.add(owner)
+        with pytest.raises(Stop):
+            _ = owner.todos  # a one-to-many: needs a query
+    assert len(seen) == 1, "the lazy load did not run Session.execute with the handler"
+    assert seen[0].lazy_loaded_from is not None and seen[0].lazy_loaded_from.obj() is owner

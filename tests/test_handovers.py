@@ -7,7 +7,9 @@ step or while a proxy holds the server's answer, never by timing luck:
 - the disconnect guard cancelling a request whose second session was just handed a pooled
   connection (`DisconnectGuard`, `fair_pool`);
 - a cancellation already pending when a session's cleanup is handed to its shielded task
-  (`run_shielded`);
+  (`run_shielded`); the cleanup's first step run at once (Python 3.12 and later) as that task,
+  so a committed pooled session goes back within one loop step and a timeout inside the
+  cleanup cancels the cleanup, never the request;
 - the re-render taking over the action's session, cancelled while it asks the server whether
   the action left changes (`rerender.borrowed`).
 
@@ -18,6 +20,7 @@ The fair pool itself and read sessions on replicas have theirs in `test_fair_poo
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from sqlalchemy import text
 
 from mountaineer_db import AsyncSession, DatabaseConfig, DatabaseDependencies, SessionDep, database_session
 from mountaineer_db.requests.dependencies import get_db
+from mountaineer_db.requests.session import run_shielded
 from tests.core_app import write_stub_views
 from tests.handovers import HoldingProxy, OneStep, assert_nothing_stranded, idle_connections
 
@@ -186,6 +190,50 @@ async def test_a_cancellation_pending_as_the_cleanup_starts_lets_the_cleanup_fin
     engine = await get_db(config=config)
     await assert_nothing_stranded(engine, pg_server, test_database, name)
     assert len(idle_connections(engine)) == (1 if pool == "FIXED_PROCESS" else 0), "rolled back, not discarded"
+
+
+_EAGER = pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio starts tasks eagerly from Python 3.12")
+
+
+@_EAGER
+async def test_a_committed_pooled_session_goes_back_within_one_loop_step(
+    make_config: Callable[..., DatabaseConfig], pg_server: Any, test_database: str
+) -> None:
+    """With FIXED_PROCESS, giving back a committed session's connection needs no I/O: its shielded
+    cleanup finishes in its first step, without a trip through the event loop."""
+    name = f"{APP_NAME}-one-step"
+    config = make_config(DATABASE_POOL_TYPE="FIXED_PROCESS", DATABASE_APPLICATION_NAME=name)
+    scope = database_session(config)
+    session = await scope.__aenter__()
+    await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    await session.commit()
+    with OneStep():
+        await scope.__aexit__(None, None, None)
+    engine = await get_db(config=config)
+    await assert_nothing_stranded(engine, pg_server, test_database, name)
+    assert len(idle_connections(engine)) == 1
+
+
+async def test_a_timeout_inside_a_shielded_cleanup_cancels_the_cleanup_not_its_caller() -> None:
+    """`asyncio.timeout` (asyncpg's `close` waits in one on Python 3.12 and later) cancels the task
+    it was entered in: the cleanup's own task, also when its first step ran at once."""
+    seen: list[object] = []
+    caller = asyncio.current_task()
+    assert caller is not None
+
+    async def cleanup() -> None:
+        seen.append(asyncio.current_task())
+        try:
+            async with asyncio.timeout(0):  # expires at the next loop step
+                await asyncio.Event().wait()
+        except TimeoutError:
+            seen.append("timed out")
+
+    await run_shielded(cleanup())
+    assert seen[1:] == ["timed out"]
+    assert seen[0] is not caller, "the cleanup ran as the caller's task"
+    assert caller.cancelling() == 0, "the cleanup's timeout cancelled its caller"
+    await asyncio.sleep(0)  # a cancellation aimed at the caller would be delivered here
 
 
 @pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])

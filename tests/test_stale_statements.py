@@ -15,11 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from mountaineer import AppController, ControllerBase, RenderBase, sideeffect
+from fastapi.responses import JSONResponse
+from mountaineer import AppController, ControllerBase, Metadata, RenderBase, sideeffect
 from pydantic import BaseModel
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import select
+from sqlmodel import func, select
 
 from mountaineer_db import DatabaseConfig, DatabaseUnavailableError, SchemaChangedError, SessionDep, on_commit
 from mountaineer_db.engines.engine import engine_for
@@ -32,6 +33,7 @@ from tests.stale_load import (
     POOL_SIZE,
     SCENARIOS,
     SCHEMA,
+    JSONRender,
     Outcome,
     StaleItem,
     app_client,
@@ -298,3 +300,56 @@ async def test_an_on_commit_hook_registered_before_a_replayed_first_statement_st
         response = await client.post(action, json={"commit": False})
         assert response.json() == {"sideeffect": {"scores": [21, 22]}}, "replayed, never committed"
         assert HOOKS_RAN == [], "a hook of a transaction that was rolled back never runs"
+
+
+# -- every way a session runs a statement ------------------------------------------------------
+
+
+class FirstStatementController(ControllerBase):
+    """The page's first statement, run the way `?how=` names: each is a way SQLModel and SQLAlchemy
+    offer to run one, and each is replayed the same."""
+
+    url = "/first"
+    view_path = "/app/first/page.tsx"
+
+    async def render(self, how: str, session: SessionDep) -> JSONRender:
+        query = select(StaleItem).where(StaleItem.id <= 2).order_by(StaleItem.id)  # type: ignore[arg-type]
+        if how == "exec":
+            items = list((await session.exec(query)).all())
+        elif how == "execute":
+            items = list((await session.execute(query)).scalars().all())
+        elif how == "scalars":
+            items = list((await session.scalars(query)).all())  # AsyncSession.scalars runs execute
+        elif how == "sync-scalars":
+            items = await session.run_sync(lambda sync: list(sync.scalars(query).all()))
+        elif how == "get":
+            items = [item for key in (1, 2) if (item := await session.get(StaleItem, key)) is not None]
+        else:
+            total = await session.scalar(select(func.sum(StaleItem.score)).where(StaleItem.id <= 2))  # type: ignore[arg-type]
+            items = [StaleItem(id=0, score=int(total or 0))]
+        body = {"scores": [item.score for item in items]}
+        return JSONRender(metadata=Metadata(explicit_response=JSONResponse(body)))
+
+
+# SQLModel's AsyncSession marks `execute` (and `scalars`, which calls it) deprecated in favour of `exec`.
+@pytest.mark.filterwarnings("ignore:\\s*🚨 You probably want to use `session.exec\\(\\)`:DeprecationWarning")
+@pytest.mark.parametrize("how", ["exec", "execute", "scalars", "sync-scalars", "scalar", "get"])
+async def test_a_stale_first_statement_runs_again_however_the_session_runs_it(
+    pg_server: Any, test_database: str, schema: None, tmp_path: Path, how: str
+) -> None:
+    """`session.exec`, `execute`, `scalars` (and the sync session's, in `run_sync`), `scalar` and `get`:
+    after a migration changes the type of a column the page reads, its first statement (prepared on
+    the pooled connection by the request before) is run again, and the page answers 200 with the
+    same values."""
+    config = fixed_pool_config(pg_server.url(test_database), DATABASE_POOL_SIZE=1)
+    write_stub_views(tmp_path / "views", "first-views", "first")
+    app = AppController(view_root=tmp_path / "views", config=config)
+    app.register(FirstStatementController())
+    transport = httpx.ASGITransport(app=app.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        before = await client.get("/first", params={"how": how})
+        assert before.status_code == 200, before.text
+        await server_execute(pg_server, SCENARIOS["column_type"][1], database=test_database)
+        after = await client.get("/first", params={"how": how})
+        assert after.status_code == 200, f"{how}: {after.status_code} {after.text[:300]}"
+        assert after.json() == before.json() == {"scores": [1, 2] if how != "scalar" else [3]}

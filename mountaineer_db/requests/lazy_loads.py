@@ -26,11 +26,13 @@ Sync code run through `await session.run_sync(...)`, `await obj.awaitable_attrs.
 SQLAlchemy's own loads for a flush, a cascade or a merge run in a greenlet, where lazy loading
 works as designed: they are left alone in every mode.
 
-How: SQLAlchemy's public `do_orm_execute` session event sees each lazy load that needs a query
-(`ORMExecuteState.lazy_loaded_from`, `loader_strategy_path`), before any I/O. A many-to-one
-found in the identity map runs no statement; request sessions see it through
-`Session._identity_lookup` (private: `tests/test_compat.py` names the upstream change that
-would break it).
+How: a lazy load that needs a query runs `Session.execute`; called from async code (outside
+SQLAlchemy's greenlet, where no I/O is possible) it gets a `do_orm_execute` handler of its own,
+which sees the load (`ORMExecuteState.lazy_loaded_from`, `loader_strategy_path`) before any I/O.
+Only then: statements from inside the greenlet (all the others) build no `ORMExecuteState` for
+it. The handler is passed through `Session.execute`'s `_add_event` argument, and a many-to-one
+found in the identity map, which runs no statement, is seen through `Session._identity_lookup`
+(both private: `tests/test_compat.py` names the upstream changes that would break them).
 """
 
 import contextlib
@@ -40,7 +42,6 @@ import logging
 import re
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, PassiveFlag, RelationshipDirection
@@ -61,7 +62,6 @@ logger = logging.getLogger("mountaineer_db")
 
 # The mode of the request running in this context; None outside requests (or with `allow`).
 _mode: contextvars.ContextVar[LazyLoads | None] = contextvars.ContextVar("mountaineer_db_lazy_loads", default=None)
-_listening = False
 
 
 def _variable(model: str) -> str:
@@ -129,12 +129,12 @@ def _seen(model: str, attribute: str, mode: LazyLoads, *, from_identity_map: boo
 
 
 def _check_statement(state: ORMExecuteState) -> None:
-    """`do_orm_execute`: a lazy load that needs a query, from async code, fails with the explanation."""
+    """`do_orm_execute` of a statement from async code: a lazy load that needs a query fails with the explanation."""
     mode = _mode.get()
     if mode is None or not state.is_select:  # SQLAlchemy 2.0 refuses `lazy_loaded_from` on other statements
         return
     parent = state.lazy_loaded_from
-    if parent is None or in_greenlet():
+    if parent is None:
         return
     model, attribute = _names(parent, state)
     if mode is LazyLoads.WARN:
@@ -156,7 +156,18 @@ class LazyLoadCheckedSession(Session):
 
     The sync session behind every request session (and the test kit's): in a request with
     DATABASE_LAZY_LOADS `raise` such a load fails like any other; with `warn` it is logged.
+    A lazy load that needs a query, from async code, is explained before it starts (`execute`).
     """
+
+    def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        """SQLAlchemy's `execute`; from async code, with checks on, a lazy load is seen first.
+
+        Inside SQLAlchemy's greenlet (every statement an `AsyncSession` runs) nothing is added:
+        one call to `in_greenlet`.
+        """
+        if not in_greenlet() and _mode.get() is not None and kwargs.get("_add_event") is None:
+            kwargs["_add_event"] = _check_statement
+        return super().execute(statement, params, **kwargs)
 
     def _identity_lookup(self, *args: Any, **kwargs: Any) -> Any:
         found = super()._identity_lookup(*args, **kwargs)
@@ -206,18 +217,6 @@ def _points_at(parent: InstanceState[Any], key: str, found: Any) -> bool:
     return True
 
 
-def _listen() -> None:
-    """Register the `do_orm_execute` check, once, when the first checked request starts.
-
-    First among the listeners (`insert=True`): it must see a lazy load before any listener
-    runs the statement (the stale-statement replay of `session.py` does).
-    """
-    global _listening
-    if not _listening:
-        event.listen(LazyLoadCheckedSession, "do_orm_execute", _check_statement, insert=True)
-        _listening = True
-
-
 class _Checked:
     """`checked`'s context manager (a class: cheaper per request than a generator)."""
 
@@ -230,8 +229,6 @@ class _Checked:
 
     def __enter__(self) -> None:
         if self._mode is not None:
-            if not _listening:
-                _listen()
             self._token = _mode.set(self._mode)
         if self._counts is not None:
             self._counts.__enter__()

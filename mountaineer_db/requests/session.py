@@ -22,7 +22,8 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,7 +32,6 @@ from fastapi import Request
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -107,6 +107,38 @@ class RequestSyncSession(LazyLoadCheckedSession):
                 return True
         return False
 
+    # Every statement of the session goes through one of these four (`Session.get`, `refresh`,
+    # lazy loads and `Query` call `execute`; SQLModel's `exec` calls SQLAlchemy's `execute`
+    # past them; `tests/test_compat.py` has the canary). The first statement of a transaction,
+    # while nothing has reached the server, may be run again (`_replayed`); the others run as
+    # SQLAlchemy runs them, for the cost of one check.
+
+    def exec(self, statement: Any, **kwargs: Any) -> Any:
+        """SQLModel's `exec`, the first statement of a transaction replayed as `_replayed` says."""
+        run = super().exec
+        return run(statement, **kwargs) if self.server_transaction_open() else _replayed(self, run, statement, **kwargs)
+
+    def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        """SQLAlchemy's `execute`, the first statement of a transaction replayed as `_replayed` says."""
+        run = super().execute
+        if self.server_transaction_open():
+            return run(statement, params, **kwargs)
+        return _replayed(self, run, statement, params, **kwargs)
+
+    def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        """SQLAlchemy's `scalar`, the first statement of a transaction replayed as `_replayed` says."""
+        run = super().scalar
+        if self.server_transaction_open():
+            return run(statement, params, **kwargs)
+        return _replayed(self, run, statement, params, **kwargs)
+
+    def scalars(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        """SQLAlchemy's `scalars`, the first statement of a transaction replayed as `_replayed` says."""
+        run = super().scalars
+        if self.server_transaction_open():
+            return run(statement, params, **kwargs)
+        return _replayed(self, run, statement, params, **kwargs)
+
     def _release_kept(self, *, invalidate: bool) -> None:
         kept = list(self._kept.values())
         self._kept.clear()
@@ -137,9 +169,10 @@ class RequestSyncSession(LazyLoadCheckedSession):
             self._release_kept(invalidate=True)
 
 
-def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
-    """Run the first statement of a transaction again if it met a schema change (a migration),
-    or the request's very first statement if its connection was lost (a failover, a restart).
+def _replayed(session: "RequestSyncSession", run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`run(*args, **kwargs)` (the session's statement); run again if it met a schema change as the first statement
+    of a transaction (a migration), or lost its connection as the request's very first statement
+    (a failover, a restart).
 
     A `SchemaChangedError` (see `mountaineer_db.engines.stale_statements`) on the first statement of
     a transaction, with nothing pending to flush, lost nothing: the transaction is rolled
@@ -149,16 +182,14 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
     A lost connection (`mountaineer_db.engines.failover.is_lost_connection`) is replayed the same way,
     once, but only on the first statement of the request: never after an earlier statement
     reached a connection, so never after a commit either.
-    Later statements of a transaction are never replayed; their request gets the 503.
+    Later statements of a transaction are never replayed (`RequestSyncSession.execute` and its
+    siblings run them directly); their request gets the 503.
     """
-    session = state.session
-    if not isinstance(session, RequestSyncSession) or session.server_transaction_open():
-        return None  # an earlier statement of this transaction reached the server: never replayed
     info = session.info
     first_of_request = not info.get(_CONNECTED)
     flushes = info.get(_FLUSHES, 0)
     try:
-        return state.invoke_statement()
+        return run(*args, **kwargs)
     except SchemaChangedError:
         if _had_pending_changes(session, flushes):
             raise
@@ -185,7 +216,7 @@ def _replay_a_stale_first_statement(state: ORMExecuteState) -> Any:
         session.rollback()
         for instance in kept:
             session.add(instance)
-    return state.invoke_statement()
+    return run(*args, **kwargs)
 
 
 def _had_pending_changes(session: Session, flushes_before: int) -> bool:
@@ -214,19 +245,24 @@ def _note_connected(session: Session, transaction: Any, connection: Connection) 
 
 
 event.listen(RequestSyncSession, "after_begin", _note_connected)
-event.listen(RequestSyncSession, "do_orm_execute", _replay_a_stale_first_statement)
 event.listen(RequestSyncSession, "before_flush", _count_flush)
 
 
-async def run_shielded(work: Awaitable[None]) -> None:
+async def run_shielded(work: Coroutine[Any, Any, None]) -> None:
     """Run `work` to completion even if the caller is cancelled meanwhile (then re-raise).
 
     `work` runs in a task of its own that the caller's cancellation does not reach. Only once a
     cancellation has arrived does the caller wait inside an anyio shield too (so a cancelled
     anyio scope, as FastAPI's and Starlette's, stops re-delivering it): the common path pays
-    for the task alone.
+    for the task alone. On Python 3.12 and later the task starts eagerly: its first step runs
+    at once (as its own task, so timeouts inside it belong to it), and cleanup that needs no I/O
+    (a pooled connection going back after a commit) finishes there, without a trip through the
+    event loop; a cancellation can only arrive once it waits, and then it is a task like any.
     """
-    task = asyncio.ensure_future(work)
+    task = _start_task(work)
+    if task.done():
+        task.result()
+        return
     cancelled: asyncio.CancelledError | None = None
     try:
         await asyncio.shield(task)
@@ -245,6 +281,19 @@ async def run_shielded(work: Awaitable[None]) -> None:
     task.result()
     if cancelled is not None:
         raise cancelled
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        """`work` as a task of its own, its first step run at once (eagerly), as that task."""
+        return asyncio.Task(work, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:
+
+    def _start_task(work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        """`work` as a task of its own, first run by the event loop (Python 3.11 starts no task eagerly)."""
+        return asyncio.ensure_future(work)
 
 
 async def _release(session: AsyncSession, *, invalidate: bool) -> None:
