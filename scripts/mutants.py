@@ -309,8 +309,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "no-first-statement-replay",
         "after a migration, a stale first statement runs again instead of failing the request",
         "mountaineer_db/requests/session.py",
-        "    info = session.info\n    first_of_request = not info.get(_CONNECTED)\n",
-        "    return run(*args, **kwargs)\n    info = session.info\n    first_of_request = not info.get(_CONNECTED)\n",
+        "    first_of_request = not session._mdb_connected\n",
+        "    return run(*args, **kwargs)\n    first_of_request = not session._mdb_connected\n",
         ("tests/test_stale_statements.py", "tests/test_migrating_while_serving.py"),
     ),
     M(
@@ -349,16 +349,16 @@ CATALOGUE: tuple[Mutant, ...] = (
         "replay-drops-unflushed-changes",
         "a first statement with a change not flushed yet (no_autoflush) is never replayed: the change is not dropped",
         "mountaineer_db/requests/session.py",
-        "    return session.info.get(_FLUSHES, 0) != flushes_before or bool("
+        "    return session._mdb_flushes != flushes_before or bool("
         "session.new or session.dirty or session.deleted)",
-        "    return session.info.get(_FLUSHES, 0) != flushes_before",
+        "    return session._mdb_flushes != flushes_before",
         ("tests/test_failover.py::test_a_statement_after_the_first_or_after_a_commit_is_never_run_again",),
     ),
     M(
         "replay-drops-autoflushed-changes",
         "a first statement whose autoflush sent a change is never replayed: the change is not dropped",
         "mountaineer_db/requests/session.py",
-        "    return session.info.get(_FLUSHES, 0) != flushes_before or bool("
+        "    return session._mdb_flushes != flushes_before or bool("
         "session.new or session.dirty or session.deleted)",
         "    return bool(session.new or session.dirty or session.deleted)",
         ("tests/test_failover.py::test_a_statement_after_the_first_or_after_a_commit_is_never_run_again",),
@@ -1430,7 +1430,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "lost-statement-replayed-after-a-commit",
         "a lost statement after a commit (or after the first) is never run again",
         "mountaineer_db/requests/session.py",
-        "    first_of_request = not info.get(_CONNECTED)",
+        "    first_of_request = not session._mdb_connected",
         "    first_of_request = True",
         ("tests/test_failover.py::test_a_statement_after_the_first_or_after_a_commit_is_never_run_again",),
     ),

@@ -25,12 +25,12 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import Depends, params
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from mountaineer_db.engines.engine import engine_for
@@ -100,7 +100,11 @@ async def get_db(config: DatabaseConfig = Depends(get_database_config)) -> Async
     Outside FastAPI: `engine = await get_db(config=my_config)`, or `await get_db()` for the
     registered app config.
     """
-    return _engine(_given(config, "config", DatabaseConfig) or _app_config())
+    if not isinstance(config, DatabaseConfig):  # the `Depends` default: called outside FastAPI
+        config = _given(config, "config", DatabaseConfig) or _app_config()
+    engine = engine_for(config)
+    remember_replicas(engine, config)  # which replicas its read sessions use (none: nothing happens)
+    return engine
 
 
 class _RequestWork:
@@ -163,7 +167,8 @@ async def get_db_session(
     and the session keeps one connection across commits. With DATABASE_READ_ROUTING=renders
     and replicas configured, a GET request gets a read-only session on a replica instead.
     """
-    engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
+    if not isinstance(engine, AsyncEngine):  # the `Depends` default: called outside FastAPI
+        engine = _given(engine, "engine", AsyncEngine) or _engine(_app_config())
     state = shared_session()
     if state is not None and state.serves(request, engine):
         async with _rerender(state, request, engine) as session:
@@ -177,7 +182,7 @@ async def get_db_session(
     async with (
         _RequestWork(request, engine),
         # FastAPI hands a Request here; without one (None) the guard stays idle.
-        DisconnectGuard(cast(Request, request)) as guard,
+        DisconnectGuard(request) as guard,  # type: ignore[arg-type]  # no `typing.cast`: one call less
         session_scope(
             engine, sync_session_class=RequestSyncSession if replicas is None else ReplicatedRequestSession
         ) as session,

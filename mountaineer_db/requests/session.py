@@ -76,14 +76,17 @@ class RequestSyncSession(LazyLoadCheckedSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._kept: dict[Engine, Connection] = {}
+        self._mdb_connected = False  # a statement of this session has gone to a connection
+        self._mdb_flushes = 0  # flushes with changes started (`before_flush`): see `_had_pending_changes`
 
     def get_bind(self, mapper: Any = None, **kwargs: Any) -> Engine | Connection:
         """The kept connection for the engine the statement goes to (opened on first use)."""
         bind = super().get_bind(mapper, **kwargs)
-        if not isinstance(bind, Engine) or not in_greenlet():
-            # Asked from plain async code (no I/O possible there), or the user bound a
-            # connection themselves: answer as SQLAlchemy would.
-            return bind
+        if not in_greenlet():
+            return bind  # asked from plain async code: no I/O possible there, answer as SQLAlchemy would
+        self._mdb_connected = True  # SQLAlchemy asks right before it takes a connection for a statement
+        if not isinstance(bind, Engine):
+            return bind  # the user bound a connection themselves
         kept = self._kept.get(bind)
         if kept is None or kept.closed:
             kept = self._kept[bind] = self._open(bind)
@@ -185,9 +188,8 @@ def _replayed(session: "RequestSyncSession", run: Callable[..., Any], *args: Any
     Later statements of a transaction are never replayed (`RequestSyncSession.execute` and its
     siblings run them directly); their request gets the 503.
     """
-    info = session.info
-    first_of_request = not info.get(_CONNECTED)
-    flushes = info.get(_FLUSHES, 0)
+    first_of_request = not session._mdb_connected
+    flushes = session._mdb_flushes
     try:
         return run(*args, **kwargs)
     except SchemaChangedError:
@@ -219,32 +221,21 @@ def _replayed(session: "RequestSyncSession", run: Callable[..., Any], *args: Any
     return run(*args, **kwargs)
 
 
-def _had_pending_changes(session: Session, flushes_before: int) -> bool:
+def _had_pending_changes(session: "RequestSyncSession", flushes_before: int) -> bool:
     """True when `session` had changes to flush before the statement that failed: never replayed.
 
     Asked only once the statement has failed, so a request pays nothing for it: a flush the
     statement started (autoflush) was counted by `_count_flush`, whether it succeeded or not,
     and changes that were not flushed (`no_autoflush`) are still pending.
     """
-    return session.info.get(_FLUSHES, 0) != flushes_before or bool(session.new or session.dirty or session.deleted)
+    return session._mdb_flushes != flushes_before or bool(session.new or session.dirty or session.deleted)
 
 
-def _count_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    session.info[_FLUSHES] = session.info.get(_FLUSHES, 0) + 1
+def _count_flush(session: RequestSyncSession, flush_context: Any, instances: Any) -> None:
+    session._mdb_flushes += 1
 
 
 _STALE_REPLAY = "A statement met a schema change before anything else in its transaction; running it again."
-_FLUSHES = "mountaineer_db.flushes"
-"""`session.info` key: how many flushes with changes the session started (`before_flush`)."""
-_CONNECTED = "mountaineer_db.connected"
-"""`session.info` key: a statement of this session has reached a connection (`after_begin`)."""
-
-
-def _note_connected(session: Session, transaction: Any, connection: Connection) -> None:
-    session.info[_CONNECTED] = True
-
-
-event.listen(RequestSyncSession, "after_begin", _note_connected)
 event.listen(RequestSyncSession, "before_flush", _count_flush)
 
 
