@@ -8,6 +8,10 @@ default applies: it tries SSL first):
   per request, as the SQLModel and FastAPI docs show (SQLModel's session class). Pool: NullPool
   for the connect-per-request setup (SQLAlchemy's advice behind PgBouncer), else a queue pool of
   the same size as ours (POOL_SIZE, no overflow). asyncpg's statement cache stays on (the default).
+- `sqlmodel-docs-dependency`: the same session handed out as the SQLModel docs' FastAPI
+  tutorial does, by a yield dependency (`async def get_session(): async with AsyncSession(engine)
+  as session: yield session`), entered the way FastAPI enters one (`asynccontextmanager`), as
+  the scripts call `get_db_session`: the like-for-like line for ours, which pays that wrapper too.
 - `mountaineer.database`: the old Mountaineer module (removed in Dec 2024), as it was:
   `create_async_engine(str(url), poolclass=NullPool | AsyncAdaptedQueuePool)` with nothing else
   set, and a session from `async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)`
@@ -21,7 +25,8 @@ named prepared statements fail ("prepared statement ... does not exist"), and th
 the error rate instead of a time for such a peer.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +37,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SELECT_1 = text("SELECT 1")
-PEERS = ("sqlmodel-docs", "mountaineer.database", "advanced-alchemy")
+PEERS = ("sqlmodel-docs", "sqlmodel-docs-dependency", "mountaineer.database", "advanced-alchemy")
 
 
 @dataclass
@@ -80,6 +85,21 @@ def build_peer(name: str, url: URL, *, connect_per_request: bool, pool_size: int
                 await session.commit()
 
         return Peer(name, docs, engine.dispose)
+    if name == "sqlmodel-docs-dependency":
+        engine = create_async_engine(dsn, **peer_pool_args(connect_per_request, pool_size))
+
+        async def get_session() -> AsyncIterator[AsyncSession]:
+            async with AsyncSession(engine) as session:
+                yield session
+
+        dependency = asynccontextmanager(get_session)  # as FastAPI enters a yield dependency
+
+        async def docs_dependency() -> None:
+            async with dependency() as session:
+                await session.exec(SELECT_1)  # type: ignore[call-overload]
+                await session.commit()
+
+        return Peer(name, docs_dependency, engine.dispose)
     if name == "mountaineer.database":
         old = create_async_engine(dsn, poolclass=NullPool if connect_per_request else AsyncAdaptedQueuePool)
 
