@@ -236,6 +236,30 @@ async def test_a_timeout_inside_a_shielded_cleanup_cancels_the_cleanup_not_its_c
     await asyncio.sleep(0)  # a cancellation aimed at the caller would be delivered here
 
 
+async def test_a_loop_with_a_task_factory_of_its_own_makes_the_cleanup_task() -> None:
+    """An app's task factory (tracing, context propagation) makes the shielded cleanup's task, as it
+    makes every other task of the loop; the cleanup runs to its end."""
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Task[Any]] = []
+    ran: list[bool] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0)
+        ran.append(asyncio.current_task() in made)
+
+    loop.set_task_factory(factory)
+    try:
+        await run_shielded(cleanup())
+    finally:
+        loop.set_task_factory(None)
+    assert ran == [True], "the cleanup did not run as a task of the loop's factory"
+
+
 @pytest.mark.parametrize("pool", ["NULL", "FIXED_PROCESS"])
 async def test_a_rerender_cancelled_as_it_takes_over_the_actions_session_strands_nothing(
     pg_server: Any, test_database: str, tmp_path: Path, pool: str

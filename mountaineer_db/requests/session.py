@@ -119,7 +119,9 @@ class RequestSyncSession(LazyLoadCheckedSession):
     def exec(self, statement: Any, **kwargs: Any) -> Any:
         """SQLModel's `exec`, the first statement of a transaction replayed as `_replayed` says."""
         run = super().exec
-        return run(statement, **kwargs) if self.server_transaction_open() else _replayed(self, run, statement, **kwargs)
+        if self.server_transaction_open():
+            return run(statement, **kwargs)
+        return _replayed(self, run, statement, **kwargs)
 
     def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
         """SQLAlchemy's `execute`, the first statement of a transaction replayed as `_replayed` says."""
@@ -277,8 +279,15 @@ async def run_shielded(work: Coroutine[Any, Any, None]) -> None:
 if sys.version_info >= (3, 12):
 
     def _start_task(work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
-        """`work` as a task of its own, its first step run at once (eagerly), as that task."""
-        return asyncio.Task(work, loop=asyncio.get_running_loop(), eager_start=True)
+        """`work` as a task of its own, its first step run at once (eagerly), as that task.
+
+        A loop with a task factory of its own (tracing, context propagation) makes the task as
+        before, through that factory.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.get_task_factory() is None:
+            return asyncio.Task(work, loop=loop, eager_start=True)
+        return loop.create_task(work)
 
 else:
 
