@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 import pytest
 
+from mountaineer_db.requests.dependencies import get_db
 from mountaineer_db.servers.cluster import PostgresCluster
 from mountaineer_db.servers.pgbouncer import PgBouncer
+from tests.handovers import idle_connections
 
 from .app import APP_NAME
 from .helpers import (
@@ -90,10 +92,19 @@ async def test_idle_pooled_connections_terminated(cluster: PostgresCluster, db_l
             return not rows
 
         await wait_for(gone, timeout=5)
-        await asyncio.sleep(0.1)  # let the client notice the closed sockets, as any idle moment would
+        engine = await get_db(config=config)
+
+        async def noticed() -> bool:  # the client saw the closed sockets, as any idle moment lets it
+            idle = idle_connections(engine)
+            return len(idle) == 3 and all(connection.driver_connection.is_closed() for connection in idle)
+
+        await wait_for(noticed, timeout=5)
         again = await asyncio.gather(*(post_insert(client, ledger) for _ in range(3)))
         assert [o.status for o in again] == [200, 200, 200], [o.body for o in again]
         assert not [r for r in db_logs.records if r.levelno >= logging.ERROR]
+        # Replaced at checkout, before any statement: not recovered by running a first statement again.
+        replays = [r.getMessage() for r in db_logs.records if "lost its connection" in r.getMessage()]
+        assert not replays, replays
     await assert_rows_match(cluster, ledger)
     await assert_no_leaks(cluster, allow_idle=3)
 
