@@ -137,6 +137,9 @@ async def test_apply_while_the_app_serves(
         f"{pool} {route}: {len(load.outcomes)} requests ({before} before, {during} during, {after} after apply), "
         f"{len(failures)} failed: {[(path, status) for path, status, _ in failures]}"
     )
+    if len(failures) > 1 or any(status != 503 for _, status, _ in failures):
+        # In full, for the report (an assertion message is cut short): what each failure was, the server's log.
+        print("failures:", *failures, "server log:", server_log[-8000:], sep="\n")
     assert len(failures) <= 1 and all(status == 503 for _, status, _ in failures), (failures, server_log[-3000:])
     # `SELECT *` gained a column: with named statements (cached in the app, or prepared by PgBouncer
     # 1.24 on its server connections) that statement went stale and was recovered; unnamed never.
