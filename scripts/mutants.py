@@ -314,6 +314,14 @@ CATALOGUE: tuple[Mutant, ...] = (
         ("tests/test_stale_statements.py", "tests/test_migrating_while_serving.py"),
     ),
     M(
+        "wider-rows-not-stale",
+        "rows wider than a cached statement described (PgBouncer prepared it anew) are a stale statement",
+        "mountaineer_db/engines/stale_statements.py",
+        '        return "is different from what was described" in message',
+        "        return False",
+        ("tests/test_stale_statements.py::test_rows_wider_than_the_cached_description_are_a_stale_statement",),
+    ),
+    M(
         "exec-not-replayed",
         "a stale first statement run by SQLModel's `exec` runs again too",
         "mountaineer_db/requests/session.py",

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi.responses import JSONResponse
@@ -353,3 +354,18 @@ async def test_a_stale_first_statement_runs_again_however_the_session_runs_it(
         after = await client.get("/first", params={"how": how})
         assert after.status_code == 200, f"{how}: {after.status_code} {after.text[:300]}"
         assert after.json() == before.json() == {"scores": [1, 2] if how != "scalar" else [3]}
+
+
+def test_rows_wider_than_the_cached_description_are_a_stale_statement() -> None:
+    """Through PgBouncer 1.24 with named statements, a migration that adds a column can reach a
+    client whose cached statement still describes the old columns, while PgBouncer prepared the
+    same text anew on a server connection that has the new one: asyncpg refuses the wider rows
+    with a `ProtocolError` (seen in test_migrating_while_serving under load, a 500 before). It is
+    recognised as a stale statement, through SQLAlchemy's wrapping too (the 503 and the replay)."""
+    message = "the number of columns in the result row (3) is different from what was described (2)"
+    error = asyncpg.ProtocolError(message)
+    assert stale_statement_cause(error) is error
+    wrapped = DBAPIError("SELECT * FROM serve_item", None, error)
+    wrapped.__cause__ = error
+    assert stale_statement_cause(wrapped) is error
+    assert stale_statement_cause(asyncpg.ProtocolError("unexpected message from the server")) is None

@@ -57,6 +57,12 @@ def _is_stale(error: BaseException) -> bool:
     message = str(error)
     if isinstance(error, asyncpg.InternalServerError):
         return message.startswith("cache lookup failed for type")
+    if isinstance(error, asyncpg.ProtocolError):
+        # Through PgBouncer >= 1.21 (DATABASE_POOLER_PREPARED_STATEMENTS): the client's cached
+        # statement still describes the old columns while PgBouncer prepared the same text anew
+        # on a server connection that has the new ones, so rows come back wider than described
+        # (asyncpg's `prepared_stmt.pyx`). The connection's description is stale: the same cure.
+        return "is different from what was described" in message
     # Left behind by an OutdatedSchemaCacheError that was not handled here: asyncpg closed the
     # statement, SQLAlchemy's cache still holds it.
     return isinstance(error, asyncpg.InterfaceError) and "the prepared statement is closed" in message
