@@ -2,9 +2,11 @@
 
 Counting calls (cProfile's `ncalls`) is exact and immune to a busy machine, unlike time: it
 shows what each layer of ours adds to the plain session a peer hands out. One request is
-`SELECT 1` in a transaction, committed, concurrency 1.
+`SELECT 1` in a transaction, committed, at concurrency 1 (`--concurrency 16`: sixteen in flight
+on a pool of ten, so the pool's waits are counted too).
 
 Run:  .venv/bin/python bench/count_calls.py [--setup fixed-direct] [--peer sqlmodel-docs] [--requests 2000]
+      [--concurrency 1]
       [--set DATABASE_LAZY_LOADS=allow] (a setting of ours' config, repeatable)
       [--checkout DIR] (repeatable: also count ours as another checkout of this repository has it,
       for example `git worktree add /tmp/before 9254a46`, the commit before the operations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _harness import POOL_SIZE, SETUPS, Stack, ours_request, run_script
+from _harness import POOL_SIZE, SETUPS, Stack, ours_request, run_concurrent, run_script
 from peers import PEERS, build_peer
 from pydantic import TypeAdapter
 
@@ -105,12 +107,10 @@ async def main(args: argparse.Namespace, stack: Stack) -> None:
     measured: dict[str, dict[str, float]] = {}
     ours = ours_request(_with_settings(stack.config(args.setup), args.set))
     for label, request in (("ours", ours), (args.peer, peer.request)):
-        for _ in range(200):
-            await request()
+        await run_concurrent(request, 200, args.concurrency)
         profiler = cProfile.Profile()
         profiler.enable()
-        for _ in range(args.requests):
-            await request()
+        await run_concurrent(request, args.requests, args.concurrency)
         profiler.disable()
         measured[label] = _calls(pstats.Stats(profiler), args.requests)
         print(f"{label:<24} {sum(measured[label].values()):7.1f} Python calls per request", flush=True)
@@ -135,6 +135,7 @@ if __name__ == "__main__":
     parser.add_argument("--setup", choices=SETUPS, default="fixed-direct")
     parser.add_argument("--peer", choices=PEERS, default="sqlmodel-docs")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (--checkout counts 1 only)")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a setting of ours' config")
     parser.add_argument("--checkout", type=Path, action="append", default=[], metavar="DIR",

@@ -25,7 +25,6 @@ SQLAlchemy's rollback expires every instance in the session, even with
 serializes as `{}`. Instances are detached first, keeping every loaded attribute.
 """
 
-import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -42,7 +41,16 @@ from mountaineer_db.engines.origins import INTERNAL_STATEMENT
 from mountaineer_db.requests.failure_log import note_rollback
 from mountaineer_db.requests.session import RequestSyncSession, run_shielded
 
-__all__ = ["SharedSession", "borrowed", "end_transaction", "offer_to_rerender", "shared_session", "track_writes"]
+__all__ = [
+    "SharedSession",
+    "borrowed",
+    "end_transaction",
+    "offer",
+    "offer_to_rerender",
+    "shared_session",
+    "track_writes",
+    "withdraw",
+]
 
 logger = logging.getLogger("mountaineer_db")
 
@@ -93,15 +101,26 @@ class _Offer:
 
     async def __aenter__(self) -> None:
         if self._state is not None:
-            self._token = _shared.set(self._state)
+            self._token = offer(self._state)
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
         if self._state is not None and self._token is not None:
-            self._state.is_open = False
-            # Torn down from another context (ValueError): leave that context alone.
-            with contextlib.suppress(ValueError):
-                _shared.reset(self._token)
+            withdraw(self._state, self._token)
         return False
+
+
+def offer(state: SharedSession) -> contextvars.Token[SharedSession | None]:
+    """What `offer_to_rerender` does on entry, without a context manager: pass the token to `withdraw`."""
+    return _shared.set(state)
+
+
+def withdraw(state: SharedSession, token: contextvars.Token[SharedSession | None]) -> None:
+    """End what `offer` began: the session is no longer offered, here or to anything that kept `state`."""
+    state.is_open = False
+    try:  # noqa: SIM105 - contextlib.suppress would cost three calls per request
+        _shared.reset(token)
+    except ValueError:  # torn down from another context: leave that context alone
+        pass
 
 
 def offer_to_rerender(
