@@ -822,8 +822,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "pool-waiters-lifo",
         "pool waiters get connections in arrival order (FIXED_PROCESS tail latency)",
         "mountaineer_db/engines/fair_pool.py",
-        "            waiter = self._waiters.popleft()",
-        "            waiter = self._waiters.pop()",
+        "            waiter, _ = self._waiters.popleft()",
+        "            waiter, _ = self._waiters.pop()",
         ("tests/test_fair_pool.py",),
     ),
     M(
@@ -960,6 +960,14 @@ CATALOGUE: tuple[Mutant, ...] = (
             "tests/test_fair_pool.py::test_a_waiter_cancelled_after_its_hand_over_while_another_connection_comes_back_strands_nothing",
             "tests/test_handovers.py::test_the_disconnect_guard_cancelling_right_after_a_hand_over_strands_nothing",
         ),
+    ),
+    M(
+        "waiters-expire-together",
+        "each pool waiter gives up at its own deadline (DATABASE_POOL_TIMEOUT), not at the first waiter's",
+        "mountaineer_db/engines/fair_pool.py",
+        "            if deadline <= now:",
+        "            if True:",
+        ("tests/test_fair_pool.py::test_each_waiter_gives_up_at_its_own_deadline_with_one_timer_for_the_line",),
     ),
     M(
         "pool-handover-lost",

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, exc, text
 from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.queue import Empty
 
 from mountaineer_db import DatabaseUnavailableError, database_session
 from mountaineer_db.engines.engine import engine_for
@@ -109,6 +110,48 @@ async def test_a_waiter_past_the_pool_timeout_gets_a_503_and_leaves_the_line(mak
         assert queue.waiting() == 0
     async with database_session(config) as session:  # the connection came back to the pool
         assert (await session.exec(text("SELECT 2"))).one()[0] == 2  # type: ignore[call-overload]
+
+
+async def test_each_waiter_gives_up_at_its_own_deadline_with_one_timer_for_the_line() -> None:
+    """The line has one timer, due at the soonest deadline. A waiter served in time is never
+    expired; one that came later gives up at its own deadline, not at the first one's (the timer
+    is set again for it); a later waiter with a shorter timeout gives up first, while the one
+    before it keeps waiting. Elapsed times are only bounded below: a busy machine runs timers late,
+    never early."""
+    queue: FairQueue[str] = FairQueue(1)
+    loop = asyncio.get_running_loop()
+    started: dict[str, float] = {}
+
+    async def take(name: str, timeout: float) -> tuple[str, float]:
+        started[name] = loop.time()
+        try:
+            item = await greenlet_spawn(queue.get, True, timeout)
+        except Empty:
+            return "gave up", loop.time() - started[name]
+        return item, loop.time() - started[name]
+
+    first = asyncio.ensure_future(take("first", 0.4))
+    await _until(lambda: queue.waiting() == 1)
+    await _until(lambda: loop.time() - started["first"] >= 0.2)  # halfway to the first deadline
+    second = asyncio.ensure_future(take("second", 0.4))
+    await _until(lambda: queue.waiting() == 2)
+    queue.put_nowait("a")
+    assert (await first)[0] == "a"
+    outcome, waited = await second
+    assert outcome == "gave up"
+    assert waited >= 0.39, f"gave up after {waited:.3f} s: at the first waiter's deadline, not its own"
+    assert queue.waiting() == 0
+
+    patient = asyncio.ensure_future(take("patient", 30))
+    await _until(lambda: queue.waiting() == 1)
+    hasty = asyncio.ensure_future(take("hasty", 0.1))
+    outcome, waited = await hasty
+    assert (outcome, waited >= 0.09) == ("gave up", True)
+    assert not patient.done() and queue.waiting() == 1
+    queue.put_nowait("b")
+    assert (await patient)[0] == "b"
+    queue.put_nowait("c")  # nobody waits: it stays idle
+    assert (queue.waiting(), queue.qsize()) == (0, 1)
 
 
 async def test_a_cancelled_waiter_leaves_the_line_and_loses_no_connection(make_config: Any) -> None:

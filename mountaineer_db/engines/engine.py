@@ -146,7 +146,7 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
     # instrumentation hooks it (`tracing`).
     engine = sqlalchemy_asyncio.create_async_engine(without_password(url), **kwargs)
     holder.append(engine)
-    retirement = _Retirement()
+    retirement = _Retirement(pooled=fixed)
     install_metrics(engine, stats)
     for hook in _built_hooks:  # instrumentation a higher layer registered (tracing)
         hook(engine)
@@ -164,7 +164,6 @@ def _build_engine(config: DatabaseConfig, url: URL) -> tuple[AsyncEngine, "_Reti
         event.listen(engine.sync_engine.pool, "checkin", forget_on_checkin)
     if fixed:
         event.listen(engine.sync_engine.pool, "checkout", _check_pooled)
-        event.listen(engine.sync_engine.pool, "checkin", retirement.on_checkin)
     return engine, retirement
 
 
@@ -200,9 +199,20 @@ def _check_pooled(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Poo
 
 @dataclass(eq=False)
 class _Retirement:
-    """Set when the engine is disposed: connections still checked out are closed on return."""
+    """Set when the engine is disposed: pooled connections still checked out are closed on return.
 
+    The checkin listener that closes them is added only then (`retire`): until its engine is
+    disposed, a connection going back to the pool pays nothing for it.
+    """
+
+    pooled: bool = False
     retired: bool = False
+
+    def retire(self, engine: AsyncEngine) -> None:
+        # On the engine's own loop, or once that loop is closed: no checkin runs meanwhile.
+        if self.pooled and not self.retired:
+            event.listen(engine.sync_engine.pool, "checkin", self.on_checkin)
+        self.retired = True
 
     def on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         if self.retired and dbapi_connection is not None and record.info.get(_PID) == os.getpid():
@@ -230,7 +240,7 @@ class _LoopEngines:
         self.released = True
         engines = []
         for engine, retirement in self.engines.values():
-            retirement.retired = True
+            retirement.retire(engine)
             engines.append(engine)
         self.engines.clear()
         self.recent.clear()

@@ -9,8 +9,9 @@ in `bench/bench_http.py --scale` (4 workers, 500 clients) p99 was 2.6 s and the 
 request 5.9 s, where asyncpg's own pool had 0.73 s and 1.6 s.
 
 `FairQueue` hands a returned connection straight to the oldest waiter, and a newcomer waits
-whenever someone already does. A wait costs a future and, with a pool timeout, one timer
-(SQLAlchemy's `wait_for` started a task per wait). Everything else is SQLAlchemy's
+whenever someone already does. A wait costs a future, awaited from SQLAlchemy's greenlet; the
+pool timeout is one timer for the whole line, due at the soonest deadline (SQLAlchemy's
+`wait_for` started a timeout per wait). Everything else is SQLAlchemy's
 `QueuePool`: sizes, overflow, timeouts (`sqlalchemy.exc.TimeoutError`), events, recycling.
 
 A hand-over has one window: the connection is set on the waiter's future, and the waiter's
@@ -44,9 +45,9 @@ _T = TypeVar("_T")
 _await: Callable[[Awaitable[Any]], Any] = getattr(sqlalchemy.util, "await_", None) or sqlalchemy.util.await_only
 
 
-def _expire(waiter: "asyncio.Future[Any]") -> None:
-    if not waiter.done():
-        waiter.set_exception(Empty())
+_INFINITY = float("inf")
+# A deadline this close counts as reached: the loop may run a timer a clock tick early.
+_EARLY = 0.001
 
 
 class FairQueue(QueueCommon[_T]):
@@ -56,7 +57,11 @@ class FairQueue(QueueCommon[_T]):
         self.maxsize = maxsize
         self.use_lifo = use_lifo  # which idle connection a newcomer gets; waiters stay FIFO
         self._items: deque[_T] = deque()
-        self._waiters: deque[asyncio.Future[_T]] = deque()
+        # The waiters in arrival order, each with the loop time at which it gives up (inf: never).
+        self._waiters: deque[tuple[asyncio.Future[_T], float]] = deque()
+        # One timer for all the waiters' timeouts, due at the soonest deadline (see `_expire_due`).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _INFINITY
         # Where an item handed to a waiter that never used it goes (cancelled before it ran).
         # The pool sets its own return path, which closes a connection the pool has no room for.
         self.return_unused: Callable[[_T], None] = self.put_nowait
@@ -72,11 +77,11 @@ class FairQueue(QueueCommon[_T]):
 
     def waiting(self) -> int:
         """How many callers wait for an item (for tests and diagnostics)."""
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        return sum(1 for waiter, _ in self._waiters if not waiter.done())
 
     def put_nowait(self, item: _T) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(item)
                 return
@@ -96,35 +101,62 @@ class FairQueue(QueueCommon[_T]):
     def get(self, block: bool = True, timeout: float | None = None) -> _T:
         if self._items or not block:
             return self.get_nowait()  # items are only ever idle while nobody waits
-        waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        try:
-            result: _T = _await(self._wait(waiter, timeout))
-        except BaseException:
-            # Cancelled (or timed out) after an item was handed over, before this waiter ran:
-            # give it back as if it had been used. Here, in SQLAlchemy's greenlet, where the
-            # pool's return path may close a surplus connection.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.return_unused(waiter.result())
-            raise
-        return result
-
-    async def _wait(self, waiter: "asyncio.Future[_T]", timeout: float | None) -> _T:
-        self._waiters.append(waiter)
+        # A wait is a future in the line, awaited from SQLAlchemy's greenlet: no coroutine, no
+        # timer of its own (the queue's one timer expires it, `_expire_due`).
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        waiter: asyncio.Future[_T] = loop.create_future()
+        deadline = _INFINITY if timeout is None else loop.time() + timeout
+        entry = (waiter, deadline)
+        self._waiters.append(entry)
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
         try:
-            return await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
+            result: _T = _await(waiter)
+        except BaseException:
             if not waiter.done():
                 waiter.cancel()
-            # A waiter handed an item was dequeued by `put_nowait`; else (expired, cancelled) take
-            # it out, unless a `put_nowait` already dropped it. Only then: `deque.remove` of an
-            # absent item formats the waiter's repr into its error (Python 3.13), ~15 µs a wait.
-            if waiter.cancelled() or waiter.exception() is not None:
+            if waiter.cancelled():
+                # Cancelled in line: leave it (unless the timer already dropped it). Only then:
+                # `deque.remove` of an absent item formats its repr into the error, ~15 µs.
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
+            elif waiter.exception() is None:
+                # Cancelled (or interrupted) after an item was handed over, before this waiter
+                # ran: give it back as if it had been used. Here, in SQLAlchemy's greenlet,
+                # where the pool's return path may close a surplus connection.
+                self.return_unused(waiter.result())
+            raise  # expired: `_expire_due` set `Empty` on it and dropped it from the line
+        return result
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: every waiter past its deadline gets `Empty` (SQLAlchemy's pool timeout) and
+        leaves the line; the timer is set again for the soonest deadline left.
+
+        One timer for all: with the pool's one timeout, deadlines come in arrival order, so while
+        waiters are served in time it fires about once per timeout, not once per wait.
+        """
+        self._timer, self._timer_at = None, _INFINITY
+        now = loop.time() + _EARLY
+        waiting: deque[tuple[asyncio.Future[_T], float]] = deque()
+        soonest = _INFINITY
+        for entry in self._waiters:
+            waiter, deadline = entry
+            if waiter.done():
+                continue  # handed over, or cancelled: its own `get` is done with the line
+            if deadline <= now:
+                waiter.set_exception(Empty())
+                continue
+            waiting.append(entry)
+            soonest = min(soonest, deadline)
+        self._waiters = waiting
+        if soonest < _INFINITY:
+            self._arm(loop, soonest)
 
 
 class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sqlalchemy import exc
+from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, PoolProxiedConnection, QueuePool
 
@@ -36,7 +36,7 @@ class EngineStats:
         self.application_name = application_name
         self.started = time.monotonic()
         self.checkouts = 0
-        self.checkins = 0
+        self.checkins = 0  # NULL pools only (`install_metrics`)
         self.waits = 0
         self.wait_seconds = 0.0
         self.timeouts = 0
@@ -133,7 +133,8 @@ class MeasuredQueuePool(_Measured, FairAsyncAdaptedQueuePool):
     def _mdb_all_busy(self) -> bool:
         if self._mdb_idle or self._mdb_max_overflow < 0:  # a connection is idle; unlimited overflow never waits
             return False
-        return self.checkedin() == 0 and self.checkedout() >= self.size() + self._mdb_max_overflow
+        # None idle, so every connection is out: all busy once the overflow is used up (QueuePool's own test).
+        return self.overflow() >= self._mdb_max_overflow
 
 
 class MeasuredNullPool(_Measured, NullPool):
@@ -147,8 +148,9 @@ class MeasuredNullPool(_Measured, NullPool):
 
 def install_metrics(engine: AsyncEngine, stats: EngineStats) -> None:
     """Attach `stats` to `engine`'s measured pool (called once, when the engine is built)."""
-    from sqlalchemy import event
-
     pool = engine.sync_engine.pool
     pool.mdb_stats = stats  # type: ignore[attr-defined]
-    event.listen(pool, "checkin", stats.on_checkin)
+    if not isinstance(pool, QueuePool):
+        # Checkins tell how many connections a NULL pool has out; a queue pool counts its own
+        # (`checkedout()`), so there a checkin costs nothing extra.
+        event.listen(pool, "checkin", stats.on_checkin)
