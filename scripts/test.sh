@@ -4,7 +4,7 @@
 #   bash scripts/test.sh [pytest args]
 #
 # Installs what the suite needs when it is missing (from Debian's packages: PgBouncer, Chromium,
-# and etcd, Patroni and HAProxy for the high-availability tests; PgBouncer 1.24 built from
+# valgrind, and etcd, Patroni and HAProxy for the high-availability tests; PgBouncer 1.24 built from
 # Debian 13's source package, cached; a virtualenv with the package, its dev extra and the
 # example app), runs ruff, mypy --strict and lint-imports, then
 # pytest twice: on the newest releases of our dependencies with the newest
@@ -25,6 +25,8 @@ command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# bench/count_instructions.py (its smoke test): valgrind's callgrind counts client instructions.
+command -v callgrind_control >/dev/null 2>&1 || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing ${missing[*]} (Debian packages)"

@@ -5,6 +5,7 @@ reports what the README quotes. Each script starts its own PostgreSQL and PgBoun
 """
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,20 @@ def test_count_calls_prints_both_counts_and_the_difference() -> None:
     assert re.search(r"ours +\d+\.\d Python calls per request", output), output
     assert re.search(r"sqlmodel-docs +\d+\.\d Python calls per request", output), output
     assert "called more often per request by ours" in output
+
+
+def test_count_instructions_prints_each_party_and_the_ratio() -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    output = run(
+        "count_instructions.py", "--requests", "10", "--warmup", "10", "--concurrency", "1", "--peers", "sqlmodel-docs",
+        timeout=600,
+    )  # fmt: skip
+    ours = re.search(r"ours +([0-9.]+)k instructions/request", output)
+    peer = re.search(r"sqlmodel-docs +([0-9.]+)k instructions/request +ours/peer = ([0-9.]+)×", output)
+    assert ours and peer, output
+    # A request is hundreds of thousands of instructions, not the toggles' noise.
+    assert float(ours.group(1)) > 100 and float(peer.group(1)) > 100, output
 
 
 def test_bench_http_serves_both_apps_and_prints_ratios() -> None:
