@@ -1338,7 +1338,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "read-requests-not-checked",
         "read sessions check lazy loads as the engine's config says (get_db_read_session)",
         "mountaineer_db/requests/dependencies.py",
-        "        self._checked = checked(checks) if checks is not None else None\n\n    async def __aenter__(self) -> None:",
+        "        self._checked = checked(checks) if checks is not None else None\n\n"
+        "    async def __aenter__(self) -> None:",
         "        self._checked = None\n\n    async def __aenter__(self) -> None:",
         ("tests/test_lazy_loads.py::test_a_read_session_explains_its_lazy_loads_too",),
     ),

@@ -294,7 +294,7 @@ else:
 
     def _start_task(work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
         """`work` as a task of its own, first run by the event loop (Python 3.11 starts no task eagerly)."""
-        return asyncio.ensure_future(work)
+        return asyncio.get_running_loop().create_task(work)  # `ensure_future`'s own path, two calls shorter
 
 
 async def _release(session: AsyncSession, *, invalidate: bool) -> None:
