@@ -213,9 +213,11 @@ class _RequestScope(SessionScope):
         outcome = error  # what leaves each layer, innermost first
         try:
             try:
-                if self._offered is not None:
-                    withdraw(*self._offered)
-                await super().__aexit__(kind, error, tb)  # never swallows: returns False or raises
+                try:
+                    if self._offered is not None:
+                        withdraw(*self._offered)
+                finally:  # the session is given back whatever happens above
+                    await super().__aexit__(kind, error, tb)  # never swallows: returns False or raises
             except BaseException as raised:
                 outcome = raised
                 raise
